@@ -1,3 +1,66 @@
-"""Async client for the Deepvue Face Match API."""
+"""Async client for the Deepvue Face Match API.
 
-__version__ = "0.1.0"
+```python
+from facematch_async import FaceMatchClient
+
+async with FaceMatchClient(client_id="...", client_secret="...") as client:
+    result = await client.match("selfie.jpg", "id_card.png")
+```
+"""
+
+from facematch_async._client import PRODUCTION_BASE_URL, FaceMatchClient
+from facematch_async._images import ImageInput
+from facematch_async._models import FaceMatchResult
+from facematch_async._retry import RetryPolicy
+from facematch_async._version import __version__
+from facematch_async.errors import (
+    APIConnectionError,
+    APIResponseValidationError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    ClientClosedError,
+    EmptyImageError,
+    FaceMatchError,
+    ImageError,
+    ImageReadError,
+    ImageTooLargeError,
+    InactiveClientError,
+    InternalServerError,
+    InvalidTokenError,
+    NoFaceFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    RequestValidationError,
+    UnsupportedFileFormatError,
+)
+
+__all__ = [
+    "PRODUCTION_BASE_URL",
+    "APIConnectionError",
+    "APIResponseValidationError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ClientClosedError",
+    "EmptyImageError",
+    "FaceMatchClient",
+    "FaceMatchError",
+    "FaceMatchResult",
+    "ImageError",
+    "ImageInput",
+    "ImageReadError",
+    "ImageTooLargeError",
+    "InactiveClientError",
+    "InternalServerError",
+    "InvalidTokenError",
+    "NoFaceFoundError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "RequestValidationError",
+    "RetryPolicy",
+    "UnsupportedFileFormatError",
+    "__version__",
+]

@@ -1,0 +1,194 @@
+"""Access tokens: when a token is due for renewal, and single-flight refresh.
+
+A token is renewed a safety margin before it expires. The margin scales with the
+token's lifetime (a tenth of it, at most five minutes): a 24 h token is renewed five
+minutes early, a 2 s token 0.2 s early, so short-lived tokens are not renewed on every call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+__all__ = ["AccessToken", "StaticTokenSource", "TokenManager", "token_from_response"]
+
+logger = logging.getLogger("facematch_async")
+
+MAX_REFRESH_MARGIN = 300.0  # seconds: how early a long-lived token is renewed
+REFRESH_FRACTION = 0.1  # of a token's lifetime: how early a short-lived token is renewed
+
+
+@dataclass(frozen=True, slots=True)
+class AccessToken:
+    """A bearer token and the monotonic time at which it should be renewed.
+
+    ``renew_at`` is ``None`` when the expiry is unknown: the token is then used until the
+    API rejects it.
+    """
+
+    value: str = field(repr=False)
+    renew_at: float | None
+
+    def is_fresh(self, now: float) -> bool:
+        """Whether the token may still be sent at monotonic time ``now``."""
+        return self.renew_at is None or now < self.renew_at
+
+
+def _jwt_claims(token: str) -> dict[str, object]:
+    """The JWT's payload claims, unverified (only the server can verify), or ``{}``."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return {}
+    segment = parts[1] + "=" * (-len(parts[1]) % 4)
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(segment))
+    except (ValueError, binascii.Error):
+        return {}
+    return claims if isinstance(claims, dict) else {}
+
+
+def _parse_expiry(expiry: str | None) -> float | None:
+    """Epoch seconds of an ISO-8601 ``expiry`` (a naive one is taken as UTC), or ``None``."""
+    if not expiry:
+        return None
+    try:
+        when = datetime.fromisoformat(expiry)
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+def token_lifetime(token: str, expiry: str | None, now_wall: float) -> float | None:
+    """Seconds the token lives from now, or ``None`` when it cannot be told.
+
+    ``exp - iat`` from the JWT is preferred: both come from the server's clock, so a
+    skewed local clock cannot shorten or stretch the lifetime. Otherwise the
+    ``expiry`` field (or the ``exp`` claim) is compared with the local clock.
+    """
+    claims = _jwt_claims(token)
+    exp, iat = claims.get("exp"), claims.get("iat")
+    numbers = (int, float)
+    if isinstance(exp, numbers) and isinstance(iat, numbers) and exp > iat:
+        return float(exp - iat)
+    expires_at = _parse_expiry(expiry)
+    if expires_at is None and isinstance(exp, numbers):
+        expires_at = float(exp)
+    return None if expires_at is None else expires_at - now_wall
+
+
+def token_from_response(token: str, expiry: str | None, requested_at: float) -> AccessToken:
+    """Build an :class:`AccessToken`; ``requested_at`` is the monotonic time of the request."""
+    lifetime = token_lifetime(token, expiry, time.time())
+    if lifetime is None:
+        return AccessToken(token, None)
+    if lifetime <= 0:
+        logger.warning(
+            "the access token's expiry is already past by the local clock (clock skew?); "
+            "using it until the API rejects it"
+        )
+        return AccessToken(token, None)
+    margin = min(MAX_REFRESH_MARGIN, lifetime * REFRESH_FRACTION)
+    return AccessToken(token, requested_at + lifetime - margin)
+
+
+class StaticTokenSource:
+    """A fixed token given by the user (``access_token=``): never refreshed."""
+
+    can_refresh = False
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def __repr__(self) -> str:
+        return "StaticTokenSource()"
+
+    async def get(self) -> str:
+        """Return the fixed token."""
+        return self._token
+
+    def invalidate(self, token: str) -> None:
+        """Do nothing: a fixed token cannot be replaced."""
+
+    def cached(self) -> str | None:
+        """The fixed token."""
+        return self._token
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class TokenManager:
+    """Hands out a fresh token; one authorize call serves every concurrent caller.
+
+    Args:
+        fetch: Performs the authorize call and returns the new token.
+        clock: Monotonic clock (seconds), replaceable in tests.
+    """
+
+    can_refresh = True
+
+    def __init__(
+        self,
+        fetch: Callable[[], Awaitable[AccessToken]],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._fetch = fetch
+        self._clock = clock
+        self._token: AccessToken | None = None
+        self._flight: asyncio.Future[AccessToken] | None = None
+
+    def __repr__(self) -> str:
+        return f"TokenManager(has_token={self._token is not None})"
+
+    def cached(self) -> str | None:
+        """The cached token's value, fresh or not, or ``None``."""
+        return None if self._token is None else self._token.value
+
+    async def get(self) -> str:
+        """Return a token that is not due for renewal, fetching one if needed.
+
+        Concurrent callers share one authorize call (and its failure). The call runs in
+        its own task, so a caller that is cancelled does not cancel it for the others.
+        """
+        token = self._token
+        if token is not None and token.is_fresh(self._clock()):
+            return token.value
+        if self._flight is None:
+            self._flight = asyncio.ensure_future(self._refresh())
+            self._flight.add_done_callback(_consume_exception)
+        fresh = await asyncio.shield(self._flight)
+        return fresh.value
+
+    async def _refresh(self) -> AccessToken:
+        try:
+            token = await self._fetch()
+            self._token = token
+            return token
+        finally:
+            self._flight = None
+
+    def invalidate(self, token: str) -> None:
+        """Forget ``token`` after the API rejected it, unless it was already replaced."""
+        if self._token is not None and self._token.value == token:
+            self._token = None
+
+    def close(self) -> None:
+        """Cancel an authorize call in flight."""
+        if self._flight is not None:
+            self._flight.cancel()
+
+
+def _consume_exception(future: asyncio.Future[AccessToken]) -> None:
+    # Every waiter sees the failure; this only silences "exception was never retrieved"
+    # when all of them were cancelled first.
+    if not future.cancelled():
+        future.exception()

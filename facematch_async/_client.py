@@ -1,0 +1,222 @@
+"""FaceMatchClient: configuration, lifecycle and ``match()``."""
+
+from __future__ import annotations
+
+import os
+import time
+from types import TracebackType
+from typing import Literal, Self
+
+import aiohttp
+
+from facematch_async._auth import AccessToken, StaticTokenSource, TokenManager, token_from_response
+from facematch_async._images import ImageInput, UploadImage, load_pair
+from facematch_async._models import FaceMatchResult
+from facematch_async._responses import parse_authorize, parse_facematch
+from facematch_async._retry import RetryPolicy, call_with_retries
+from facematch_async._transport import Transport
+from facematch_async.errors import (
+    AuthenticationError,
+    InactiveClientError,
+    PermissionDeniedError,
+)
+
+__all__ = ["DEFAULT_MAX_IMAGE_BYTES", "PRODUCTION_BASE_URL", "FaceMatchClient"]
+
+PRODUCTION_BASE_URL = "https://production.deepvue.tech"
+DEFAULT_MAX_IMAGE_BYTES = 10 * 1024 * 1024
+DEFAULT_TIMEOUT = 30.0
+
+
+class FaceMatchClient:
+    """An async client for the Deepvue Face Match API.
+
+    Hold one client for the life of a service (for example in a FastAPI lifespan) and
+    share it between requests: it pools connections and shares one access token, which it
+    renews before expiry and once more if the API rejects it.
+
+    ```python
+    async with FaceMatchClient(client_id="...", client_secret="...") as client:
+        result = await client.match("selfie.jpg", "id_card.png")
+    ```
+
+    Args:
+        client_id: Deepvue client id. Default: ``$DEEPVUE_CLIENT_ID``.
+        client_secret: Deepvue client secret, also sent as ``x-api-key``.
+            Default: ``$DEEPVUE_CLIENT_SECRET``. Never logged or shown in a repr or error.
+        base_url: Default: ``$DEEPVUE_BASE_URL``, else production (``PRODUCTION_BASE_URL``).
+        access_token: A token obtained elsewhere; the client then makes no authorize call
+            and cannot renew it. ``client_secret`` is still needed for ``x-api-key``.
+        timeout: Seconds for one attempt (connect, send, response), or an
+            ``aiohttp.ClientTimeout``.
+        max_retries: Retries after the first attempt for transient failures (connection
+            errors, timeouts, 429, 500/502/503/504). ``0`` turns retries off.
+        max_connections: The most connections open at once to the API.
+        api_version: ``"v1"`` or ``"v2"`` (v2 also takes PDF documents and answers an
+            integer confidence).
+        max_image_bytes: Images larger than this are refused locally; ``None`` for no limit.
+        retry_policy: Backoff and ``Retry-After`` limits (see :class:`RetryPolicy`).
+
+    Raises:
+        ValueError: a missing credential or an invalid option.
+    """
+
+    def __init__(
+        self,
+        *,
+        client_id: str | None = None,
+        client_secret: str | None = None,
+        base_url: str | None = None,
+        access_token: str | None = None,
+        timeout: float | aiohttp.ClientTimeout = DEFAULT_TIMEOUT,
+        max_retries: int = 2,
+        max_connections: int = 100,
+        api_version: Literal["v1", "v2"] = "v1",
+        max_image_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES,
+        retry_policy: RetryPolicy | None = None,
+    ) -> None:
+        client_id = client_id or os.environ.get("DEEPVUE_CLIENT_ID")
+        client_secret = client_secret or os.environ.get("DEEPVUE_CLIENT_SECRET")
+        base_url = base_url or os.environ.get("DEEPVUE_BASE_URL") or PRODUCTION_BASE_URL
+        if not client_secret:
+            raise ValueError(
+                "client_secret is required (or set DEEPVUE_CLIENT_SECRET): "
+                "every call sends it as x-api-key"
+            )
+        if not access_token and not client_id:
+            raise ValueError(
+                "client_id is required (or set DEEPVUE_CLIENT_ID, or pass access_token)"
+            )
+        if api_version not in ("v1", "v2"):
+            raise ValueError(f"api_version must be 'v1' or 'v2', not {api_version!r}")
+        if max_retries < 0:
+            raise ValueError("max_retries must be 0 or more")
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, not {base_url!r}")
+        if not isinstance(timeout, aiohttp.ClientTimeout):
+            timeout = aiohttp.ClientTimeout(total=timeout)
+
+        self.client_id = client_id
+        self.api_version = api_version
+        self.max_retries = max_retries
+        self.max_image_bytes = max_image_bytes
+        self.retry_policy = retry_policy or RetryPolicy()
+        self._client_secret = client_secret
+        self._transport = Transport(base_url, timeout=timeout, max_connections=max_connections)
+        self._tokens: TokenManager | StaticTokenSource = (
+            StaticTokenSource(access_token) if access_token else TokenManager(self._authorize)
+        )
+
+    @property
+    def base_url(self) -> str:
+        """The API's base URL, without a trailing slash."""
+        return self._transport.base_url
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` was called."""
+        return self._transport.closed
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(base_url={self.base_url!r}, client_id={self.client_id!r}, "
+            f"api_version={self.api_version!r})"
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool. Safe to call twice; the client cannot be reused."""
+        self._tokens.close()
+        await self._transport.aclose()
+
+    def _secrets(self) -> tuple[str, ...]:
+        token = self._tokens.cached()
+        return (self._client_secret,) if token is None else (self._client_secret, token)
+
+    async def _authorize(self) -> AccessToken:
+        """One authorize exchange (with retries for transient failures)."""
+
+        async def attempt() -> AccessToken:
+            requested_at = time.monotonic()
+            form = aiohttp.FormData(
+                {"client_id": self.client_id or "", "client_secret": self._client_secret},
+                default_to_multipart=True,
+            )
+            response = await self._transport.post(
+                "/v1/authorize", form, {"x-api-key": self._client_secret}
+            )
+            token, expiry = parse_authorize(response, self._secrets())
+            return token_from_response(token, expiry, requested_at)
+
+        return await call_with_retries(
+            attempt, max_retries=self.max_retries, policy=self.retry_policy
+        )
+
+    async def _send_match(
+        self, images: tuple[UploadImage, UploadImage], token: str
+    ) -> FaceMatchResult:
+        form = aiohttp.FormData()  # a FormData can be sent once: a new one per attempt
+        for image in images:
+            form.add_field(
+                image.field, image.data, filename=image.filename, content_type=image.content_type
+            )
+        headers = {"Authorization": f"Bearer {token}", "x-api-key": self._client_secret}
+        response = await self._transport.post(f"/{self.api_version}/facematch", form, headers)
+        return parse_facematch(response, (self._client_secret, token))
+
+    async def match(self, file_a: ImageInput, file_b: ImageInput) -> FaceMatchResult:
+        """Ask the API whether two images show the same person.
+
+        Both images are read and checked (JPEG or PNG by magic bytes, not empty, within
+        ``max_image_bytes``) before any network call.
+
+        Args:
+            file_a: A path, bytes, or a binary file object: an ID document or a selfie.
+            file_b: The same, for the other image.
+
+        Returns:
+            The decision: ``match``, ``confidence`` and the call's ``transaction_id``.
+
+        Raises:
+            ImageError: an image was refused locally or by the API (``NoFaceFoundError``,
+                ``UnsupportedFileFormatError``, ...).
+            AuthenticationError: the credentials or the token were refused.
+            RateLimitError: still rate limited after the retries.
+            APIConnectionError: no response after the retries.
+            FaceMatchError: any other failure (see ``facematch_async.errors``).
+        """
+        images = await load_pair(
+            file_a, file_b, max_bytes=self.max_image_bytes, allow_pdf=self.api_version == "v2"
+        )
+        refreshed = False
+
+        async def attempt() -> FaceMatchResult:
+            nonlocal refreshed
+            token = await self._tokens.get()
+            try:
+                return await self._send_match(images, token)
+            except (AuthenticationError, PermissionDeniedError) as error:
+                # A rejected token is renewed once per call; other refusals are final.
+                if (
+                    refreshed
+                    or not self._tokens.can_refresh
+                    or isinstance(error, InactiveClientError)
+                ):
+                    raise
+                refreshed = True
+                self._tokens.invalidate(token)
+                return await self._send_match(images, await self._tokens.get())
+
+        return await call_with_retries(
+            attempt, max_retries=self.max_retries, policy=self.retry_policy
+        )

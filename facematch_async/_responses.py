@@ -1,0 +1,229 @@
+"""Turn an HTTP response into a result or a typed error, as the contract describes.
+
+Classification goes by ``sub_code`` first, whatever the status (the API's status for
+``NO_FACE_FOUND`` and ``UNSUPPORTED_FILE_FORMAT`` is undocumented and may even be 200),
+then by the ``detail`` strings the contract names, then by status.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from facematch_async._models import FaceMatchResult
+from facematch_async.errors import (
+    APIResponseValidationError,
+    APIStatusError,
+    AuthenticationError,
+    BadRequestError,
+    FaceMatchError,
+    InactiveClientError,
+    InternalServerError,
+    InvalidTokenError,
+    NoFaceFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    RequestValidationError,
+    UnsupportedFileFormatError,
+)
+
+__all__ = ["RawResponse", "parse_authorize", "parse_facematch", "parse_retry_after"]
+
+_REDACTED = "[REDACTED]"
+_SNIPPET = 200  # characters of a non-JSON body kept in an error message
+_INVALID_TOKEN_DETAILS = ("not a valid token", "not authenticated")
+
+
+class RawResponse:
+    """A response as read off the wire: status, headers and the (capped) body bytes."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+
+def _redact(text: str, secrets: Iterable[str]) -> str:
+    # A hostile or buggy server may echo what we sent; nothing we copy out may carry it.
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, _REDACTED)
+            text = text.replace(json.dumps(secret)[1:-1], _REDACTED)
+    return text
+
+
+def _decode(response: RawResponse, secrets: Iterable[str]) -> tuple[Any, str]:
+    """Return ``(payload, text)``: the JSON value (``None`` if not JSON) and the redacted text."""
+    text = _redact(response.body.decode("utf-8", errors="replace"), secrets)
+    try:
+        return json.loads(text), text
+    except ValueError:
+        return None, text
+
+
+def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
+    milliseconds = headers.get("retry-after-ms")
+    if milliseconds is not None:
+        try:
+            return max(0.0, float(milliseconds) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _field_errors(detail: list[Any]) -> str:
+    parts = []
+    for item in detail:
+        if isinstance(item, dict):
+            where = ".".join(str(part) for part in item.get("loc", []))
+            parts.append(f"{where}: {item.get('msg', '?')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def _status_error(response: RawResponse, payload: Any, text: str) -> FaceMatchError:
+    """The error for a non-2xx response (after sub_code classification found nothing)."""
+    status = response.status
+    body = payload if isinstance(payload, dict) else {}
+    detail = body.get("detail")
+    if isinstance(detail, str):
+        message = detail
+    elif isinstance(detail, list):
+        message = f"request validation failed: {_field_errors(detail)}"
+    elif isinstance(body.get("message"), str):
+        message = body["message"]
+    elif payload is None and text.strip():
+        message = f"HTTP {status} with a non-JSON body: {' '.join(text.split())[:_SNIPPET]}"
+    else:
+        message = f"HTTP {status}"
+    kwargs: dict[str, Any] = {
+        "status_code": status,
+        "sub_code": _str_or_none(body.get("sub_code")),
+        "detail": detail,
+        "transaction_id": _str_or_none(body.get("transaction_id")),
+        "retry_after": parse_retry_after(response.headers),
+    }
+    lowered = message.lower()
+    if "inactive client" in lowered:
+        return InactiveClientError(message, **kwargs)
+    if any(phrase in lowered for phrase in _INVALID_TOKEN_DETAILS):
+        return InvalidTokenError(message, **kwargs)
+    if 300 <= status < 400:
+        location = response.headers.get("location", "?")
+        return APIStatusError(f"redirect to {location} not followed", **kwargs)
+    error_types: dict[int, type[APIStatusError]] = {
+        400: BadRequestError,
+        401: AuthenticationError,
+        403: PermissionDeniedError,
+        422: RequestValidationError,
+        429: RateLimitError,
+    }
+    if status >= 500:
+        return InternalServerError(message, **kwargs)
+    return error_types.get(status, APIStatusError)(message, **kwargs)
+
+
+def _verdict_error(response: RawResponse, body: Mapping[str, Any]) -> FaceMatchError | None:
+    """The image-level errors named by ``sub_code``, whatever the status."""
+    sub_code = body.get("sub_code")
+    error_type: type[FaceMatchError]
+    if sub_code == "NO_FACE_FOUND":
+        error_type, default = NoFaceFoundError, "no face found in at least one image"
+    elif sub_code == "UNSUPPORTED_FILE_FORMAT":
+        error_type, default = UnsupportedFileFormatError, "file format not supported"
+    else:
+        return None
+    return error_type(
+        _str_or_none(body.get("message")) or default,
+        status_code=response.status,
+        sub_code=sub_code,
+        detail=body.get("detail"),
+        transaction_id=_str_or_none(body.get("transaction_id")),
+    )
+
+
+def parse_facematch(response: RawResponse, secrets: Iterable[str]) -> FaceMatchResult:
+    """Return the result a face-match response carries, or raise its typed error."""
+    payload, text = _decode(response, secrets)
+    if isinstance(payload, dict) and (error := _verdict_error(response, payload)) is not None:
+        raise error
+    if not 200 <= response.status < 300:
+        raise _status_error(response, payload, text)
+    if not isinstance(payload, dict):
+        raise APIResponseValidationError(
+            f"expected a JSON object, got: {' '.join(text.split())[:_SNIPPET]!r}",
+            status_code=response.status,
+        )
+    data = payload.get("data")
+    match = data.get("match") if isinstance(data, dict) else None
+    confidence = data.get("confidence") if isinstance(data, dict) else None
+    if not isinstance(match, bool) or not (
+        confidence is None
+        or (isinstance(confidence, int | float) and not isinstance(confidence, bool))
+    ):
+        raise APIResponseValidationError(
+            "response has no valid data.match / data.confidence",
+            status_code=response.status,
+            sub_code=_str_or_none(payload.get("sub_code")),
+            transaction_id=_str_or_none(payload.get("transaction_id")),
+        )
+    timestamp = payload.get("timestamp")
+    return FaceMatchResult(
+        match=match,
+        confidence=None if confidence is None else float(confidence),
+        transaction_id=_str_or_none(payload.get("transaction_id")),
+        sub_code=_str_or_none(payload.get("sub_code")),
+        message=_str_or_none(payload.get("message")),
+        timestamp=timestamp
+        if isinstance(timestamp, int) and not isinstance(timestamp, bool)
+        else None,
+        raw=payload,
+    )
+
+
+def parse_authorize(response: RawResponse, secrets: Iterable[str]) -> tuple[str, str | None]:
+    """Return ``(access_token, expiry)`` from an authorize response, or raise its error.
+
+    A refused authorize is always an :class:`AuthenticationError` (or its subclass
+    :class:`InactiveClientError`), whatever status the server chose for it.
+    """
+    payload, text = _decode(response, secrets)
+    if not 200 <= response.status < 300:
+        error = _status_error(response, payload, text)
+        # Whatever status the server chose, a refused authorize is an AuthenticationError.
+        if response.status in (400, 401, 403) and not isinstance(error, AuthenticationError):
+            error = AuthenticationError(
+                error.message,
+                status_code=error.status_code,
+                detail=error.detail,
+                transaction_id=error.transaction_id,
+            )
+        raise error
+    token = payload.get("access_token") if isinstance(payload, dict) else None
+    if not isinstance(token, str) or not token:
+        raise APIResponseValidationError(
+            "authorize response has no access_token", status_code=response.status
+        )
+    return token, _str_or_none(payload.get("expiry"))

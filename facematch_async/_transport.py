@@ -1,0 +1,116 @@
+"""One HTTP attempt: the pooled aiohttp session, a POST, a capped read, typed failures."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import platform
+import time
+from collections.abc import Mapping
+
+import aiohttp
+
+from facematch_async._responses import RawResponse
+from facematch_async._version import __version__
+from facematch_async.errors import (
+    APIConnectionError,
+    APIResponseValidationError,
+    APITimeoutError,
+    ClientClosedError,
+)
+
+__all__ = ["MAX_RESPONSE_BYTES", "Transport"]
+
+logger = logging.getLogger("facematch_async")
+
+MAX_RESPONSE_BYTES = 1024 * 1024  # the API's bodies are a few hundred bytes
+USER_AGENT = (
+    f"facematch-async/{__version__} aiohttp/{aiohttp.__version__} "
+    f"python/{platform.python_version()}"
+)
+
+
+class Transport:
+    """Owns the client's one ``aiohttp.ClientSession``, created lazily on first use.
+
+    The session belongs to the event loop it was created in; using it from another loop
+    raises a clear error instead of hanging.
+    """
+
+    def __init__(
+        self, base_url: str, *, timeout: aiohttp.ClientTimeout, max_connections: int
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._timeout = timeout
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.closed = False
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self.closed:
+            raise ClientClosedError("the client is closed")
+        loop = asyncio.get_running_loop()
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._max_connections),
+                timeout=self._timeout,
+                headers={"User-Agent": USER_AGENT},
+            )
+            self._loop = loop
+        elif loop is not self._loop:
+            raise RuntimeError(
+                "this FaceMatchClient was first used in another event loop; "
+                "create one client per event loop"
+            )
+        return self._session
+
+    async def post(
+        self, path: str, data: aiohttp.FormData, headers: Mapping[str, str]
+    ) -> RawResponse:
+        """POST ``data`` to ``path`` once; never follows a redirect (it would carry our key).
+
+        Raises:
+            APITimeoutError: no complete response within the timeout.
+            APIConnectionError: the connection failed or dropped.
+            APIResponseValidationError: the body is larger than ``MAX_RESPONSE_BYTES``.
+            ClientClosedError: the client was closed before or during the call.
+        """
+        session = self._get_session()
+        started = time.perf_counter()
+        try:
+            async with session.post(
+                self.base_url + path, data=data, headers=headers, allow_redirects=False
+            ) as response:
+                body = await _read_capped(response)
+                status, response_headers = response.status, response.headers
+        except TimeoutError:
+            raise APITimeoutError(f"POST {path} timed out") from None
+        except (aiohttp.ClientError, RuntimeError) as exc:
+            if self.closed:
+                raise ClientClosedError("the client was closed during the call") from None
+            if isinstance(exc, RuntimeError):
+                raise
+            raise APIConnectionError(f"POST {path} failed: {type(exc).__name__}: {exc}") from exc
+        logger.debug(
+            "POST %s -> %d in %.1f ms", path, status, (time.perf_counter() - started) * 1000
+        )
+        return RawResponse(status, response_headers, body)
+
+    async def aclose(self) -> None:
+        """Close the session and its connections; later calls raise ``ClientClosedError``."""
+        self.closed = True
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        body += chunk
+        if len(body) > MAX_RESPONSE_BYTES:
+            raise APIResponseValidationError(
+                f"response body is over {MAX_RESPONSE_BYTES} bytes", status_code=response.status
+            )
+    return bytes(body)
