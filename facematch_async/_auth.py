@@ -68,21 +68,29 @@ def _parse_expiry(expiry: str | None) -> float | None:
 
 
 def token_lifetime(token: str, expiry: str | None, now_wall: float) -> float | None:
-    """Seconds the token lives from now, or ``None`` when it cannot be told.
+    """Seconds the token has left, or ``None`` when it cannot be told.
 
-    ``exp - iat`` from the JWT is preferred: both come from the server's clock, so a
-    skewed local clock cannot shorten or stretch the lifetime. Otherwise the
-    ``expiry`` field (or the ``exp`` claim) is compared with the local clock.
+    The ``expiry`` field (else the JWT's ``exp``) is compared with the local clock. When
+    the JWT also has ``iat``, ``exp - iat`` (both from the server's clock) bounds the
+    answer, so a local clock that runs behind cannot stretch it, and one that runs ahead
+    (the token looks expired on arrival) cannot make every call renew it.
     """
     claims = _jwt_claims(token)
     exp, iat = claims.get("exp"), claims.get("iat")
     numbers = (int, float)
-    if isinstance(exp, numbers) and isinstance(iat, numbers) and exp > iat:
-        return float(exp - iat)
     expires_at = _parse_expiry(expiry)
     if expires_at is None and isinstance(exp, numbers):
         expires_at = float(exp)
-    return None if expires_at is None else expires_at - now_wall
+    issued_for = float(exp - iat) if isinstance(exp, numbers) and isinstance(iat, numbers) else None
+    if expires_at is None:
+        return issued_for
+    remaining = expires_at - now_wall
+    if issued_for is None:
+        return remaining
+    if remaining <= 0:
+        # ``iat`` is whole seconds, so up to a second of the lifetime may already be gone.
+        return issued_for - 1.0
+    return min(remaining, issued_for)
 
 
 def token_from_response(token: str, expiry: str | None, requested_at: float) -> AccessToken:

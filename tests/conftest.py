@@ -1,0 +1,84 @@
+"""Shared fixtures: a sandbox on loopback, clients pointed at it, tagged test images on disk."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from facematch_async import FaceMatchClient, RetryPolicy
+from facematch_async.sandbox import SandboxConfig, SandboxServer, make_test_image
+
+CLIENT_ID = "test-client"
+CLIENT_SECRET = "s3cr3t-KEY-do-not-leak-7f9a"
+# Short waits keep retry tests fast; Retry-After tests set their own server values.
+FAST_RETRIES = RetryPolicy(backoff_initial=0.01, backoff_max=0.05, backoff_jitter=0.01)
+
+
+@pytest.fixture
+def sandbox_config() -> SandboxConfig:
+    """The sandbox's settings; tests override this fixture or build their own."""
+    return SandboxConfig(client_id=CLIENT_ID, client_secret=CLIENT_SECRET)
+
+
+@pytest.fixture
+async def sandbox(sandbox_config: SandboxConfig) -> AsyncIterator[SandboxServer]:
+    """A sandbox server on a free loopback port."""
+    async with SandboxServer(sandbox_config) as server:
+        yield server
+
+
+MakeClient = Callable[..., FaceMatchClient]
+
+
+@pytest.fixture
+async def make_client(sandbox: SandboxServer) -> AsyncIterator[MakeClient]:
+    """Build clients aimed at the sandbox (closed after the test); keywords override."""
+    clients: list[FaceMatchClient] = []
+
+    def make(**overrides: Any) -> FaceMatchClient:
+        options: dict[str, Any] = {
+            "client_id": CLIENT_ID,
+            "client_secret": CLIENT_SECRET,
+            "base_url": sandbox.base_url,
+            "retry_policy": FAST_RETRIES,
+            "timeout": 5.0,
+        }
+        options.update(overrides)
+        client = FaceMatchClient(**options)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.aclose()
+
+
+@pytest.fixture
+async def client(make_client: MakeClient) -> FaceMatchClient:
+    """A client with default settings aimed at the sandbox."""
+    return make_client()
+
+
+class Faces:
+    """Tagged test images written to disk: the sandbox's TestEngine matches by tag."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.alice_png = self.write("alice.png", make_test_image("alice", "png"))
+        self.alice_jpg = self.write("alice.jpg", make_test_image("alice", "jpeg"))
+        self.bob_jpg = self.write("bob.jpg", make_test_image("bob", "jpeg"))
+        self.no_face = self.write("landscape.png", make_test_image("none", "png"))
+
+    def write(self, name: str, data: bytes) -> Path:
+        path = self.root / name
+        path.write_bytes(data)
+        return path
+
+
+@pytest.fixture
+def faces(tmp_path: Path) -> Faces:
+    """Alice (PNG and JPEG), Bob, and an image with no face, as files in a temp folder."""
+    return Faces(tmp_path)
