@@ -1,24 +1,29 @@
 """Which failures are retried, and how long to wait between attempts.
 
 Connection errors, timeouts, 429 and 500/502/503/504 are retried with exponential
-backoff and jitter (via stamina). A server's ``Retry-After``/``retry-after-ms`` replaces
-the backoff when it is within ``max_retry_after``; a longer one (a used-up daily window)
-is not waited out here: the error is raised with its ``retry_after`` for the caller.
+backoff and jitter (via tenacity, which logs nothing of its own: each scheduled retry is
+one INFO line on the ``facematch_async`` logger). A server's ``Retry-After`` or
+``retry-after-ms`` replaces the backoff when it is within ``max_retry_after``; a longer
+one (a used-up daily window) is not waited out here: the error is raised with its
+``retry_after`` for the caller.
 """
 
 from __future__ import annotations
 
+import logging
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-import stamina
+import tenacity
 
 from facematch_async.errors import APIConnectionError, APIStatusError
 
 __all__ = ["RETRYABLE_STATUSES", "RetryPolicy", "call_with_retries", "is_retryable"]
 
 T = TypeVar("T")
+logger = logging.getLogger("facematch_async")
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 
@@ -49,27 +54,48 @@ def is_retryable(error: BaseException) -> bool:
     return isinstance(error, APIStatusError) and error.status_code in RETRYABLE_STATUSES
 
 
+def _server_wait(error: BaseException | None) -> float | None:
+    """The wait the server asked for, if it asked."""
+    retry_after = getattr(error, "retry_after", None)
+    return retry_after if isinstance(retry_after, float | int) else None
+
+
 async def call_with_retries(
     attempt: Callable[[], Awaitable[T]], *, max_retries: int, policy: RetryPolicy
 ) -> T:
     """Await ``attempt()`` until it succeeds, fails for good, or ``max_retries`` are spent."""
 
-    def backoff(error: Exception) -> bool | float:
-        if not is_retryable(error):
-            return False
-        retry_after = getattr(error, "retry_after", None)
-        if retry_after is None:
-            return True
-        return retry_after if retry_after <= policy.max_retry_after else False
+    def should_retry(error: BaseException) -> bool:
+        retry_after = _server_wait(error)
+        return is_retryable(error) and (
+            retry_after is None or retry_after <= policy.max_retry_after
+        )
 
-    async for trial in stamina.retry_context(
-        on=backoff,
-        attempts=max_retries + 1,
-        timeout=None,
-        wait_initial=policy.backoff_initial,
-        wait_max=policy.backoff_max,
-        wait_jitter=policy.backoff_jitter,
-    ):
-        with trial:
-            return await attempt()
-    raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
+    def wait(state: tenacity.RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        retry_after = _server_wait(error)
+        if retry_after is not None:
+            return float(retry_after)
+        exponential = policy.backoff_initial * 2.0 ** (state.attempt_number - 1)
+        jitter = random.uniform(0, policy.backoff_jitter)  # noqa: S311 (not for security)
+        return min(policy.backoff_max, exponential + jitter)
+
+    def log_retry(state: tenacity.RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        wait_for = state.next_action.sleep if state.next_action else 0.0
+        logger.info(
+            "retrying in %.2f s (attempt %d of %d failed): %r",
+            wait_for,
+            state.attempt_number,
+            max_retries + 1,
+            error,
+        )
+
+    retrying = tenacity.AsyncRetrying(
+        stop=tenacity.stop_after_attempt(max_retries + 1),
+        wait=wait,
+        retry=tenacity.retry_if_exception(should_retry),
+        before_sleep=log_retry,
+        reraise=True,
+    )
+    return await retrying(attempt)
