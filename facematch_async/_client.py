@@ -14,11 +14,13 @@ from facematch_async._images import ImageInput, UploadImage, load_pair
 from facematch_async._models import FaceMatchResult
 from facematch_async._responses import parse_authorize, parse_facematch
 from facematch_async._retry import RetryPolicy, call_with_retries
+from facematch_async._scope import CALL_SCOPE
 from facematch_async._transport import Transport
 from facematch_async.errors import (
     AuthenticationError,
     InactiveClientError,
     PermissionDeniedError,
+    RateLimitError,
 )
 
 __all__ = ["DEFAULT_MAX_IMAGE_BYTES", "PRODUCTION_BASE_URL", "FaceMatchClient"]
@@ -171,8 +173,18 @@ class FaceMatchClient:
                 image.field, image.data, filename=image.filename, content_type=image.content_type
             )
         headers = {"Authorization": f"Bearer {token}", "x-api-key": self._client_secret}
+        scope = CALL_SCOPE.get()
+        if scope is not None:
+            scope.attempts += 1
+            if scope.before_attempt is not None:
+                await scope.before_attempt()
         response = await self._transport.post(f"/{self.api_version}/facematch", form, headers)
-        return parse_facematch(response, (self._client_secret, token))
+        try:
+            return parse_facematch(response, (self._client_secret, token))
+        except RateLimitError as error:
+            if scope is not None and scope.on_rate_limited is not None:
+                scope.on_rate_limited(error.retry_after)
+            raise
 
     async def match(self, file_a: ImageInput, file_b: ImageInput) -> FaceMatchResult:
         """Ask the API whether two images show the same person.

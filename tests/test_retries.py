@@ -172,3 +172,30 @@ def test_retry_after_parsing() -> None:
     assert parse_retry_after({"retry-after": http_date}, now=now) == pytest.approx(30, abs=1)
     assert parse_retry_after({"retry-after": "soon"}) is None
     assert parse_retry_after({}) is None
+
+
+async def test_call_scope_sees_every_attempt_and_each_429(
+    client, faces: Faces, sandbox: SandboxServer
+) -> None:
+    """A CallScope counts attempts, is awaited before each one and hears every 429."""
+    from facematch_async._scope import CALL_SCOPE, CallScope
+
+    sandbox.faults.add(
+        ScriptedResponse(
+            path=FACEMATCH, status=429, json=RATE_LIMITED, headers={"retry-after-ms": "10"}
+        )
+    )
+    sandbox.faults.add(ScriptedResponse(path=FACEMATCH, status=503, json={"detail": "x"}))
+    waits: list[float | None] = []
+    paced = 0
+
+    async def before_attempt() -> None:
+        nonlocal paced
+        paced += 1
+
+    scope = CallScope(before_attempt=before_attempt, on_rate_limited=waits.append)
+    CALL_SCOPE.set(scope)
+    assert (await client.match(faces.alice_png, faces.alice_jpg)).match is True
+    assert scope.attempts == 3
+    assert paced == 3
+    assert waits == [0.01]

@@ -1,0 +1,32 @@
+"""Per-call hooks that a caller (the batch runner) installs around ``client.match``.
+
+They travel in a context variable, so the client needs no batch-specific arguments and
+concurrent calls each see their own scope.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+__all__ = ["CALL_SCOPE", "CallScope"]
+
+
+@dataclass
+class CallScope:
+    """What one ``match`` call reports to, and waits on, for each HTTP attempt.
+
+    Attributes:
+        attempts: Face-match requests sent for this call so far (retries included).
+        before_attempt: Awaited before each face-match request (e.g. a rate limiter), so
+            retries are paced like first attempts.
+        on_rate_limited: Called with the server's ``retry_after`` (or ``None``) on each 429.
+    """
+
+    attempts: int = 0
+    before_attempt: Callable[[], Awaitable[None]] | None = None
+    on_rate_limited: Callable[[float | None], None] | None = None
+
+
+CALL_SCOPE: ContextVar[CallScope | None] = ContextVar("facematch_async_call_scope", default=None)
