@@ -1,0 +1,235 @@
+"""A multi-window rate limiter, Deepvue's plan presets, and batch-wide pauses.
+
+Deepvue counts requests per API key in a per-second, a per-minute and a per-day window at
+once; exceeding any one gives 429. :class:`RateLimiter` keeps the start time of recent
+requests for each window and lets a request go only when *every* window has room, measured
+over a strict sliding window (plus a small safety ``margin``, since the server stamps a
+request when it arrives, a little after we let it go). A client that never trips a
+sliding-window server therefore never trips a fixed-window one either.
+
+Memory is bounded by the largest window's limit (50,000 timestamps for Enterprise), never by
+the number of requests made.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import anyio
+
+__all__ = ["PLANS", "QuotaExhaustedError", "RateLimiter", "Window", "parse_rate_limit"]
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """At most ``limit`` requests in any ``period`` seconds."""
+
+    limit: int
+    period: float
+
+    def __post_init__(self) -> None:
+        if self.limit < 1:
+            raise ValueError(f"a window's limit must be at least 1, not {self.limit}")
+        if self.period <= 0:
+            raise ValueError(f"a window's period must be positive, not {self.period}")
+
+    def __str__(self) -> str:
+        for unit, seconds in (("day", 86400.0), ("h", 3600.0), ("min", 60.0), ("s", 1.0)):
+            if self.period == seconds:
+                return f"{self.limit}/{unit}"
+        return f"{self.limit}/{self.period:g}s"
+
+
+_DAY = 86400.0
+PLANS: dict[str, tuple[Window, ...]] = {
+    "starter": (Window(1, 1.0), Window(30, 60.0), Window(1000, _DAY)),
+    "business": (Window(2, 1.0), Window(100, 60.0), Window(10000, _DAY)),
+    "growth": (Window(5, 1.0), Window(500, 60.0), Window(20000, _DAY)),
+    "enterprise": (Window(17, 1.0), Window(1000, 60.0), Window(50000, _DAY)),
+}
+"""Deepvue's documented limits per plan (API reference, section 5)."""
+
+_UNITS = {"s": 1.0, "sec": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0, "hour": 3600.0}
+_UNITS.update(d=_DAY, day=_DAY)
+_PART = re.compile(r"\s*(\d+)\s*/\s*(\d*\.?\d*)\s*([a-z]+)\s*")
+
+# A daily quota that is used up is worth stopping for (``stop_at_quota``); shorter windows
+# reopen within a minute and are simply waited out.
+QUOTA_PERIOD = 3600.0
+
+
+def parse_rate_limit(spec: str | Sequence[Window] | None) -> tuple[Window, ...]:
+    """Turn a plan name, a custom spec or windows into windows; ``None``/``"none"`` is no limit.
+
+    A custom spec is comma-separated ``LIMIT/[N]UNIT`` parts, units ``s``, ``min``, ``h``,
+    ``day``: ``"10/s,300/min,20000/day"``, or ``"5/0.5s"`` for scaled-down tests.
+
+    Raises:
+        ValueError: an unknown plan or a malformed spec.
+    """
+    if spec is None:
+        return ()
+    if not isinstance(spec, str):
+        return tuple(spec)
+    name = spec.strip().lower()
+    if name in ("", "none", "off", "unlimited"):
+        return ()
+    if name in PLANS:
+        return PLANS[name]
+    windows = []
+    for part in name.split(","):
+        found = _PART.fullmatch(part)
+        if found is None or found.group(3) not in _UNITS:
+            raise ValueError(
+                f"rate limit {spec!r}: expected a plan ({', '.join(PLANS)}), 'none', or "
+                "parts like '10/s,300/min,20000/day'"
+            )
+        count, multiple, unit = found.groups()
+        windows.append(Window(int(count), float(multiple or 1) * _UNITS[unit]))
+    return tuple(windows)
+
+
+class QuotaExhaustedError(Exception):
+    """A window of an hour or more is full and the limiter was asked not to wait for it.
+
+    Attributes:
+        window: The full window.
+        wait: Seconds until it has room again.
+    """
+
+    def __init__(self, window: Window, wait: float) -> None:
+        super().__init__(f"the {window} quota is used up; it reopens in {wait:.0f} s")
+        self.window = window
+        self.wait = wait
+
+
+class RateLimiter:
+    """Lets requests go no faster than every window allows; shared by all tasks of a batch.
+
+    ```python
+    limiter = RateLimiter("business")
+    await limiter.acquire()   # before every HTTP attempt, retries included
+    limiter.pause(2.0)        # after a 429: every task waits
+    ```
+
+    Waiters are served one at a time in arrival order (an ``anyio.Lock`` is fair), so a
+    burst of tasks is spread out evenly rather than stampeding when a window reopens.
+
+    Args:
+        windows: A plan name, a spec (see :func:`parse_rate_limit`) or windows.
+        margin: Seconds added to every window's period, to absorb the delay between letting
+            a request go and the server counting it.
+        clock: Monotonic seconds; injectable for tests.
+        sleep: Awaitable sleep; injectable for tests.
+    """
+
+    def __init__(
+        self,
+        windows: str | Sequence[Window] | None,
+        *,
+        margin: float = 0.05,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    ) -> None:
+        self.windows = parse_rate_limit(windows)
+        self.margin = margin
+        self._clock = clock
+        self._sleep = sleep
+        self._sent: tuple[deque[float], ...] = tuple(deque() for _ in self.windows)
+        self._paused_until = -math.inf
+        self._lock = anyio.Lock()
+
+    def __repr__(self) -> str:
+        return f"RateLimiter({','.join(map(str, self.windows)) or 'none'!r})"
+
+    def pause(self, seconds: float) -> None:
+        """Hold every request back for ``seconds`` from now (extends, never shortens)."""
+        self._paused_until = max(self._paused_until, self._clock() + seconds)
+
+    @property
+    def paused_for(self) -> float:
+        """Seconds left in the current pause (0 when not paused)."""
+        return max(0.0, self._paused_until - self._clock())
+
+    def seed(self, sent_at: Sequence[float]) -> None:
+        """Count requests made before this limiter existed (``clock()`` times, oldest first).
+
+        A resumed run uses it so that a daily quota spent earlier today is not spent twice.
+        """
+        for stamp in sent_at:
+            self._record(stamp)
+
+    def _record(self, stamp: float) -> None:
+        for window, sent in zip(self.windows, self._sent, strict=True):
+            sent.append(stamp)
+            if len(sent) > window.limit:
+                sent.popleft()  # only the last `limit` stamps can ever decide a wait
+
+    def _wait(self, now: float) -> tuple[float, Window | None]:
+        """Seconds until a request may go, and the window that imposes the longest wait."""
+        wait, longest = self._paused_until - now, None
+        for window, sent in zip(self.windows, self._sent, strict=True):
+            if len(sent) >= window.limit:
+                # The oldest of the last `limit` requests must leave the window first.
+                reopens = sent[0] + window.period + self.margin - now
+                if reopens > wait:
+                    wait, longest = reopens, window
+        return wait, longest
+
+    def wait_time(self) -> float:
+        """Seconds an ``acquire()`` would wait now (0 when it could go at once)."""
+        return max(0.0, self._wait(self._clock())[0])
+
+    async def acquire(self, *, stop_at_quota: bool = False) -> None:
+        """Wait until every window has room, then count one request.
+
+        Args:
+            stop_at_quota: Raise instead of waiting when a window of an hour or more is full.
+
+        Raises:
+            QuotaExhaustedError: ``stop_at_quota`` and the daily window is used up.
+        """
+        if not self.windows:
+            wait = self._paused_until - self._clock()
+            while wait > 0:
+                await self._sleep(wait)
+                wait = self._paused_until - self._clock()
+            return
+        async with self._lock:
+            while True:
+                now = self._clock()
+                wait, window = self._wait(now)
+                if wait <= 0:
+                    self._record(now)
+                    return
+                if stop_at_quota and window is not None and window.period >= QUOTA_PERIOD:
+                    raise QuotaExhaustedError(window, wait)
+                # Re-checked after the sleep: a pause may have started meanwhile.
+                await self._sleep(wait)
+
+    def estimate(self, requests: int) -> float:
+        """Seconds ``requests`` more requests take at full speed from an idle start.
+
+        Simulated rather than computed: with several windows the waits compound (a full
+        minute window holds back a per-second pace). Beyond a million requests the rest is
+        extrapolated at the simulated pace.
+        """
+        if requests <= 0 or not self.windows:
+            return 0.0
+        simulated = min(requests, 1_000_000)
+        sent: tuple[deque[float], ...] = tuple(deque() for _ in self.windows)
+        now = 0.0
+        for _ in range(simulated):
+            for window, stamps in zip(self.windows, sent, strict=True):
+                if len(stamps) >= window.limit:
+                    now = max(now, stamps[0] + window.period + self.margin)
+            for window, stamps in zip(self.windows, sent, strict=True):
+                stamps.append(now)
+                if len(stamps) > window.limit:
+                    stamps.popleft()
+        return now if simulated == requests else now * requests / simulated

@@ -1,0 +1,172 @@
+"""The multi-window rate limiter: presets, specs, strict sliding windows, pauses, quotas."""
+
+from __future__ import annotations
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from facematch_async._ratelimit import (
+    PLANS,
+    QuotaExhaustedError,
+    RateLimiter,
+    Window,
+    parse_rate_limit,
+)
+
+
+class FakeClock:
+    """A clock that only moves when a task sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += max(0.0, seconds)
+        await anyio.lowlevel.checkpoint()
+
+
+def limiter(spec: str, clock: FakeClock, margin: float = 0.0) -> RateLimiter:
+    return RateLimiter(spec, margin=margin, clock=clock, sleep=clock.sleep)
+
+
+def max_in_any_window(stamps: list[float], period: float) -> int:
+    """The most stamps found in any half-open interval [t, t + period)."""
+    best, start = 0, 0
+    for end, stamp in enumerate(stamps):
+        while stamp - stamps[start] >= period:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+def test_presets_are_the_documented_plans() -> None:
+    """The four plans carry Deepvue's per-second, per-minute and per-day numbers."""
+    assert {name: [str(w) for w in windows] for name, windows in PLANS.items()} == {
+        "starter": ["1/s", "30/min", "1000/day"],
+        "business": ["2/s", "100/min", "10000/day"],
+        "growth": ["5/s", "500/min", "20000/day"],
+        "enterprise": ["17/s", "1000/min", "50000/day"],
+    }
+
+
+def test_custom_specs_parse_with_units_and_multiples() -> None:
+    """'10/s,300/min,20000/day' and scaled windows like '5/0.5s' parse; 'none' is no limit."""
+    assert parse_rate_limit("10/s,300/min,20000/day") == (
+        Window(10, 1.0),
+        Window(300, 60.0),
+        Window(20000, 86400.0),
+    )
+    assert parse_rate_limit("5/0.5s, 7/2h") == (Window(5, 0.5), Window(7, 7200.0))
+    assert parse_rate_limit("Business") == PLANS["business"]
+    assert parse_rate_limit("none") == () == parse_rate_limit(None)
+
+
+@pytest.mark.parametrize("spec", ["fast", "10/fortnight", "10", "/s", "0/s", "10/0s"])
+def test_malformed_specs_are_refused(spec: str) -> None:
+    """An unknown plan or a malformed part raises ValueError."""
+    with pytest.raises(ValueError, match=r"limit|period|rate limit"):
+        parse_rate_limit(spec)
+
+
+async def test_every_window_holds_at_once() -> None:
+    """No 1 s window ever sees more than 3 requests and no 10 s window more than 10."""
+    clock = FakeClock()
+    rl = limiter("3/s,10/10s", clock)
+    stamps = []
+    for _ in range(35):
+        await rl.acquire()
+        stamps.append(clock.now)
+    assert max_in_any_window(stamps, 1.0) == 3
+    assert max_in_any_window(stamps, 10.0) == 10
+    # ...and no slower than it must be: the 31st request opens the fourth 10 s window.
+    assert stamps[-1] - stamps[0] == pytest.approx(31.0)
+
+
+async def test_concurrent_waiters_share_the_windows() -> None:
+    """Twenty tasks acquiring at once are spread out to 2 per second in total."""
+    clock = FakeClock()
+    rl = limiter("2/s", clock)
+    stamps: list[float] = []
+
+    async def worker() -> None:
+        await rl.acquire()
+        stamps.append(clock.now)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(20):
+            tg.start_soon(worker)
+    assert max_in_any_window(sorted(stamps), 1.0) == 2
+    assert max(stamps) - min(stamps) == pytest.approx(9.0)
+
+
+async def test_margin_widens_each_window() -> None:
+    """With a margin, a request waits period + margin after the one it replaces."""
+    clock = FakeClock()
+    rl = limiter("1/s", clock, margin=0.25)
+    await rl.acquire()
+    start = clock.now
+    await rl.acquire()
+    assert clock.now - start == pytest.approx(1.25)
+
+
+async def test_pause_holds_everybody_back() -> None:
+    """pause() delays the next request of every task, and only extends, never shortens."""
+    clock = FakeClock()
+    rl = limiter("100/s", clock)
+    await rl.acquire()
+    rl.pause(5.0)
+    rl.pause(1.0)
+    assert rl.paused_for == pytest.approx(5.0)
+    start = clock.now
+    await rl.acquire()
+    assert clock.now - start == pytest.approx(5.0)
+    unlimited = limiter("none", clock)
+    unlimited.pause(2.0)
+    start = clock.now
+    await unlimited.acquire()
+    assert clock.now - start == pytest.approx(2.0)
+
+
+async def test_stop_at_quota_raises_when_the_daily_window_is_full() -> None:
+    """With stop_at_quota a full daily window raises; per-second waits are still waited out."""
+    clock = FakeClock()
+    rl = limiter("2/s,3/day", clock)
+    for _ in range(3):
+        await rl.acquire(stop_at_quota=True)
+    with pytest.raises(QuotaExhaustedError) as caught:
+        await rl.acquire(stop_at_quota=True)
+    assert caught.value.window == Window(3, 86400.0)
+    assert caught.value.wait == pytest.approx(86400.0 - 1.0, abs=0.01)
+
+
+async def test_without_stop_the_daily_window_is_waited_for() -> None:
+    """Without stop_at_quota the limiter sleeps until the daily window reopens."""
+    clock = FakeClock()
+    rl = limiter("2/day", clock)
+    await rl.acquire()
+    await rl.acquire()
+    start = clock.now
+    await rl.acquire()
+    assert clock.now - start == pytest.approx(86400.0)
+
+
+async def test_seeded_requests_count_against_the_windows() -> None:
+    """Requests recorded by seed() (an earlier run today) use up the daily quota."""
+    clock = FakeClock()
+    rl = limiter("5/day", clock)
+    rl.seed([clock.now - 3600.0] * 5)
+    assert rl.wait_time() == pytest.approx(86400.0 - 3600.0)
+
+
+def test_estimate_is_the_slowest_window() -> None:
+    """estimate() gives the run time of N requests: the binding window decides."""
+    rl = RateLimiter("2/s,100/min", margin=0.0)
+    assert rl.estimate(1) == 0.0
+    assert rl.estimate(100) == pytest.approx(49.0)  # two per second from t=0
+    # The minute window binds: 100 by t=49, the next 100 from t=60, the last 50 from t=120.
+    assert rl.estimate(250) == pytest.approx(144.0)
+    assert RateLimiter(None).estimate(10**6) == 0.0
