@@ -5,14 +5,28 @@ from facematch_async import FaceMatchClient
 
 async with FaceMatchClient(client_id="...", client_secret="...") as client:
     result = await client.match("selfie.jpg", "id_card.png")
+
+    runner = BatchRunner(client, concurrency=32, rate_limit="business")
+    async for outcome in runner.run(read_manifest("pairs.csv")):
+        print(outcome.pair_id, outcome.status)
 ```
 """
 
 from facematch_async._client import PRODUCTION_BASE_URL, FaceMatchClient
 from facematch_async._images import ImageInput
 from facematch_async._models import FaceMatchResult
+from facematch_async._ratelimit import RateLimiter
 from facematch_async._retry import RetryPolicy
 from facematch_async._version import __version__
+from facematch_async.batch import (
+    BatchRunner,
+    BatchSummary,
+    PairError,
+    PairOutcome,
+    PairSpec,
+    ResultsFile,
+    read_manifest,
+)
 from facematch_async.errors import (
     APIConnectionError,
     APIResponseValidationError,
@@ -44,6 +58,8 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "BatchRunner",
+    "BatchSummary",
     "ClientClosedError",
     "EmptyImageError",
     "FaceMatchClient",
@@ -57,10 +73,16 @@ __all__ = [
     "InternalServerError",
     "InvalidTokenError",
     "NoFaceFoundError",
+    "PairError",
+    "PairOutcome",
+    "PairSpec",
     "PermissionDeniedError",
     "RateLimitError",
+    "RateLimiter",
     "RequestValidationError",
+    "ResultsFile",
     "RetryPolicy",
     "UnsupportedFileFormatError",
     "__version__",
+    "read_manifest",
 ]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import anyio
 import anyio.lowlevel
 import pytest
 
+from facematch_async import BatchRunner
 from facematch_async._ratelimit import (
     PLANS,
     QuotaExhaustedError,
@@ -13,6 +16,10 @@ from facematch_async._ratelimit import (
     Window,
     parse_rate_limit,
 )
+from facematch_async.sandbox import SandboxConfig, SandboxServer, ScriptedResponse
+
+from .conftest import CLIENT_ID, CLIENT_SECRET, Faces, MakeClient
+from .test_batch import RecordingEngine
 
 
 class FakeClock:
@@ -170,3 +177,47 @@ def test_estimate_is_the_slowest_window() -> None:
     # The minute window binds: 100 by t=49, the next 100 from t=60, the last 50 from t=120.
     assert rl.estimate(250) == pytest.approx(144.0)
     assert RateLimiter(None).estimate(10**6) == 0.0
+
+
+@pytest.fixture
+def engine() -> RecordingEngine:
+    return RecordingEngine()
+
+
+@pytest.fixture
+def sandbox_config(engine: RecordingEngine) -> SandboxConfig:
+    return SandboxConfig(client_id=CLIENT_ID, client_secret=CLIENT_SECRET, engine=engine)
+
+
+async def test_no_window_is_exceeded_as_seen_by_the_server(
+    make_client: MakeClient, faces: Faces, engine: RecordingEngine
+) -> None:
+    """A concurrent batch under '3/0.25s,8/s' never puts more in any window, server-side."""
+    runner = BatchRunner(make_client(), concurrency=8, rate_limit="3/0.25s,8/s")
+    pairs = [(f"p{i}", faces.alice_png, faces.alice_jpg) for i in range(20)]
+    async for outcome in runner.run(pairs):
+        assert outcome.status == "match"
+    stamps = sorted(engine.stamps)
+    assert len(stamps) == 20
+    assert max_in_any_window(stamps, 0.25) <= 3
+    assert max_in_any_window(stamps, 1.0) <= 8
+    # Not needlessly slow either: 20 requests at 8/s need a little over two seconds.
+    assert stamps[-1] - stamps[0] < 3.0
+
+
+async def test_retries_are_paced_by_the_limiter_too(
+    make_client: MakeClient, faces: Faces, sandbox: SandboxServer
+) -> None:
+    """Retried attempts acquire the limiter: 503s plus successes stay within 4 per second."""
+    sandbox.faults.add(ScriptedResponse(path="/v1/facematch", status=503, json={}, times=4))
+    runner = BatchRunner(make_client(), concurrency=8, rate_limit="4/0.5s")
+    started = time.monotonic()
+    async for outcome in runner.run(
+        [(f"p{i}", faces.alice_png, faces.alice_jpg) for i in range(4)]
+    ):
+        assert outcome.status == "match"
+    # 8 attempts at 4 per 0.5 s: the second four wait for the window to roll over.
+    assert time.monotonic() - started >= 0.5
+    assert (
+        sum(n for (path, _), n in sandbox.counters.requests.items() if path == "/v1/facematch") == 8
+    )

@@ -1,0 +1,211 @@
+"""Manifests: the pairs to match, streamed from CSV, JSONL or a folder of folders.
+
+Rows are read one at a time, so a manifest of a million pairs costs no more memory than one
+of ten. A row that cannot become a pair (missing fields, bad JSON, a path that escapes the
+root) is still yielded, as a :class:`PairSpec` carrying a :class:`ManifestProblem` and its
+line number: the runner records it as that pair's error and carries on.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["REQUIRED_COLUMNS", "ManifestProblem", "PairSpec", "pair_key", "read_manifest"]
+
+REQUIRED_COLUMNS = ("pair_id", "file_a", "file_b")
+_JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestProblem:
+    """Why a manifest row is not a usable pair.
+
+    Attributes:
+        sub_code: ``MALFORMED_ROW``, ``PATH_OUTSIDE_ROOT`` or ``DUPLICATE_PAIR_ID``.
+        message: What is wrong, for a person.
+    """
+
+    sub_code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class PairSpec:
+    """One pair to match.
+
+    Attributes:
+        pair_id: The caller's id for the pair; it keys the results and ``--resume``.
+        file_a: The first image (e.g. the selfie); ``None`` only for a problem row.
+        file_b: The second image (e.g. the ID document).
+        line: The manifest line the row ends on (``None`` for folders and API callers).
+        extra: The manifest's other columns, copied to the output.
+        problem: Set when the row is unusable; the pair is then recorded as an error.
+    """
+
+    pair_id: str
+    file_a: Path | None
+    file_b: Path | None
+    line: int | None = None
+    extra: Mapping[str, str] = field(default_factory=dict)
+    problem: ManifestProblem | None = None
+
+    @property
+    def key(self) -> str:
+        """The id results are filed under: the pair id, or ``@line:N`` for an anonymous row."""
+        return pair_key(self.pair_id, self.line, self.problem.sub_code if self.problem else None)
+
+
+def pair_key(pair_id: str, line: int | None, sub_code: str | None) -> str:
+    """The key a pair's outcome is filed under in the results and the resume index.
+
+    The pair id, except for a row with no id or a repeated id: those are filed under their
+    line (``@line:N``), so they never overwrite the outcome of the id's first row.
+    """
+    if pair_id and sub_code != "DUPLICATE_PAIR_ID":
+        return pair_id
+    return f"@line:{line}"
+
+
+def read_manifest(
+    path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None
+) -> Iterator[PairSpec]:
+    """Stream the pairs of a manifest.
+
+    * ``.csv``: a header naming ``pair_id,file_a,file_b`` (any order); other columns are
+      carried into the output as ``extra``.
+    * ``.jsonl`` / ``.ndjson``: one JSON object per line with the same keys; blank lines
+      are skipped.
+    * a folder: each sub-folder ``<dir>/<pair_id>/`` holding exactly two files (hidden files
+      ignored); they become ``file_a`` and ``file_b`` in name order.
+
+    Relative paths resolve against the manifest's folder. With ``root``, every image must
+    resolve (symlinks followed) inside ``root``; one that does not, e.g. through ``../``, is
+    a per-pair ``PATH_OUTSIDE_ROOT`` problem.
+
+    Raises:
+        FileNotFoundError: the manifest does not exist.
+        ValueError: a CSV manifest without the required header.
+    """
+    source = Path(path)
+    confine = Path(os.path.realpath(root)) if root is not None else None
+    if source.is_dir():
+        return _read_folder(source, confine)
+    if not source.exists():
+        raise FileNotFoundError(f"no such manifest: {source}")
+    if source.suffix.lower() in _JSONL_SUFFIXES:
+        return _read_jsonl(source, confine)
+    return _read_csv(source, confine)
+
+
+def _resolve(base: Path, value: str, confine: Path | None) -> Path | ManifestProblem:
+    candidate = base / value  # an absolute value replaces base
+    if confine is not None:
+        real = os.path.realpath(candidate)
+        if os.path.commonpath([real, confine]) != str(confine):
+            return ManifestProblem("PATH_OUTSIDE_ROOT", f"{value!r} is outside the root folder")
+    return candidate
+
+
+def _make_spec(
+    base: Path,
+    confine: Path | None,
+    line: int | None,
+    fields: Mapping[str, object],
+    extra: Mapping[str, str],
+) -> PairSpec:
+    raw_id = fields.get("pair_id")
+    pair_id = raw_id.strip() if isinstance(raw_id, str) else ""
+    where = f"line {line}" if line is not None else f"{pair_id}/"
+    missing = [
+        name
+        for name in REQUIRED_COLUMNS
+        if not isinstance(fields.get(name), str) or not str(fields.get(name)).strip()
+    ]
+    if missing:
+        problem = ManifestProblem("MALFORMED_ROW", f"{where}: missing {', '.join(missing)}")
+        return PairSpec(pair_id, None, None, line, extra, problem)
+    paths = []
+    for name in ("file_a", "file_b"):
+        resolved = _resolve(base, str(fields[name]).strip(), confine)
+        if isinstance(resolved, ManifestProblem):
+            problem = ManifestProblem(resolved.sub_code, f"{where}: {name} {resolved.message}")
+            return PairSpec(pair_id, None, None, line, extra, problem)
+        paths.append(resolved)
+    return PairSpec(pair_id, paths[0], paths[1], line, extra)
+
+
+def _read_csv(source: Path, confine: Path | None) -> Iterator[PairSpec]:
+    base = source.parent
+    with open(source, newline="", encoding="utf-8-sig") as file:
+        reader = csv.reader(file)
+        header = [name.strip() for name in next(reader, [])]
+        absent = [name for name in REQUIRED_COLUMNS if name not in header]
+        if absent:
+            raise ValueError(
+                f"{source}: the first line must be a header with {', '.join(REQUIRED_COLUMNS)} "
+                f"(missing {', '.join(absent)})"
+            )
+        for row in reader:
+            line = reader.line_num
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue  # a blank line
+            fields = dict(zip(header, row, strict=False))
+            extra = {k: v for k, v in fields.items() if k not in REQUIRED_COLUMNS and k}
+            if len(row) != len(header):
+                problem = ManifestProblem(
+                    "MALFORMED_ROW", f"line {line}: {len(row)} fields, the header has {len(header)}"
+                )
+                pair_id = fields.get("pair_id", "").strip()
+                yield PairSpec(pair_id, None, None, line, extra, problem)
+                continue
+            yield _make_spec(base, confine, line, fields, extra)
+
+
+def _read_jsonl(source: Path, confine: Path | None) -> Iterator[PairSpec]:
+    base = source.parent
+    with open(source, encoding="utf-8-sig") as file:
+        for line, text in enumerate(file, start=1):
+            if not text.strip():
+                continue
+            try:
+                fields = json.loads(text)
+            except json.JSONDecodeError as exc:
+                problem = ManifestProblem("MALFORMED_ROW", f"line {line}: not JSON ({exc.msg})")
+                yield PairSpec("", None, None, line, {}, problem)
+                continue
+            if not isinstance(fields, dict):
+                problem = ManifestProblem("MALFORMED_ROW", f"line {line}: not a JSON object")
+                yield PairSpec("", None, None, line, {}, problem)
+                continue
+            extra = {
+                str(k): v if isinstance(v, str) else json.dumps(v)
+                for k, v in fields.items()
+                if k not in REQUIRED_COLUMNS
+            }
+            yield _make_spec(base, confine, line, fields, extra)
+
+
+def _read_folder(source: Path, confine: Path | None) -> Iterator[PairSpec]:
+    # os.scandir streams the entries: no list of a million names in memory.
+    with os.scandir(source) as entries:
+        for entry in entries:
+            if entry.name.startswith(".") or not entry.is_dir():
+                continue
+            names = sorted(
+                name
+                for name in os.listdir(entry.path)
+                if not name.startswith(".") and os.path.isfile(os.path.join(entry.path, name))
+            )
+            if len(names) != 2:
+                problem = ManifestProblem(
+                    "MALFORMED_ROW", f"{entry.name}/ holds {len(names)} files, not 2"
+                )
+                yield PairSpec(entry.name, None, None, None, {}, problem)
+                continue
+            fields = {"pair_id": entry.name, "file_a": names[0], "file_b": names[1]}
+            yield _make_spec(Path(entry.path), confine, None, fields, {})

@@ -1,0 +1,349 @@
+"""BatchRunner: match a stream of pairs at the allowed rate, with bounded work in flight.
+
+```
+pairs ──▶ producer task: dedupe (KeyIndex) ─ skip? ─ wait for a free slot (CapacityLimiter)
+                │                                            │
+                │ manifest problems                          ▼ one task per pair
+                ▼                                 CallScope(limiter.acquire before every
+         outcome stream (bounded) ◀──────────────  HTTP attempt, 429 → batch-wide pause)
+                │
+                ▼
+      run() yields outcomes as they complete
+```
+
+The producer pulls the next pair only when a slot is free and the consumer keeps up (the
+outcome stream is bounded too), so memory depends on ``concurrency``, not on the number of
+pairs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from pathlib import Path
+from typing import Literal, TypeAlias
+
+import anyio
+from anyio.streams.memory import MemoryObjectSendStream
+
+from facematch_async._client import FaceMatchClient
+from facematch_async._models import FaceMatchResult
+from facematch_async._ratelimit import QUOTA_PERIOD, QuotaExhaustedError, RateLimiter, Window
+from facematch_async._scope import CALL_SCOPE, CallScope
+from facematch_async.batch._index import KeyIndex
+from facematch_async.batch._manifest import ManifestProblem, PairSpec
+from facematch_async.batch._outcome import PairError, PairOutcome
+from facematch_async.errors import (
+    AuthenticationError,
+    FaceMatchError,
+    NoFaceFoundError,
+    RateLimitError,
+)
+
+__all__ = ["BatchRunner", "PairInput", "StopReason"]
+
+logger = logging.getLogger("facematch_async")
+
+PairInput: TypeAlias = PairSpec | tuple[str, str | Path, str | Path]
+"""A pair for :meth:`BatchRunner.run`: a :class:`PairSpec` or ``(pair_id, file_a, file_b)``."""
+
+StopReason: TypeAlias = Literal["stopped", "quota", "credentials"]
+
+_MAX_BACKOFF = 60.0
+
+
+def _as_spec(pair: PairInput) -> PairSpec:
+    if isinstance(pair, PairSpec):
+        return pair
+    pair_id, file_a, file_b = pair
+    return PairSpec(str(pair_id), Path(file_a), Path(file_b))
+
+
+async def _aiter(pairs: Iterable[PairInput] | AsyncIterable[PairInput]) -> AsyncIterator[PairInput]:
+    if isinstance(pairs, AsyncIterable):
+        async for pair in pairs:
+            yield pair
+    else:
+        # Reading the next manifest row is a small buffered read: cheap enough for the loop.
+        for pair in pairs:
+            yield pair
+
+
+class BatchRunner:
+    """Match many pairs with one client, within the plan's rate limits.
+
+    ```python
+    async with FaceMatchClient(...) as client:
+        runner = BatchRunner(client, concurrency=32, rate_limit="business")
+        async for outcome in runner.run(read_manifest("pairs.csv")):
+            print(outcome.pair_id, outcome.status)
+    ```
+
+    Every pair ends as exactly one :class:`PairOutcome` (``match``, ``no_match``,
+    ``no_face`` or ``error``); one bad pair never stops the batch. A pair is left
+    *unrecorded* (no outcome, so a later resume runs it) only when the batch stops under it:
+    rejected credentials, a used-up quota with ``stop_at_quota``, or :meth:`cancel`.
+
+    Args:
+        client: The client to call; the runner neither opens nor closes it.
+        concurrency: The most pairs in flight at once (images read, requests open).
+        rate_limit: A plan (``"starter"``, ``"business"``, ``"growth"``,
+            ``"enterprise"``), a spec such as ``"10/s,300/min,20000/day"``, windows, a
+            shared :class:`RateLimiter`, or ``None`` for no limit. The limiter is awaited
+            before every HTTP attempt, retries included.
+        stop_at_quota: When the daily window is used up, stop cleanly (``stop_reason ==
+            "quota"``) instead of waiting for it to reopen.
+        rate_limit_rounds: After the client's own retries, how many more times a pair that
+            still met 429 is tried again (after the batch-wide pause) before it is an error.
+        index_dir: Where the duplicate-id index file goes (default: the temp folder).
+
+    Attributes:
+        limiter: The rate limiter in use.
+        stop_reason: ``None`` while running or after a complete run; ``"stopped"``
+            (:meth:`stop`), ``"quota"`` or ``"credentials"`` when the run ended early.
+        unrecorded: Pairs started but left without an outcome (see above).
+        skipped: Pairs the ``skip`` predicate of :meth:`run` passed over.
+        rate_limited: 429 answers met, all pairs together.
+    """
+
+    def __init__(
+        self,
+        client: FaceMatchClient,
+        concurrency: int = 32,
+        rate_limit: str | tuple[Window, ...] | RateLimiter | None = "business",
+        stop_at_quota: bool = False,
+        *,
+        rate_limit_rounds: int = 5,
+        index_dir: str | Path | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, not {concurrency}")
+        self.client = client
+        self.concurrency = concurrency
+        self.limiter = (
+            rate_limit if isinstance(rate_limit, RateLimiter) else RateLimiter(rate_limit)
+        )
+        self.stop_at_quota = stop_at_quota
+        self.rate_limit_rounds = rate_limit_rounds
+        self.index_dir = index_dir
+        self.stop_reason: StopReason | None = None
+        self.fatal_error: FaceMatchError | None = None
+        self.unrecorded = 0
+        self.skipped = 0
+        self.rate_limited = 0
+        self.in_flight = 0
+        self._backoff = 1.0
+        self._cancel_scope: anyio.CancelScope | None = None
+
+    def stop(self) -> None:
+        """Stop dispatching new pairs; those in flight finish and are reported."""
+        if self.stop_reason is None:
+            self.stop_reason = "stopped"
+
+    def cancel(self) -> None:
+        """Stop dispatching and abandon the pairs in flight (they stay unrecorded)."""
+        self.stop()
+        if self._cancel_scope is not None:
+            self._cancel_scope.cancel()
+
+    def _halt(self, reason: StopReason) -> None:
+        if self.stop_reason in (None, "stopped"):
+            self.stop_reason = reason
+
+    async def run(
+        self,
+        pairs: Iterable[PairInput] | AsyncIterable[PairInput],
+        *,
+        skip: Callable[[str], bool] | None = None,
+    ) -> AsyncIterator[PairOutcome]:
+        """Match ``pairs`` and yield each outcome as it completes (not in input order).
+
+        Pairs are pulled lazily: the next one is taken only when a slot is free. A pair id
+        seen before in this run is an ``error`` (``DUPLICATE_PAIR_ID``) for the later row.
+
+        Args:
+            pairs: :class:`PairSpec` items (see :func:`read_manifest`) or
+                ``(pair_id, file_a, file_b)`` tuples, from an iterable or async iterable.
+            skip: Called with each pair's key after duplicate detection; ``True`` passes it
+                over without an outcome (how ``--resume`` skips finished pairs).
+
+        Raises:
+            AuthenticationError: the credentials were refused. Raised after the outcomes of
+                the pairs already in flight; no further pair was started.
+        """
+        send, receive = anyio.create_memory_object_stream[PairOutcome](self.concurrency)
+        producer = asyncio.create_task(self._produce(pairs, send, skip))
+        try:
+            async with receive:
+                async for outcome in receive:
+                    yield outcome
+            await producer
+        finally:
+            if not producer.done():  # the consumer stopped early
+                self.cancel()
+                producer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await producer
+        if self.fatal_error is not None:
+            raise self.fatal_error
+
+    async def _produce(
+        self,
+        pairs: Iterable[PairInput] | AsyncIterable[PairInput],
+        send: MemoryObjectSendStream[PairOutcome],
+        skip: Callable[[str], bool] | None,
+    ) -> None:
+        slots = anyio.CapacityLimiter(self.concurrency)
+        seen = KeyIndex(self.index_dir)
+        try:
+            async with send, anyio.create_task_group() as group:
+                self._cancel_scope = group.cancel_scope
+                async for pair in _aiter(pairs):
+                    if self.stop_reason is not None:
+                        break
+                    spec = _as_spec(pair)
+                    if spec.problem is None and not seen.add(spec.pair_id, spec.line):
+                        first = seen.get(spec.pair_id)
+                        where = f" (first on line {first[0]})" if first and first[0] else ""
+                        problem = ManifestProblem(
+                            "DUPLICATE_PAIR_ID", f"pair_id {spec.pair_id!r} seen before{where}"
+                        )
+                        spec = PairSpec(spec.pair_id, None, None, spec.line, spec.extra, problem)
+                    key = spec.key
+                    if skip is not None and skip(key):
+                        self.skipped += 1
+                        continue
+                    if spec.problem is not None:
+                        await send.send(
+                            self._outcome(spec, "error", PairError.from_problem(spec.problem))
+                        )
+                        continue
+                    borrower = object()
+                    await slots.acquire_on_behalf_of(borrower)
+                    if self.stop_reason is not None:
+                        slots.release_on_behalf_of(borrower)
+                        break
+                    group.start_soon(self._run_pair, spec, slots, borrower, send)
+        finally:
+            self._cancel_scope = None
+            seen.close()
+
+    def _outcome(
+        self,
+        spec: PairSpec,
+        status: Literal["match", "no_match", "no_face", "error"],
+        error: PairError | None = None,
+        *,
+        result: FaceMatchResult | None = None,
+        attempts: int = 0,
+        latency: float | None = None,
+    ) -> PairOutcome:
+        return PairOutcome(
+            pair_id=spec.pair_id,
+            status=status,
+            result=result,
+            error=error,
+            attempts=attempts,
+            latency=latency,
+            line=spec.line,
+            extra=spec.extra,
+            finished_at=time.time(),
+            key=spec.key,
+        )
+
+    async def _run_pair(
+        self,
+        spec: PairSpec,
+        slots: anyio.CapacityLimiter,
+        borrower: object,
+        send: MemoryObjectSendStream[PairOutcome],
+    ) -> None:
+        self.in_flight += 1
+        try:
+            outcome = await self._match(spec)
+            if outcome is None:
+                self.unrecorded += 1
+            else:
+                await send.send(outcome)
+        finally:
+            self.in_flight -= 1
+            slots.release_on_behalf_of(borrower)
+
+    def _on_rate_limited(self, retry_after: float | None) -> None:
+        """A 429: hold the whole batch back, not just this pair."""
+        self.rate_limited += 1
+        if retry_after is not None:
+            self.limiter.pause(retry_after)
+        elif self.limiter.paused_for <= 0:
+            # Many pairs in flight meet the same 429: only the first one doubles the wait.
+            self.limiter.pause(self._backoff)
+            self._backoff = min(_MAX_BACKOFF, self._backoff * 2)
+
+    async def _match(self, spec: PairSpec) -> PairOutcome | None:
+        assert spec.file_a is not None
+        assert spec.file_b is not None
+        waited = 0.0
+
+        async def before_attempt() -> None:
+            nonlocal waited
+            started = time.perf_counter()
+            await self.limiter.acquire(stop_at_quota=self.stop_at_quota)
+            waited += time.perf_counter() - started
+
+        # Each task runs in its own copy of the context, so this scope is this pair's alone.
+        scope = CallScope(before_attempt=before_attempt, on_rate_limited=self._on_rate_limited)
+        CALL_SCOPE.set(scope)
+        started = time.perf_counter()
+        rounds = 0
+        while True:
+            try:
+                result = await self.client.match(spec.file_a, spec.file_b)
+            except QuotaExhaustedError:
+                self._halt("quota")
+                return None
+            except NoFaceFoundError as error:
+                status: Literal["no_face", "error"] = "no_face"
+                pair_error = PairError.from_exception(error)
+            except RateLimitError as error:
+                if (
+                    self.stop_at_quota
+                    and error.retry_after is not None
+                    and error.retry_after >= QUOTA_PERIOD
+                ):
+                    self._halt("quota")
+                    return None
+                if rounds < self.rate_limit_rounds and self.stop_reason is None:
+                    rounds += 1
+                    continue  # the limiter holds the retry until the batch-wide pause ends
+                status, pair_error = "error", PairError.from_exception(error)
+            except AuthenticationError as error:
+                # Every later pair would fail alike: stop, and leave this one for a resume.
+                if self.fatal_error is None:
+                    self.fatal_error = error
+                    logger.error("credentials refused, stopping the batch: %r", error)
+                self._halt("credentials")
+                return None
+            except FaceMatchError as error:
+                status, pair_error = "error", PairError.from_exception(error)
+            except Exception as error:  # one bad pair never stops the batch
+                logger.exception("pair %r failed unexpectedly", spec.pair_id)
+                status, pair_error = "error", PairError.from_exception(error)
+            else:
+                self._backoff = 1.0
+                return self._outcome(
+                    spec,
+                    "match" if result.match else "no_match",
+                    result=result,
+                    attempts=scope.attempts,
+                    latency=time.perf_counter() - started - waited,
+                )
+            return self._outcome(
+                spec,
+                status,
+                pair_error,
+                attempts=scope.attempts,
+                latency=time.perf_counter() - started - waited,
+            )

@@ -1,0 +1,281 @@
+"""The results file: one line per pair, appended and flushed as each pair finishes.
+
+Layout: JSONL (one object per line) or CSV (a header, then one row per line; newlines in
+messages become spaces so that every record is one physical line). Each line carries
+``pair_id, status, match, confidence, attempts, latency_ms, line, error_type, sub_code,
+status_code, message, transaction_id, finished_at`` and the manifest's extra columns.
+
+Guarantees, and how:
+
+* **A crash loses only pairs in flight**: each line is written with one ``write`` and
+  flushed to the OS at once, so ``kill -9`` leaves every finished pair on disk (a power cut
+  may lose what the OS had not synced yet).
+* **A torn last line is tolerated**: on resume, a last line without its newline is cut off;
+  its pair had not been recorded and runs again.
+* **One final line per pair**: on resume the file is read into an on-disk index (key ->
+  offset of its *last* line, status), and finished pairs are skipped. ``--retry-failed``
+  appends a new line for a pair that had an ``error`` line; a later line supersedes an
+  earlier one, and :meth:`ResultsFile.close` rewrites the file (atomically, via a temporary
+  file and ``os.replace``) keeping only each pair's last line. If a run dies before that,
+  the next run's close compacts it; readers that take the last line per ``pair_id`` are
+  right at any moment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeAlias
+
+from facematch_async.batch._index import KeyIndex
+from facematch_async.batch._manifest import pair_key
+from facematch_async.batch._outcome import PairOutcome
+
+__all__ = ["FIELDS", "ResultFormat", "ResultsFile", "outcome_record"]
+
+ResultFormat: TypeAlias = Literal["jsonl", "csv"]
+FIELDS = (
+    "pair_id",
+    "status",
+    "match",
+    "confidence",
+    "attempts",
+    "latency_ms",
+    "line",
+    "error_type",
+    "sub_code",
+    "status_code",
+    "message",
+    "transaction_id",
+    "finished_at",
+)
+_DAY = 86400.0
+
+
+def outcome_record(outcome: PairOutcome) -> dict[str, Any]:
+    """The flat record written for ``outcome`` (``extra`` holds the manifest's columns)."""
+    result, error = outcome.result, outcome.error
+    return {
+        "pair_id": outcome.pair_id,
+        "status": outcome.status,
+        "match": result.match if result else None,
+        "confidence": result.confidence if result else None,
+        "attempts": outcome.attempts,
+        "latency_ms": round(outcome.latency * 1000, 1) if outcome.latency is not None else None,
+        "line": outcome.line,
+        "error_type": error.type if error else None,
+        "sub_code": error.sub_code if error else (result.sub_code if result else None),
+        "status_code": error.status_code if error else None,
+        "message": error.message if error else None,
+        "transaction_id": error.transaction_id
+        if error
+        else (result.transaction_id if result else None),
+        "finished_at": round(outcome.finished_at, 3),
+        "extra": dict(outcome.extra),
+    }
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    return str(value).replace("\r", " ").replace("\n", " ")
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+class ResultsFile:
+    """An append-only results file with a resume index.
+
+    Args:
+        path: The results file.
+        fmt: ``"jsonl"`` or ``"csv"``; default from the suffix (``.csv``), else JSONL.
+        index_dir: Where the index's temporary file goes.
+
+    Attributes:
+        recorded: Distinct pairs with a line in the file.
+        superseded: Lines a later line for the same pair replaces (dropped on close).
+        repaired: Whether a torn last line was cut off on open.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        fmt: ResultFormat | None = None,
+        *,
+        index_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.format: ResultFormat = fmt or (
+            "csv" if self.path.suffix.lower() == ".csv" else "jsonl"
+        )
+        self._index = KeyIndex(index_dir)
+        self._header: list[str] | None = None
+        self._file: io.BufferedWriter | None = None
+        self._offset = 0
+        self.recorded = 0
+        self.superseded = 0
+        self.repaired = False
+        self.recent: deque[float] = deque()
+
+    def open(self, *, resume: bool, seed_limit: int = 0) -> None:
+        """Open for appending; with ``resume``, first read what is there.
+
+        Args:
+            resume: Read and index the existing lines; without it the file must be absent
+                or empty.
+            seed_limit: Keep up to this many of the last day's request times (wall clock,
+                one per attempt) in :attr:`recent`, to seed a rate limiter.
+
+        Raises:
+            FileExistsError: the file has results and ``resume`` is false.
+        """
+        exists = self.path.exists() and self.path.stat().st_size > 0
+        if exists and not resume:
+            raise FileExistsError(f"{self.path} already holds results")
+        if exists:
+            self._load(seed_limit)
+        self._file = open(self.path, "ab")  # noqa: SIM115 (closed by close())
+        self._offset = self._file.tell()
+
+    def _lines(self) -> Iterator[tuple[int, bytes]]:
+        """(offset, line) for every complete line, after the CSV header."""
+        with open(self.path, "rb") as file:
+            offset = 0
+            for raw in file:
+                start, offset = offset, offset + len(raw)
+                if start == 0 and self.format == "csv":
+                    continue
+                yield start, raw
+
+    def _parse(self, raw: bytes) -> Mapping[str, Any] | None:
+        try:
+            text = raw.decode("utf-8")
+            if self.format == "jsonl":
+                record = json.loads(text)
+                return record if isinstance(record, dict) else None
+            row = next(csv.reader([text]))
+        except (ValueError, StopIteration):
+            return None
+        header = self._header or []
+        return dict(zip(header, row, strict=False)) if len(row) == len(header) else None
+
+    @staticmethod
+    def _key(record: Mapping[str, Any]) -> str:
+        sub_code = record.get("sub_code") or None
+        return pair_key(str(record.get("pair_id") or ""), _int(record.get("line")), sub_code)
+
+    def _load(self, seed_limit: int) -> None:
+        with open(self.path, "rb+") as file:
+            size = file.seek(0, os.SEEK_END)
+            file.seek(max(0, size - 1))
+            if file.read(1) != b"\n":
+                # A torn last line (the process died mid-write): drop it, its pair reruns.
+                file.seek(0)
+                keep = 0
+                for raw in file:
+                    if raw.endswith(b"\n"):
+                        keep += len(raw)
+                file.truncate(keep)
+                self.repaired = True
+            file.seek(0)
+            if self.format == "csv":
+                first = file.readline().decode("utf-8")
+                self._header = next(csv.reader([first]), None) if first else None
+        recent: deque[float] = deque(maxlen=seed_limit or None)
+        since = time.time() - _DAY
+        for offset, raw in self._lines():
+            record = self._parse(raw)
+            if record is None:
+                continue
+            key = self._key(record)
+            if self._index.get(key) is None:
+                self.recorded += 1
+            else:
+                self.superseded += 1
+            self._index.put(key, offset, str(record.get("status")))
+            finished = record.get("finished_at")
+            if seed_limit and finished not in (None, "") and float(finished) > since:
+                recent.extend([float(finished)] * (_int(record.get("attempts")) or 0))
+        self.recent = recent
+
+    def status(self, key: str) -> str | None:
+        """The status of ``key``'s last line, or ``None`` if it has none."""
+        entry = self._index.get(key)
+        return None if entry is None else entry[1]
+
+    def write(self, outcome: PairOutcome) -> None:
+        """Append ``outcome``'s line and flush it."""
+        if self._file is None:
+            raise RuntimeError("the results file is not open")
+        record = outcome_record(outcome)
+        data = self._encode(record)
+        offset = self._offset
+        self._file.write(data)
+        self._file.flush()
+        self._offset += len(data)
+        if self._index.get(outcome.key) is None:
+            self.recorded += 1
+        else:
+            self.superseded += 1
+        self._index.put(outcome.key, offset, outcome.status)
+
+    def _encode(self, record: dict[str, Any]) -> bytes:
+        extra = record.pop("extra")
+        if self.format == "jsonl":
+            if extra:
+                record["extra"] = extra
+            return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        if self._header is None:
+            self._header = [*FIELDS, *(name for name in extra if name not in FIELDS)]
+            writer.writerow(self._header)
+        values = {**extra, **record}
+        writer.writerow([_cell(values.get(name)) for name in self._header])
+        return buffer.getvalue().encode("utf-8")
+
+    def close(self, *, compact: bool = True) -> None:
+        """Close the file; with ``compact``, drop superseded lines (atomically)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        try:
+            if compact and self.superseded:
+                self._compact()
+        finally:
+            self._index.close()
+
+    def _compact(self) -> None:
+        temporary = self.path.with_name(self.path.name + ".compacting")
+        with open(temporary, "wb") as out:
+            if self.format == "csv":
+                with open(self.path, "rb") as file:
+                    out.write(file.readline())
+            for offset, raw in self._lines():
+                record = self._parse(raw)
+                if record is None:
+                    continue
+                entry = self._index.get(self._key(record))
+                if entry is not None and entry[0] == offset:
+                    out.write(raw)
+            out.flush()
+            os.fsync(out.fileno())
+        try:
+            os.replace(temporary, self.path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+        self.superseded = 0
