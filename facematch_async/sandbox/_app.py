@@ -1,0 +1,296 @@
+"""The aiohttp application: Deepvue's routes, checks and bodies, as the contract describes them.
+
+Every request first passes :func:`_observe`, which counts it and plays any scripted response
+queued for its path; only then does the route's handler run its checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from aiohttp import BodyPartReader, web
+
+from facematch_async.sandbox._config import SandboxConfig
+from facematch_async.sandbox._counters import SandboxCounters
+from facematch_async.sandbox._engines import FaceEngine, TestEngine
+from facematch_async.sandbox._faults import FaultScript
+from facematch_async.sandbox._tokens import TokenAuthority
+
+__all__ = ["SANDBOX_STATE", "SandboxState", "create_app"]
+
+_log = logging.getLogger(__name__)
+
+_AUTHORIZE_PATH = "/v1/authorize"
+_FILE_FIELDS = ("file_a", "file_b")
+_CHUNK = 64 * 1024
+_MULTIPART_MARGIN = 1024 * 1024  # room for headers and boundaries around two full-size files
+
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_PDF_MAGIC = b"%PDF-"
+
+
+@dataclass
+class SandboxState:
+    """Everything the handlers share; one per application."""
+
+    config: SandboxConfig
+    engine: FaceEngine
+    tokens: TokenAuthority
+    faults: FaultScript
+    counters: SandboxCounters
+
+
+SANDBOX_STATE = web.AppKey("sandbox_state", SandboxState)
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def create_app(config: SandboxConfig) -> web.Application:
+    """Build the sandbox application; its state is at ``app[SANDBOX_STATE]``."""
+    app = web.Application(
+        middlewares=[_observe],
+        # Large enough that an oversize upload reaches the handler, which answers 413 itself.
+        client_max_size=config.max_upload_bytes * 2 + _MULTIPART_MARGIN,
+    )
+    app[SANDBOX_STATE] = SandboxState(
+        config=config,
+        engine=config.engine if config.engine is not None else TestEngine(),
+        tokens=TokenAuthority(config.client_id, config.token_ttl, config.jwt_secret),
+        faults=FaultScript(),
+        counters=SandboxCounters(),
+    )
+    app.router.add_post(_AUTHORIZE_PATH, _authorize)
+    app.router.add_post("/v1/facematch", _facematch_v1)
+    app.router.add_post("/v2/facematch", _facematch_v2)
+    return app
+
+
+@web.middleware
+async def _observe(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    """Count the request, play a scripted response if one is queued, else handle it."""
+    state = request.app[SANDBOX_STATE]
+    if request.path == _AUTHORIZE_PATH and request.method == "POST":
+        state.counters.authorize_calls += 1
+    status = 0  # stays 0 when the connection is dropped or the client goes away
+    response: web.StreamResponse
+    try:
+        scripted = state.faults.take(request.path)
+        if scripted is not None:
+            if scripted.delay:
+                await asyncio.sleep(scripted.delay)
+            if scripted.drop:
+                return _drop(request)
+            if scripted.status is not None:
+                response = scripted.to_response()
+                status = response.status
+                return response
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            # Router and framework errors (404, 405, 413) in FastAPI's JSON shape.
+            response = _json_error(exc.status, exc.reason, headers=exc.headers)
+        status = response.status
+        return response
+    finally:
+        state.counters.record(request.path, status)
+
+
+def _drop(request: web.Request) -> web.StreamResponse:
+    """Close the socket without a byte of answer."""
+    if request.transport is not None:
+        request.transport.close()
+    # aiohttp's attempt to write this to the closed socket fails quietly.
+    return web.Response(status=499)
+
+
+async def _authorize(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/authorize``: form credentials in, a bearer token out."""
+    state = request.app[SANDBOX_STATE]
+    config = state.config
+    form = await request.post()  # both multipart/form-data and x-www-form-urlencoded
+    client_id = form.get("client_id")
+    client_secret = form.get("client_secret")
+    if not isinstance(client_id, str) or not isinstance(client_secret, str):
+        missing = [
+            name for name in ("client_id", "client_secret") if not isinstance(form.get(name), str)
+        ]
+        return _missing_fields(missing)
+    # Both comparisons always run, so timing does not tell which one failed.
+    id_ok = _same(client_id, config.client_id)
+    secret_ok = _same(client_secret, config.client_secret)
+    if not (id_ok and secret_ok):
+        return _json_error(401, "Invalid client_id or client_secret, access Denied")
+    if config.inactive:
+        return _json_error(400, "Inactive client_id")
+    issued = state.tokens.issue()
+    state.counters.tokens_issued += 1
+    return web.json_response(
+        {"access_token": issued.access_token, "token_type": "bearer", "expiry": issued.expiry}
+    )
+
+
+async def _facematch_v1(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/facematch``: JPEG/PNG only; float confidence and a timestamp."""
+    return await _facematch(request, version=1)
+
+
+async def _facematch_v2(request: web.Request) -> web.StreamResponse:
+    """``POST /v2/facematch``: also PDF; ``code: 200``, integer confidence, no timestamp."""
+    return await _facematch(request, version=2)
+
+
+async def _facematch(request: web.Request, version: Literal[1, 2]) -> web.StreamResponse:
+    """Run the checks in Deepvue's order, then the engine."""
+    state = request.app[SANDBOX_STATE]
+    config = state.config
+
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return _json_error(401, "Not authenticated")
+    if not state.tokens.verify(token.strip()):
+        return _json_error(403, "Not a valid token")
+    if not _same(request.headers.get("x-api-key", ""), config.client_secret):
+        return _json_error(401, "Could not validate credentials")
+    if config.inactive:
+        return _json_error(400, "Inactive client_id")
+
+    try:
+        files = await _read_files(request, config.max_upload_bytes)
+    except _TooLarge:
+        return _json_error(413, "File too large")
+    missing = [name for name in _FILE_FIELDS if name not in files]
+    if missing:
+        return _missing_fields(missing)
+    image_a, image_b = files["file_a"], files["file_b"]
+
+    accepted = (_JPEG_MAGIC, _PNG_MAGIC, _PDF_MAGIC) if version == 2 else (_JPEG_MAGIC, _PNG_MAGIC)
+    if not (image_a.startswith(accepted) and image_b.startswith(accepted)):
+        return _verdict_error(
+            config.verdict_status,
+            "UNSUPPORTED_FILE_FORMAT",
+            "File format not supported",
+            "Unsupported file type, only .jpeg, .jpg, .png file formats are supported",
+        )
+
+    try:
+        # A real engine may take seconds; keep the event loop free.
+        verdict = await asyncio.to_thread(state.engine.compare, image_a, image_b)
+    except Exception:
+        _log.exception("face engine %r failed", state.engine.name)
+        return _json_error(500, "Internal Server Error")
+    if not verdict.face_found:
+        return _verdict_error(
+            config.verdict_status,
+            "NO_FACE_FOUND",
+            "Unable to detect face",
+            "Not able to locate any faces in at least one of the images. Check the image files.",
+        )
+
+    body: dict[str, Any]
+    if version == 1:
+        body = {"code": None, "timestamp": _now_ms()}
+        confidence: float | int = float(verdict.confidence)
+    else:
+        body = {"code": 200}
+        confidence = round(verdict.confidence)
+    body.update(
+        transaction_id=_transaction_id(),
+        sub_code="SUCCESS",
+        message="Face match successful",
+        data={"match": verdict.match, "confidence": confidence},
+    )
+    return web.json_response(body)
+
+
+class _TooLarge(Exception):
+    """A multipart part exceeded the upload limit."""
+
+
+async def _read_files(request: web.Request, limit: int) -> dict[str, bytes]:
+    """The first ``file_a``/``file_b`` file parts, each read fully up to ``limit`` bytes.
+
+    A body that is not multipart, or not parseable, yields no files (the caller answers 422).
+
+    Raises:
+        _TooLarge: a part exceeded ``limit``.
+    """
+    if request.content_type != "multipart/form-data":
+        return {}
+    files: dict[str, bytes] = {}
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            # Other parts (plain fields, nested multiparts, repeats) are skipped: next()
+            # drains them without keeping their bytes.
+            if not isinstance(part, BodyPartReader) or part.filename is None:
+                continue
+            if part.name in _FILE_FIELDS and part.name not in files:
+                files[part.name] = await _read_bounded(part, limit)
+    except ValueError:  # a malformed body, e.g. a missing boundary
+        _log.debug("unparseable multipart body", exc_info=True)
+    return files
+
+
+async def _read_bounded(part: BodyPartReader, limit: int) -> bytes:
+    """Read ``part`` whole, refusing more than ``limit`` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await part.read_chunk(_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _same(given: str, expected: str) -> bool:
+    """Constant-time string equality."""
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+def _json_error(status: int, detail: str, headers: Mapping[str, str] | None = None) -> web.Response:
+    """A FastAPI-style ``{"detail": ...}`` error; keeps ``headers`` such as ``Allow``."""
+    kept = {
+        name: value
+        for name, value in (headers or {}).items()
+        if name.lower() not in {"content-type", "content-length"}
+    }
+    return web.json_response({"detail": detail}, status=status, headers=kept)
+
+
+def _missing_fields(names: Iterable[str]) -> web.Response:
+    """FastAPI's 422 for missing form fields."""
+    errors = [
+        {"loc": ["body", name], "msg": "field required", "type": "value_error.missing"}
+        for name in names
+    ]
+    return web.json_response({"detail": errors}, status=422)
+
+
+def _verdict_error(status: int, sub_code: str, message: str, detail: str) -> web.Response:
+    """An answer with a ``sub_code``, shaped like Deepvue's NO_FACE_FOUND example."""
+    body = {
+        "code": None,
+        "timestamp": _now_ms(),
+        "transaction_id": _transaction_id(),
+        "sub_code": sub_code,
+        "message": message,
+        "detail": detail,
+    }
+    return web.json_response(body, status=status)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _transaction_id() -> str:
+    return uuid.uuid4().hex

@@ -1,0 +1,147 @@
+"""Running the sandbox: :class:`SandboxServer` for tests, :func:`serve` for the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from types import TracebackType
+from typing import Self
+
+from aiohttp import web
+
+from facematch_async.sandbox._app import SANDBOX_STATE, SandboxState, create_app
+from facematch_async.sandbox._config import SandboxConfig
+from facematch_async.sandbox._counters import SandboxCounters
+from facematch_async.sandbox._faults import FaultScript
+
+__all__ = ["SandboxServer", "serve"]
+
+
+class SandboxServer:
+    """A sandbox listening on a real socket, as an async context manager.
+
+    ``port=0`` picks a free port; :attr:`base_url` carries the one actually bound::
+
+        async with SandboxServer(SandboxConfig("id", "secret")) as server:
+            ...  # point a client at server.base_url
+
+    Args:
+        config: the sandbox's behaviour.
+        host: the interface to bind.
+        port: the TCP port, 0 for any free one.
+        shutdown_timeout: seconds in-flight requests get to finish on exit (stalled scripted
+            responses are cancelled after that).
+    """
+
+    def __init__(
+        self,
+        config: SandboxConfig,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        shutdown_timeout: float = 1.0,
+    ) -> None:
+        self._config = config
+        self._host = host
+        self._requested_port = port
+        self._port: int | None = None
+        self._app = create_app(config)
+        self._state: SandboxState = self._app[SANDBOX_STATE]
+        # handler_cancellation: a client that gives up also ends a stalled (delayed) handler.
+        self._runner = web.AppRunner(
+            self._app,
+            access_log=None,
+            handler_cancellation=True,
+            shutdown_timeout=shutdown_timeout,
+        )
+
+    async def start(self) -> None:
+        """Bind and start serving."""
+        await self._runner.setup()
+        try:
+            await web.TCPSite(self._runner, self._host, self._requested_port).start()
+        except BaseException:
+            await self._runner.cleanup()
+            raise
+        self._port = int(self._runner.addresses[0][1])
+
+    async def close(self) -> None:
+        """Stop serving and release the socket."""
+        await self._runner.cleanup()
+        self._port = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def config(self) -> SandboxConfig:
+        """The configuration the server runs with."""
+        return self._config
+
+    @property
+    def app(self) -> web.Application:
+        """The underlying aiohttp application."""
+        return self._app
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port (only while running)."""
+        if self._port is None:
+            raise RuntimeError("the sandbox is not running")
+        return self._port
+
+    @property
+    def base_url(self) -> str:
+        """``http://HOST:PORT`` of the running server, e.g. ``http://127.0.0.1:54321``."""
+        host = f"[{self._host}]" if ":" in self._host else self._host  # IPv6 literal
+        return f"http://{host}:{self.port}"
+
+    @property
+    def counters(self) -> SandboxCounters:
+        """What the server has seen so far."""
+        return self._state.counters
+
+    @property
+    def faults(self) -> FaultScript:
+        """The queue of scripted responses; ``add`` and ``clear`` it."""
+        return self._state.faults
+
+    def revoke_token(self, token: str) -> None:
+        """Reject ``token`` from now on (403 ``Not a valid token``)."""
+        self._state.tokens.revoke(token)
+
+    def revoke_all_tokens(self) -> None:
+        """Reject every token issued so far; tokens issued later still work."""
+        self._state.tokens.revoke_all()
+
+
+async def serve(config: SandboxConfig, host: str = "127.0.0.1", port: int = 8080) -> None:
+    """Run a sandbox until cancelled, SIGINT or SIGTERM, then shut it down cleanly.
+
+    Prints ``Sandbox listening on http://HOST:PORT`` (the bound port) once ready.
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    handled: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+            handled.append(sig)
+        except (NotImplementedError, RuntimeError):  # Windows, or not the main thread
+            pass
+    try:
+        async with SandboxServer(config, host, port) as server:
+            print(f"Sandbox listening on {server.base_url}", flush=True)
+            await stop.wait()
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
