@@ -55,6 +55,10 @@ StopReason: TypeAlias = Literal["stopped", "quota", "credentials"]
 _MAX_BACKOFF = 60.0
 
 
+class _Abandoned(Exception):
+    """Raised before an attempt once the batch is stopping."""
+
+
 def _as_spec(pair: PairInput) -> PairSpec:
     if isinstance(pair, PairSpec):
         return pair
@@ -104,7 +108,9 @@ class BatchRunner:
         limiter: The rate limiter in use.
         stop_reason: ``None`` while running or after a complete run; ``"stopped"``
             (:meth:`stop`), ``"quota"`` or ``"credentials"`` when the run ended early.
-        unrecorded: Pairs started but left without an outcome (see above).
+        unrecorded: Pairs started but left without an outcome (see above); once stopping,
+            a pair in flight sends no further attempt (a retry waiting for its turn is
+            abandoned), so a stop never waits on a long rate-limit pause.
         skipped: Pairs the ``skip`` predicate of :meth:`run` passed over.
         rate_limited: 429 answers met, all pairs together.
     """
@@ -205,7 +211,8 @@ class BatchRunner:
                     if self.stop_reason is not None:
                         break
                     spec = _as_spec(pair)
-                    if spec.problem is None and not seen.add(spec.pair_id, spec.line):
+                    # Problem rows register their id too: one outcome per id, whatever happens.
+                    if spec.pair_id and not seen.add(spec.pair_id, spec.line):
                         first = seen.get(spec.pair_id)
                         where = f" (first on line {first[0]})" if first and first[0] else ""
                         problem = ManifestProblem(
@@ -289,6 +296,8 @@ class BatchRunner:
 
         async def before_attempt() -> None:
             nonlocal waited
+            if self.stop_reason is not None:
+                raise _Abandoned  # stopping: send nothing more, leave the pair for a resume
             started = time.perf_counter()
             await self.limiter.acquire(stop_at_quota=self.stop_at_quota)
             waited += time.perf_counter() - started
@@ -303,6 +312,8 @@ class BatchRunner:
                 result = await self.client.match(spec.file_a, spec.file_b)
             except QuotaExhaustedError:
                 self._halt("quota")
+                return None
+            except _Abandoned:
                 return None
             except NoFaceFoundError as error:
                 status: Literal["no_face", "error"] = "no_face"

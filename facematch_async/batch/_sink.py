@@ -145,7 +145,7 @@ class ResultsFile:
         if exists and not resume:
             raise FileExistsError(f"{self.path} already holds results")
         if exists:
-            self._load(seed_limit)
+            self.load(seed_limit, repair=True)
         self._file = open(self.path, "ab")  # noqa: SIM115 (closed by close())
         self._offset = self._file.tell()
 
@@ -155,8 +155,8 @@ class ResultsFile:
             offset = 0
             for raw in file:
                 start, offset = offset, offset + len(raw)
-                if start == 0 and self.format == "csv":
-                    continue
+                if (start == 0 and self.format == "csv") or not raw.endswith(b"\n"):
+                    continue  # the header, or a torn last line
                 yield start, raw
 
     def _parse(self, raw: bytes) -> Mapping[str, Any] | None:
@@ -176,11 +176,19 @@ class ResultsFile:
         sub_code = record.get("sub_code") or None
         return pair_key(str(record.get("pair_id") or ""), _int(record.get("line")), sub_code)
 
-    def _load(self, seed_limit: int) -> None:
-        with open(self.path, "rb+") as file:
+    def load(self, seed_limit: int = 0, *, repair: bool = False) -> None:
+        """Index the lines already in the file (``open(resume=True)`` does it).
+
+        Args:
+            seed_limit: See :meth:`open`.
+            repair: Cut a torn last line off the file (else it is only ignored).
+        """
+        if not self.path.exists():
+            return
+        with open(self.path, "rb+" if repair else "rb") as file:
             size = file.seek(0, os.SEEK_END)
             file.seek(max(0, size - 1))
-            if file.read(1) != b"\n":
+            if size and file.read(1) != b"\n" and repair:
                 # A torn last line (the process died mid-write): drop it, its pair reruns.
                 file.seek(0)
                 keep = 0
@@ -205,9 +213,12 @@ class ResultsFile:
             else:
                 self.superseded += 1
             self._index.put(key, offset, str(record.get("status")))
-            finished = record.get("finished_at")
-            if seed_limit and finished not in (None, "") and float(finished) > since:
-                recent.extend([float(finished)] * (_int(record.get("attempts")) or 0))
+            try:
+                finished = float(record.get("finished_at") or 0.0)
+            except (TypeError, ValueError):
+                continue
+            if seed_limit and finished > since:
+                recent.extend([finished] * (_int(record.get("attempts")) or 0))
         self.recent = recent
 
     def status(self, key: str) -> str | None:

@@ -1,0 +1,389 @@
+"""The ``facematch-async batch`` command: manifest in, results file out, resumable."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shlex
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from facematch_async._images import detect_format
+from facematch_async._ratelimit import RateLimiter, Window, parse_rate_limit
+from facematch_async.batch._index import KeyIndex, key_hash
+from facematch_async.batch._manifest import ManifestProblem, PairSpec, read_manifest
+from facematch_async.batch._progress import Progress, format_duration
+from facematch_async.batch._runner import BatchRunner
+from facematch_async.batch._sink import ResultsFile
+from facematch_async.batch._summary import BatchSummary
+from facematch_async.cli import (
+    EXIT_ABORTED,
+    EXIT_CREDENTIALS,
+    EXIT_OK,
+    EXIT_PAIRS_FAILED,
+    EXIT_QUOTA,
+    UsageError,
+    add_connection_arguments,
+    client_options,
+)
+
+__all__ = ["add_batch_parser", "run_batch", "shard_filter"]
+
+DEFAULT_MAX_IMAGE_BYTES = 10 * 1024 * 1024
+
+
+def add_batch_parser(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
+    """Register ``batch`` on ``subparsers``."""
+    parser = subparsers.add_parser(
+        "batch",
+        allow_abbrev=False,  # else --client-secret would pass as --client-secret-file
+        help="match every pair of a manifest, resumably, within the plan's rate limits",
+        description=(
+            "Match every pair of a manifest (CSV or JSONL with pair_id,file_a,file_b, or a "
+            "folder of <pair_id>/ folders holding two images). One line per pair is appended "
+            "to --out as it finishes. Exit codes: 0 all decided, 1 some pairs errored, "
+            "2 usage, 3 credentials refused, 75 stopped at quota, 130 interrupted."
+        ),
+    )
+    parser.add_argument("manifest", help="pairs.csv, pairs.jsonl, or a folder of pair folders")
+    parser.add_argument("--out", help="results file (required unless --dry-run)")
+    parser.add_argument(
+        "--format", choices=("jsonl", "csv"), help="results format (default: by --out suffix)"
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=32, help="pairs in flight at once (%(default)s)"
+    )
+    parser.add_argument(
+        "--rate-limit",
+        default=os.environ.get("DEEPVUE_RATE_LIMIT", "business"),
+        help="plan (starter, business, growth, enterprise), a spec like "
+        "'10/s,300/min,20000/day', or 'none' (env DEEPVUE_RATE_LIMIT, else %(default)s)",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="skip pairs that already have a line in --out"
+    )
+    parser.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="re-run pairs whose last outcome in --out is 'error' (add --resume to also run "
+        "pairs not yet done)",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check every pair locally (files, formats, sizes, duplicates) without a network "
+        "call, and estimate the run time",
+    )
+    parser.add_argument(
+        "--stop-at-quota",
+        action="store_true",
+        help="stop cleanly (exit 75) when the daily quota is used up, instead of waiting",
+    )
+    parser.add_argument(
+        "--shard",
+        metavar="K/N",
+        help="only the pairs whose pair_id hashes to shard K of N (1-based)",
+    )
+    parser.add_argument("--root", help="every image must lie inside this folder")
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="on Ctrl-C, how long pairs in flight may finish (%(default)s)",
+    )
+    parser.add_argument(
+        "--progress-interval",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="seconds between progress lines when not on a terminal (%(default)s)",
+    )
+    add_connection_arguments(parser)
+    parser.set_defaults(func=run_batch)
+    return parser
+
+
+def _parse_shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        k, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard must look like 2/8, not {text!r}") from None
+    if not 1 <= k <= n:
+        raise UsageError(f"--shard {text}: K must be between 1 and N")
+    return k, n
+
+
+def shard_filter(specs: Iterator[PairSpec], shard: tuple[int, int] | None) -> Iterator[PairSpec]:
+    """Keep the pairs of shard ``k`` of ``n``: a stable hash of the key, so any machine agrees."""
+    if shard is None:
+        yield from specs
+        return
+    k, n = shard
+    for spec in specs:
+        if key_hash(spec.key) % n == k - 1:
+            yield spec
+
+
+def _count_rows(path: Path) -> int | None:
+    """Rows in a CSV/JSONL manifest, for the ETA (a fast newline count)."""
+    if path.is_dir():
+        return None
+    rows = 0
+    with open(path, "rb") as file:
+        while chunk := file.read(1 << 20):
+            rows += chunk.count(b"\n")
+    return rows - (0 if path.suffix.lower() in (".jsonl", ".ndjson", ".json") else 1)
+
+
+def _skip_rule(
+    results: ResultsFile | None, args: argparse.Namespace
+) -> Callable[[str], bool] | None:
+    if results is None or not (args.resume or args.retry_failed):
+        return None
+
+    def skip(key: str) -> bool:
+        status = results.status(key)
+        if status is None:
+            return not args.resume  # --retry-failed alone touches only failed pairs
+        return not (status == "error" and args.retry_failed)
+
+    return skip
+
+
+def _resume_command(args: argparse.Namespace) -> str:
+    argv = list(args.argv)
+    if "--resume" not in argv:
+        argv.append("--resume")
+    return shlex.join(["facematch-async", *argv])
+
+
+def _check_locally(spec: PairSpec, max_bytes: int) -> ManifestProblem | None:
+    """What ``match`` would refuse before any network call (stat + 8 bytes per image)."""
+    for name, path in (("file_a", spec.file_a), ("file_b", spec.file_b)):
+        assert path is not None
+        try:
+            size = path.stat().st_size
+            with open(path, "rb") as file:
+                head = file.read(8)
+        except FileNotFoundError:
+            return ManifestProblem("IMAGE_NOT_FOUND", f"{name}: no such file")
+        except OSError as exc:
+            return ManifestProblem("IMAGE_UNREADABLE", f"{name}: {exc.strerror}")
+        if size == 0:
+            return ManifestProblem("EMPTY_IMAGE", f"{name} is empty")
+        if size > max_bytes:
+            return ManifestProblem("IMAGE_TOO_LARGE", f"{name} is {size} bytes")
+        if detect_format(head) not in ("JPEG", "PNG"):
+            return ManifestProblem("UNSUPPORTED_FILE_FORMAT", f"{name} is not JPEG or PNG")
+    return None
+
+
+def _dry_run(
+    args: argparse.Namespace,
+    specs: Iterator[PairSpec],
+    results: ResultsFile | None,
+    windows: tuple[Window, ...],
+) -> int:
+    skip = _skip_rule(results, args)
+    seen = KeyIndex()
+    codes: Counter[str] = Counter()
+    examples: list[str] = []
+    ready = skipped = 0
+    try:
+        for spec in specs:
+            problem = spec.problem
+            if spec.pair_id and not seen.add(spec.pair_id, spec.line):
+                problem = ManifestProblem("DUPLICATE_PAIR_ID", f"pair_id {spec.pair_id!r} repeated")
+            key = PairSpec(spec.pair_id, None, None, spec.line, problem=problem).key
+            if skip is not None and skip(key):
+                skipped += 1
+                continue
+            if problem is None:
+                problem = _check_locally(spec, DEFAULT_MAX_IMAGE_BYTES)
+            if problem is None:
+                ready += 1
+                continue
+            codes[problem.sub_code] += 1
+            if len(examples) < 10:
+                where = f"line {spec.line}" if spec.line else spec.pair_id
+                examples.append(f"  {where}: {problem.sub_code}: {problem.message}")
+    finally:
+        seen.close()
+    failing = sum(codes.values())
+    print(
+        f"{ready + failing} pairs to run ({skipped} already done): "
+        f"{ready} ready, {failing} would fail"
+    )
+    for code, count in codes.most_common():
+        print(f"  {code:<28}{count:>9}")
+    if examples:
+        print("first problems:")
+        print("\n".join(examples))
+    limiter = RateLimiter(windows)
+    rate = ",".join(map(str, windows)) or "no limit"
+    print(f"at {rate}: about {format_duration(limiter.estimate(ready))} for {ready} requests")
+    return EXIT_PAIRS_FAILED if failing else EXIT_OK
+
+
+def run_batch(args: argparse.Namespace) -> int:
+    """``facematch-async batch``; returns the exit code (see :mod:`facematch_async.cli`)."""
+    shard = _parse_shard(args.shard)
+    try:
+        windows = parse_rate_limit(args.rate_limit)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.concurrency < 1:
+        raise UsageError("--concurrency must be at least 1")
+    if not args.out and not args.dry_run:
+        raise UsageError("--out is required (or use --dry-run)")
+    try:
+        specs = shard_filter(read_manifest(args.manifest, root=args.root), shard)
+    except (OSError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+
+    results = ResultsFile(args.out, args.format) if args.out else None
+    if args.dry_run:
+        if results is not None:
+            results.load()
+        try:
+            return _dry_run(args, specs, results, windows)
+        except ValueError as exc:  # a CSV without its header
+            raise UsageError(str(exc)) from None
+        finally:
+            if results is not None:
+                results.close(compact=False)
+
+    assert results is not None
+    options = client_options(args)
+    try:
+        seed = max((w.limit for w in windows), default=0)
+        results.open(resume=args.resume or args.retry_failed, seed_limit=seed)
+    except FileExistsError:
+        results.close(compact=False)
+        raise UsageError(
+            f"{args.out} already holds results: pass --resume to continue it, "
+            "--retry-failed to re-run its errors, or choose another --out"
+        ) from None
+    if results.repaired:
+        print(f"{args.out}: cut off a torn last line (its pair runs again)", file=sys.stderr)
+    try:
+        return asyncio.run(_run(args, specs, results, windows, options, shard))
+    except ValueError as exc:  # a CSV without its header, found on first read
+        raise UsageError(str(exc)) from None
+    finally:
+        results.close()
+
+
+async def _run(
+    args: argparse.Namespace,
+    specs: Iterator[PairSpec],
+    results: ResultsFile,
+    windows: tuple[Window, ...],
+    options: dict[str, Any],
+    shard: tuple[int, int] | None,
+) -> int:
+    from facematch_async import AuthenticationError, FaceMatchClient
+
+    limiter = RateLimiter(windows)
+    # Requests an earlier run made in the last day still count against today's quota.
+    offset = time.monotonic() - time.time()
+    limiter.seed(sorted(stamp + offset for stamp in results.recent))
+
+    summary = BatchSummary()
+    total = _count_rows(Path(args.manifest))
+    if total is not None and shard is not None:
+        total = total // shard[1]
+    if total is not None:
+        total = max(0, total - results.recorded)
+    progress = Progress(
+        summary,
+        total,
+        sys.stderr,
+        interactive=sys.stderr.isatty(),
+        interval=args.progress_interval,
+    )
+    interrupted = 0
+    loop = asyncio.get_running_loop()
+    code = EXIT_OK
+
+    async with FaceMatchClient(**options) as client:
+        runner = BatchRunner(
+            client,
+            concurrency=args.concurrency,
+            rate_limit=limiter,
+            stop_at_quota=args.stop_at_quota,
+        )
+
+        def on_signal() -> None:
+            nonlocal interrupted
+            interrupted += 1
+            if interrupted == 1:
+                runner.stop()
+                print(
+                    f"\nstopping: {runner.in_flight} pair(s) in flight get up to {args.grace:g} s "
+                    "to finish (interrupt again to abandon them)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                loop.call_later(args.grace, runner.cancel)
+            else:
+                runner.cancel()
+
+        handled = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, on_signal)
+                handled.append(sig)
+            except (NotImplementedError, RuntimeError):  # Windows, or not the main thread
+                pass
+
+        async def report() -> None:
+            while True:
+                await asyncio.sleep(progress.interval)
+                paused = limiter.wait_time()
+                progress.note = (
+                    f"waiting {format_duration(paused)} for the rate limit" if paused > 5 else ""
+                )
+                progress.tick()
+
+        reporter = asyncio.create_task(report())
+        try:
+            async for outcome in runner.run(specs, skip=_skip_rule(results, args)):
+                results.write(outcome)
+                summary.add(outcome)
+                progress.tick()
+        except AuthenticationError as error:
+            print(
+                f"\nfacematch-async batch: credentials refused, stopped: {error}", file=sys.stderr
+            )
+            code = EXIT_CREDENTIALS
+        finally:
+            reporter.cancel()
+            for sig in handled:
+                loop.remove_signal_handler(sig)
+            progress.close()
+
+    summary.skipped = runner.skipped
+    print(summary.format())
+    if summary.statuses.get("error"):
+        code = code or EXIT_PAIRS_FAILED
+    if interrupted:
+        code = EXIT_ABORTED
+    elif runner.stop_reason == "quota":
+        print("the daily quota is used up; stopped (--stop-at-quota)", file=sys.stderr)
+        code = EXIT_QUOTA
+    if code in (EXIT_ABORTED, EXIT_QUOTA, EXIT_CREDENTIALS):
+        print(f"{runner.unrecorded} pair(s) were left for later. Resume with:", file=sys.stderr)
+        print(f"  {_resume_command(args)}", file=sys.stderr)
+    return code
