@@ -266,3 +266,34 @@ async def test_stop_lets_in_flight_pairs_finish(
     assert 1 <= len(seen) <= 6
     assert runner.stop_reason == "stopped"
     assert len(engine.stamps) == len(seen)
+
+
+async def test_endless_429s_stop_at_quota_instead_of_failing_pairs(
+    make_client: MakeClient, faces: Faces, sandbox: SandboxServer
+) -> None:
+    """With stop_at_quota, a pair refused by 429 through every round stops the batch, unrecorded."""
+    sandbox.faults.add(
+        ScriptedResponse(
+            path=FACEMATCH, status=429, json={}, headers={"Retry-After": "0.01"}, times=100
+        )
+    )
+    runner = BatchRunner(
+        make_client(max_retries=1),
+        concurrency=1,
+        rate_limit=None,
+        stop_at_quota=True,
+        rate_limit_rounds=2,
+    )
+    out = await collect(runner, [(f"p{i}", faces.alice_png, faces.alice_jpg) for i in range(5)])
+    assert out == {}
+    assert runner.stop_reason == "quota"
+    assert runner.unrecorded == 1
+
+
+async def test_a_runner_can_run_again_after_a_stop(make_client: MakeClient, faces: Faces) -> None:
+    """A second run() starts afresh: an earlier stop does not carry over."""
+    runner = BatchRunner(make_client(), rate_limit=None)
+    runner.stop()
+    out = await collect(runner, [("p", faces.alice_png, faces.alice_jpg)])
+    assert out["p"].status == "match"
+    assert runner.stop_reason is None

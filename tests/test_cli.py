@@ -306,3 +306,22 @@ def test_sigint_stops_dispatching_flushes_and_prints_the_resume_command(
     _, err = resumed.communicate(timeout=60)
     assert resumed.returncode == 0, err
     assert sorted(r["pair_id"] for r in records(out)) == [f"p{i:03d}" for i in range(60)]
+
+
+def test_folder_manifests_and_root_confinement(env, images: Path, tmp_path: Path) -> None:
+    """A folder of pair folders runs; with --root an image outside it is a per-pair error."""
+    pairs = tmp_path / "pairs"
+    for name, files in {"a1": ("alice.png", "alice.jpg"), "b2": ("alice.png", "bob.jpg")}.items():
+        (pairs / name).mkdir(parents=True)
+        for file in files:
+            (pairs / name / file).write_bytes((images / file).read_bytes())
+    out = tmp_path / "out.jsonl"
+    assert main(["batch", str(pairs), "--out", str(out), "--rate-limit", "none"]) == 0
+    assert {r["pair_id"]: r["status"] for r in records(out)} == {"a1": "match", "b2": "no_match"}
+    manifest = write_manifest(tmp_path / "pairs.csv", [*matching(1), ("up", "../../x.jpg", "a")])
+    out = tmp_path / "confined.jsonl"
+    args = ["batch", str(manifest), "--out", str(out), "--root", str(tmp_path / "img")]
+    assert main([*args, "--rate-limit", "none"]) == 1
+    by_id = {r["pair_id"]: r for r in records(out)}
+    assert by_id["p000"]["status"] == "match"
+    assert (by_id["up"]["sub_code"], by_id["up"]["line"]) == ("PATH_OUTSIDE_ROOT", 3)

@@ -252,20 +252,20 @@ def run_batch(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         raise UsageError(str(exc)) from None
 
-    results = ResultsFile(args.out, args.format) if args.out else None
     if args.dry_run:
-        if results is not None:
-            results.load()
+        known = ResultsFile(args.out, args.format) if args.out else None
         try:
-            return _dry_run(args, specs, results, windows)
+            if known is not None:
+                known.load()  # read only: a dry run changes nothing on disk
+            return _dry_run(args, specs, known, windows)
         except ValueError as exc:  # a CSV without its header
             raise UsageError(str(exc)) from None
         finally:
-            if results is not None:
-                results.close(compact=False)
+            if known is not None:
+                known.close(compact=False)
 
-    assert results is not None
     options = client_options(args)
+    results = ResultsFile(args.out, args.format)
     try:
         seed = max((w.limit for w in windows), default=0)
         results.open(resume=args.resume or args.retry_failed, seed_limit=seed)

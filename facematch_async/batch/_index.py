@@ -32,7 +32,7 @@ class KeyIndex:
         cache_kib: The SQLite page cache, which bounds this index's memory.
     """
 
-    def __init__(self, directory: str | os.PathLike[str] | None = None, cache_kib: int = 2048):
+    def __init__(self, directory: str | os.PathLike[str] | None = None, cache_kib: int = 512):
         handle, self._path = tempfile.mkstemp(
             prefix="facematch-index-", suffix=".sqlite", dir=directory
         )

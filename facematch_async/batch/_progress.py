@@ -82,6 +82,8 @@ class Progress:
 
     def close(self) -> None:
         """Write the final state and end the bar's line."""
+        if not self.summary.done and not self.interactive:
+            return  # nothing ran (e.g. a resume with everything done): the summary says so
         self.tick(force=True)
         if self.interactive:
             self.stream.write("\n")

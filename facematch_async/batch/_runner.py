@@ -180,6 +180,8 @@ class BatchRunner:
             AuthenticationError: the credentials were refused. Raised after the outcomes of
                 the pairs already in flight; no further pair was started.
         """
+        self.stop_reason = None
+        self.fatal_error = None
         send, receive = anyio.create_memory_object_stream[PairOutcome](self.concurrency)
         producer = asyncio.create_task(self._produce(pairs, send, skip))
         try:
@@ -329,6 +331,11 @@ class BatchRunner:
                 if rounds < self.rate_limit_rounds and self.stop_reason is None:
                     rounds += 1
                     continue  # the limiter holds the retry until the batch-wide pause ends
+                if self.stop_at_quota:
+                    # Still refused after every round: most likely the server's daily quota
+                    # (used by another client of the key, say). Stop rather than fail pairs.
+                    self._halt("quota")
+                    return None
                 status, pair_error = "error", PairError.from_exception(error)
             except AuthenticationError as error:
                 # Every later pair would fail alike: stop, and leave this one for a resume.
