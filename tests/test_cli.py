@@ -236,13 +236,16 @@ def test_stop_at_quota_exits_75_and_a_resume_remembers_the_quota(
     assert len(records(out)) == 3
 
 
-def test_refused_credentials_exit_3(env, images: Path, tmp_path: Path, monkeypatch) -> None:
+def test_refused_credentials_exit_3(env, images: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     """Wrong credentials stop the batch at once with exit code 3 and record nothing."""
     monkeypatch.setenv("DEEPVUE_CLIENT_SECRET", "wrong")
     manifest = write_manifest(tmp_path / "pairs.csv", matching(50))
     out = tmp_path / "out.jsonl"
     assert main(["batch", str(manifest), "--out", str(out), "--rate-limit", "none"]) == 3
     assert records(out) == []
+    captured = capsys.readouterr()
+    assert "--resume" in captured.err
+    assert "wrong" not in captured.out + captured.err
 
 
 def run_cli(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:

@@ -7,6 +7,8 @@ import time
 import anyio
 import anyio.lowlevel
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from facematch_async import BatchRunner
 from facematch_async._ratelimit import (
@@ -44,7 +46,7 @@ def max_in_any_window(stamps: list[float], period: float) -> int:
     """The most stamps found in any half-open interval [t, t + period)."""
     best, start = 0, 0
     for end, stamp in enumerate(stamps):
-        while stamp - stamps[start] >= period:
+        while stamp - stamps[start] >= period - 1e-9:  # float sums, e.g. 1010.1 - 1000.1
             start += 1
         best = max(best, end - start + 1)
     return best
@@ -221,3 +223,33 @@ async def test_retries_are_paced_by_the_limiter_too(
     assert (
         sum(n for (path, _), n in sandbox.counters.requests.items() if path == "/v1/facematch") == 8
     )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    limits=st.lists(
+        st.tuples(st.integers(1, 5), st.sampled_from([0.5, 1.0, 3.0, 10.0])),
+        min_size=1,
+        max_size=3,
+    ),
+    gaps=st.lists(st.floats(0.0, 2.0), min_size=1, max_size=40),
+)
+def test_no_arrival_pattern_can_overfill_a_window(
+    limits: list[tuple[int, float]], gaps: list[float]
+) -> None:
+    """Whatever the arrival times, no window ever holds more than its limit."""
+    windows = tuple(Window(limit, period) for limit, period in limits)
+
+    async def scenario() -> list[float]:
+        clock = FakeClock()
+        rl = RateLimiter(windows, margin=0.0, clock=clock, sleep=clock.sleep)
+        stamps = []
+        for gap in gaps:
+            clock.now += gap
+            await rl.acquire()
+            stamps.append(clock.now)
+        return stamps
+
+    stamps = anyio.run(scenario)
+    for window in windows:
+        assert max_in_any_window(stamps, window.period) <= window.limit

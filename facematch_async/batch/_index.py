@@ -56,13 +56,14 @@ class KeyIndex:
         self.size += added
         return added
 
-    def put(self, key: str, number: int | None = None, text: str | None = None) -> None:
-        """Insert or overwrite ``key``."""
-        if self.get(key) is None:
+    def put(self, key: str, number: int | None = None, text: str | None = None) -> bool:
+        """Insert or overwrite ``key``; returns whether it was new."""
+        row = (key_hash(key), number, text)
+        if self._db.execute("INSERT OR IGNORE INTO keys VALUES (?, ?, ?)", row).rowcount == 1:
             self.size += 1
-        self._db.execute(
-            "INSERT OR REPLACE INTO keys VALUES (?, ?, ?)", (key_hash(key), number, text)
-        )
+            return True
+        self._db.execute("UPDATE keys SET n = ?, t = ? WHERE h = ?", (number, text, row[0]))
+        return False
 
     def get(self, key: str) -> tuple[int | None, str | None] | None:
         """The ``(number, text)`` stored for ``key``, or ``None``."""

@@ -207,12 +207,10 @@ class ResultsFile:
             record = self._parse(raw)
             if record is None:
                 continue
-            key = self._key(record)
-            if self._index.get(key) is None:
+            if self._index.put(self._key(record), offset, str(record.get("status"))):
                 self.recorded += 1
             else:
                 self.superseded += 1
-            self._index.put(key, offset, str(record.get("status")))
             try:
                 finished = float(record.get("finished_at") or 0.0)
             except (TypeError, ValueError):
@@ -236,11 +234,10 @@ class ResultsFile:
         self._file.write(data)
         self._file.flush()
         self._offset += len(data)
-        if self._index.get(outcome.key) is None:
+        if self._index.put(outcome.key, offset, outcome.status):
             self.recorded += 1
         else:
             self.superseded += 1
-        self._index.put(outcome.key, offset, outcome.status)
 
     def _encode(self, record: dict[str, Any]) -> bytes:
         extra = record.pop("extra")
