@@ -2,28 +2,38 @@
 
 from __future__ import annotations
 
+import itertools
+import logging
 import os
 import time
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
 from types import TracebackType
-from typing import Literal, Self
+from typing import Literal, Self, TypeVar
 
 import aiohttp
 
 from facematch_async._auth import AccessToken, StaticTokenSource, TokenManager, token_from_response
+from facematch_async._events import RequestEvent, RequestHook
 from facematch_async._images import ImageInput, UploadImage, load_pair
 from facematch_async._models import FaceMatchResult
-from facematch_async._responses import parse_authorize, parse_facematch
+from facematch_async._responses import RawResponse, parse_authorize, parse_facematch
 from facematch_async._retry import RetryPolicy, call_with_retries
 from facematch_async._scope import CALL_SCOPE
 from facematch_async._transport import Transport
 from facematch_async.errors import (
     AuthenticationError,
+    FaceMatchError,
     InactiveClientError,
     PermissionDeniedError,
     RateLimitError,
 )
 
 __all__ = ["DEFAULT_MAX_IMAGE_BYTES", "PRODUCTION_BASE_URL", "FaceMatchClient"]
+
+T = TypeVar("T")
+logger = logging.getLogger("facematch_async")
 
 PRODUCTION_BASE_URL = "https://production.deepvue.tech"
 DEFAULT_MAX_IMAGE_BYTES = 10 * 1024 * 1024
@@ -58,6 +68,10 @@ class FaceMatchClient:
             integer confidence).
         max_image_bytes: Images larger than this are refused locally; ``None`` for no limit.
         retry_policy: Backoff and ``Retry-After`` limits (see :class:`RetryPolicy`).
+        on_request_start: Called with a :class:`RequestEvent` before each HTTP attempt.
+        on_request_end: Called with the completed :class:`RequestEvent` after each attempt
+            (status, outcome, latency), whether it succeeded, failed or was cancelled.
+        trace_configs: aiohttp ``TraceConfig`` objects, passed to the session as they are.
 
     Raises:
         ValueError: a missing credential or an invalid option.
@@ -76,6 +90,9 @@ class FaceMatchClient:
         api_version: Literal["v1", "v2"] = "v1",
         max_image_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES,
         retry_policy: RetryPolicy | None = None,
+        on_request_start: RequestHook | None = None,
+        on_request_end: RequestHook | None = None,
+        trace_configs: list[aiohttp.TraceConfig] | None = None,
     ) -> None:
         client_id = client_id or os.environ.get("DEEPVUE_CLIENT_ID")
         client_secret = client_secret or os.environ.get("DEEPVUE_CLIENT_SECRET")
@@ -104,7 +121,14 @@ class FaceMatchClient:
         self.max_image_bytes = max_image_bytes
         self.retry_policy = retry_policy or RetryPolicy()
         self._client_secret = client_secret
-        self._transport = Transport(base_url, timeout=timeout, max_connections=max_connections)
+        self._on_request_start = on_request_start
+        self._on_request_end = on_request_end
+        self._transport = Transport(
+            base_url,
+            timeout=timeout,
+            max_connections=max_connections,
+            trace_configs=trace_configs,
+        )
         self._tokens: TokenManager | StaticTokenSource = (
             StaticTokenSource(access_token) if access_token else TokenManager(self._authorize)
         )
@@ -145,8 +169,76 @@ class FaceMatchClient:
         token = self._tokens.cached()
         return (self._client_secret,) if token is None else (self._client_secret, token)
 
+    def _emit(self, hook: RequestHook | None, event: RequestEvent) -> None:
+        if hook is None:
+            return
+        try:
+            hook(event)
+        except Exception:
+            logger.exception("a request hook raised; the call goes on")
+
+    async def _exchange(
+        self,
+        path: str,
+        form: aiohttp.FormData,
+        headers: dict[str, str],
+        parse: Callable[[RawResponse], T],
+        request_id: str,
+        attempt: int,
+    ) -> T:
+        """POST once and parse the answer, telling the logs and hooks how it went."""
+        event = RequestEvent(request_id, path, attempt)
+        self._emit(self._on_request_start, event)
+        started = time.perf_counter()
+        status: int | None = None
+        outcome, sub_code, transaction_id = "ok", None, None
+        try:
+            response = await self._transport.post(path, form, headers)
+            status = response.status
+            result = parse(response)
+            sub_code = getattr(result, "sub_code", None)
+            transaction_id = getattr(result, "transaction_id", None)
+            return result
+        except FaceMatchError as error:
+            outcome, sub_code, transaction_id = (
+                type(error).__name__,
+                error.sub_code,
+                error.transaction_id,
+            )
+            raise
+        except BaseException as error:  # cancellation included: metrics should see it
+            outcome = type(error).__name__
+            raise
+        finally:
+            latency = time.perf_counter() - started
+            logger.debug(
+                "POST %s request_id=%s attempt=%d status=%s outcome=%s sub_code=%s "
+                "transaction_id=%s latency_ms=%.1f",
+                path,
+                request_id,
+                attempt,
+                status,
+                outcome,
+                sub_code,
+                transaction_id,
+                latency * 1000,
+            )
+            end = replace(
+                event,
+                status_code=status,
+                outcome=outcome,
+                sub_code=sub_code,
+                transaction_id=transaction_id,
+                latency=latency,
+            )
+            self._emit(self._on_request_end, end)
+
     async def _authorize(self) -> AccessToken:
         """One authorize exchange (with retries for transient failures)."""
+        request_id, attempts = uuid.uuid4().hex[:16], itertools.count(1)
+
+        def parse(response: RawResponse) -> tuple[str, str | None]:
+            return parse_authorize(response, self._secrets())
 
         async def attempt() -> AccessToken:
             requested_at = time.monotonic()
@@ -154,10 +246,10 @@ class FaceMatchClient:
                 {"client_id": self.client_id or "", "client_secret": self._client_secret},
                 default_to_multipart=True,
             )
-            response = await self._transport.post(
-                "/v1/authorize", form, {"x-api-key": self._client_secret}
+            headers = {"x-api-key": self._client_secret}
+            token, expiry = await self._exchange(
+                "/v1/authorize", form, headers, parse, request_id, next(attempts)
             )
-            token, expiry = parse_authorize(response, self._secrets())
             return token_from_response(token, expiry, requested_at)
 
         return await call_with_retries(
@@ -165,7 +257,11 @@ class FaceMatchClient:
         )
 
     async def _send_match(
-        self, images: tuple[UploadImage, UploadImage], token: str
+        self,
+        images: tuple[UploadImage, UploadImage],
+        token: str,
+        request_id: str,
+        attempt: int,
     ) -> FaceMatchResult:
         form = aiohttp.FormData()  # a FormData can be sent once: a new one per attempt
         for image in images:
@@ -178,9 +274,13 @@ class FaceMatchClient:
             scope.attempts += 1
             if scope.before_attempt is not None:
                 await scope.before_attempt()
-        response = await self._transport.post(f"/{self.api_version}/facematch", form, headers)
-        try:
+
+        def parse(response: RawResponse) -> FaceMatchResult:
             return parse_facematch(response, (self._client_secret, token))
+
+        path = f"/{self.api_version}/facematch"
+        try:
+            return await self._exchange(path, form, headers, parse, request_id, attempt)
         except RateLimitError as error:
             if scope is not None and scope.on_rate_limited is not None:
                 scope.on_rate_limited(error.retry_after)
@@ -210,13 +310,16 @@ class FaceMatchClient:
         images = await load_pair(
             file_a, file_b, max_bytes=self.max_image_bytes, allow_pdf=self.api_version == "v2"
         )
+        scope = CALL_SCOPE.get()
+        request_id = (scope and scope.request_id) or uuid.uuid4().hex[:16]
+        attempts = itertools.count(1)
         refreshed = False
 
         async def attempt() -> FaceMatchResult:
             nonlocal refreshed
             token = await self._tokens.get()
             try:
-                return await self._send_match(images, token)
+                return await self._send_match(images, token, request_id, next(attempts))
             except (AuthenticationError, PermissionDeniedError) as error:
                 # A rejected token is renewed once per call; other refusals are final.
                 if (
@@ -227,7 +330,8 @@ class FaceMatchClient:
                     raise
                 refreshed = True
                 self._tokens.invalidate(token)
-                return await self._send_match(images, await self._tokens.get())
+                fresh = await self._tokens.get()
+                return await self._send_match(images, fresh, request_id, next(attempts))
 
         return await call_with_retries(
             attempt, max_retries=self.max_retries, policy=self.retry_policy

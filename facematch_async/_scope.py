@@ -18,12 +18,15 @@ class CallScope:
     """What one ``match`` call reports to, and waits on, for each HTTP attempt.
 
     Attributes:
+        request_id: The id that logs and hooks show for the call (the batch runner's pair
+            id); ``None`` for a random one.
         attempts: Face-match requests sent for this call so far (retries included).
         before_attempt: Awaited before each face-match request (e.g. a rate limiter), so
             retries are paced like first attempts.
         on_rate_limited: Called with the server's ``retry_after`` (or ``None``) on each 429.
     """
 
+    request_id: str | None = None
     attempts: int = 0
     before_attempt: Callable[[], Awaitable[None]] | None = None
     on_rate_limited: Callable[[float | None], None] | None = None

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import platform
-import time
 from collections.abc import Mapping
 
 import aiohttp
@@ -20,8 +18,6 @@ from facematch_async.errors import (
 )
 
 __all__ = ["MAX_RESPONSE_BYTES", "Transport"]
-
-logger = logging.getLogger("facematch_async")
 
 MAX_RESPONSE_BYTES = 1024 * 1024  # the API's bodies are a few hundred bytes
 USER_AGENT = (
@@ -38,9 +34,15 @@ class Transport:
     """
 
     def __init__(
-        self, base_url: str, *, timeout: aiohttp.ClientTimeout, max_connections: int
+        self,
+        base_url: str,
+        *,
+        timeout: aiohttp.ClientTimeout,
+        max_connections: int,
+        trace_configs: list[aiohttp.TraceConfig] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self._trace_configs = trace_configs
         self._timeout = timeout
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
@@ -56,6 +58,7 @@ class Transport:
                 connector=aiohttp.TCPConnector(limit=self._max_connections),
                 timeout=self._timeout,
                 headers={"User-Agent": USER_AGENT},
+                trace_configs=self._trace_configs,
             )
             self._loop = loop
         elif loop is not self._loop:
@@ -77,7 +80,6 @@ class Transport:
             ClientClosedError: the client was closed before or during the call.
         """
         session = self._get_session()
-        started = time.perf_counter()
         try:
             async with session.post(
                 self.base_url + path, data=data, headers=headers, allow_redirects=False
@@ -92,9 +94,6 @@ class Transport:
             if isinstance(exc, RuntimeError):
                 raise
             raise APIConnectionError(f"POST {path} failed: {type(exc).__name__}: {exc}") from exc
-        logger.debug(
-            "POST %s -> %d in %.1f ms", path, status, (time.perf_counter() - started) * 1000
-        )
         return RawResponse(status, response_headers, body)
 
     async def aclose(self) -> None:
