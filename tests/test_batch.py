@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 
 from facematch_async import (
@@ -297,3 +298,19 @@ async def test_a_runner_can_run_again_after_a_stop(make_client: MakeClient, face
     out = await collect(runner, [("p", faces.alice_png, faces.alice_jpg)])
     assert out["p"].status == "match"
     assert runner.stop_reason is None
+
+
+async def test_breaking_out_early_cancels_cleanly(
+    make_client: MakeClient, faces: Faces, engine: RecordingEngine
+) -> None:
+    """A consumer that stops iterating (aclose) ends the run: nothing more is sent."""
+    engine.delay = 0.05
+    runner = BatchRunner(make_client(), concurrency=2, rate_limit=None)
+    outcomes = runner.run([(f"p{i}", faces.alice_png, faces.alice_jpg) for i in range(100)])
+    first = await outcomes.__anext__()
+    await outcomes.aclose()
+    assert first.status == "match"
+    sent = len(engine.stamps)
+    await anyio.sleep(0.2)
+    assert len(engine.stamps) == sent <= 4
+    assert runner.stop_reason == "stopped"

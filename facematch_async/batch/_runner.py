@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Literal, TypeAlias
 
@@ -164,7 +164,7 @@ class BatchRunner:
         pairs: Iterable[PairInput] | AsyncIterable[PairInput],
         *,
         skip: Callable[[str], bool] | None = None,
-    ) -> AsyncIterator[PairOutcome]:
+    ) -> AsyncGenerator[PairOutcome, None]:
         """Match ``pairs`` and yield each outcome as it completes (not in input order).
 
         Pairs are pulled lazily: the next one is taken only when a slot is free. A pair id
@@ -173,6 +173,8 @@ class BatchRunner:
         Args:
             pairs: :class:`PairSpec` items (see :func:`read_manifest`) or
                 ``(pair_id, file_a, file_b)`` tuples, from an iterable or async iterable.
+                Leaving the loop early (``break``, then ``aclose()``, or
+                ``contextlib.aclosing``) stops the run and abandons the pairs in flight.
             skip: Called with each pair's key after duplicate detection; ``True`` passes it
                 over without an outcome (how ``--resume`` skips finished pairs).
 
