@@ -148,3 +148,16 @@ def test_recent_attempts_are_kept_to_seed_the_limiter(tmp_path: Path) -> None:
     results.open(resume=True, seed_limit=100)
     assert list(results.recent) == [pytest.approx(now - 60)] * 3
     results.close()
+
+
+def test_a_file_of_another_format_is_refused_on_resume(tmp_path: Path) -> None:
+    """Resuming a JSONL file as CSV (or garbage as JSONL) raises instead of appending to it."""
+    path = tmp_path / "out.jsonl"
+    path.write_text('{"pair_id": "a", "status": "match"}\n')
+    with pytest.raises(ValueError, match="not a CSV results file"):
+        ResultsFile(path, "csv").open(resume=True)
+    other = tmp_path / "notes.txt"
+    other.write_text("hello\nworld\n")
+    with pytest.raises(ValueError, match="not a jsonl results file"):
+        ResultsFile(other).open(resume=True)
+    assert other.read_text() == "hello\nworld\n"

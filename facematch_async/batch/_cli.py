@@ -269,6 +269,9 @@ def run_batch(args: argparse.Namespace) -> int:
     try:
         seed = max((w.limit for w in windows), default=0)
         results.open(resume=args.resume or args.retry_failed, seed_limit=seed)
+    except ValueError as exc:
+        results.close(compact=False)
+        raise UsageError(str(exc)) from None
     except FileExistsError:
         results.close(compact=False)
         raise UsageError(
@@ -277,6 +280,8 @@ def run_batch(args: argparse.Namespace) -> int:
         ) from None
     if results.repaired:
         print(f"{args.out}: cut off a torn last line (its pair runs again)", file=sys.stderr)
+    if results.unreadable:
+        print(f"{args.out}: ignored {results.unreadable} unreadable line(s)", file=sys.stderr)
     try:
         return asyncio.run(_run(args, specs, results, windows, options, shard))
     except ValueError as exc:  # a CSV without its header, found on first read

@@ -107,6 +107,7 @@ class ResultsFile:
         recorded: Distinct pairs with a line in the file.
         superseded: Lines a later line for the same pair replaces (dropped on close).
         repaired: Whether a torn last line was cut off on open.
+        unreadable: Complete lines that could not be parsed (ignored: their pairs rerun).
     """
 
     def __init__(
@@ -127,6 +128,7 @@ class ResultsFile:
         self.recorded = 0
         self.superseded = 0
         self.repaired = False
+        self.unreadable = 0
         self.recent: deque[float] = deque()
 
     def open(self, *, resume: bool, seed_limit: int = 0) -> None:
@@ -140,12 +142,17 @@ class ResultsFile:
 
         Raises:
             FileExistsError: the file has results and ``resume`` is false.
+            ValueError: the file is not a results file of this format.
         """
         exists = self.path.exists() and self.path.stat().st_size > 0
         if exists and not resume:
             raise FileExistsError(f"{self.path} already holds results")
         if exists:
-            self.load(seed_limit, repair=True)
+            try:
+                self.load(seed_limit, repair=True)
+            except BaseException:
+                self._index.close()
+                raise
         self._file = open(self.path, "ab")  # noqa: SIM115 (closed by close())
         self._offset = self._file.tell()
 
@@ -199,13 +206,20 @@ class ResultsFile:
                 self.repaired = True
             file.seek(0)
             if self.format == "csv":
-                first = file.readline().decode("utf-8")
+                first = file.readline().decode("utf-8", errors="replace")
                 self._header = next(csv.reader([first]), None) if first else None
+                if first and not {"pair_id", "status"} <= set(self._header or ()):
+                    raise ValueError(f"{self.path} is not a CSV results file (check --format)")
         recent: deque[float] = deque(maxlen=seed_limit or None)
         since = time.time() - _DAY
         for offset, raw in self._lines():
             record = self._parse(raw)
-            if record is None:
+            if record is None or "pair_id" not in record:
+                self.unreadable += 1
+                if self.unreadable > 100 and not self.recorded:
+                    raise ValueError(
+                        f"{self.path} is not a {self.format} results file (check --format)"
+                    )
                 continue
             if self._index.put(self._key(record), offset, str(record.get("status"))):
                 self.recorded += 1
@@ -218,6 +232,8 @@ class ResultsFile:
             if seed_limit and finished > since:
                 recent.extend([finished] * (_int(record.get("attempts")) or 0))
         self.recent = recent
+        if self.unreadable and not self.recorded:
+            raise ValueError(f"{self.path} is not a {self.format} results file (check --format)")
 
     def status(self, key: str) -> str | None:
         """The status of ``key``'s last line, or ``None`` if it has none."""
