@@ -15,6 +15,7 @@ from typing import Literal, Self, TypeVar
 import aiohttp
 
 from facematch_async._auth import AccessToken, StaticTokenSource, TokenManager, token_from_response
+from facematch_async._downscale import require_pillow
 from facematch_async._events import RequestEvent, RequestHook
 from facematch_async._images import ImageInput, UploadImage, load_pair
 from facematch_async._models import FaceMatchResult
@@ -66,7 +67,11 @@ class FaceMatchClient:
         max_connections: The most connections open at once to the API.
         api_version: ``"v1"`` or ``"v2"`` (v2 also takes PDF documents and answers an
             integer confidence).
-        max_image_bytes: Images larger than this are refused locally; ``None`` for no limit.
+        max_image_bytes: Images larger than this are refused locally (or, with
+            ``max_image_side``, downscaled until they fit); ``None`` for no limit.
+        max_image_side: Opt-in (extra ``images``): downscale JPEG/PNG images whose longer
+            side exceeds this many pixels before upload, upright by their EXIF orientation
+            and in their own format. Smaller images are sent untouched.
         retry_policy: Backoff and ``Retry-After`` limits (see :class:`RetryPolicy`).
         on_request_start: Called with a :class:`RequestEvent` before each HTTP attempt.
         on_request_end: Called with the completed :class:`RequestEvent` after each attempt
@@ -89,6 +94,7 @@ class FaceMatchClient:
         max_connections: int = 100,
         api_version: Literal["v1", "v2"] = "v1",
         max_image_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES,
+        max_image_side: int | None = None,
         retry_policy: RetryPolicy | None = None,
         on_request_start: RequestHook | None = None,
         on_request_end: RequestHook | None = None,
@@ -112,6 +118,10 @@ class FaceMatchClient:
             raise ValueError("max_retries must be 0 or more")
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must start with http:// or https://, not {base_url!r}")
+        if max_image_side is not None:
+            if max_image_side < 64:
+                raise ValueError("max_image_side must be at least 64 pixels")
+            require_pillow()
         if not isinstance(timeout, aiohttp.ClientTimeout):
             timeout = aiohttp.ClientTimeout(total=timeout)
 
@@ -119,6 +129,7 @@ class FaceMatchClient:
         self.api_version = api_version
         self.max_retries = max_retries
         self.max_image_bytes = max_image_bytes
+        self.max_image_side = max_image_side
         self.retry_policy = retry_policy or RetryPolicy()
         self._client_secret = client_secret
         self._on_request_start = on_request_start
@@ -308,7 +319,11 @@ class FaceMatchClient:
             FaceMatchError: any other failure (see ``facematch_async.errors``).
         """
         images = await load_pair(
-            file_a, file_b, max_bytes=self.max_image_bytes, allow_pdf=self.api_version == "v2"
+            file_a,
+            file_b,
+            max_bytes=self.max_image_bytes,
+            allow_pdf=self.api_version == "v2",
+            max_side=self.max_image_side,
         )
         scope = CALL_SCOPE.get()
         request_id = (scope and scope.request_id) or uuid.uuid4().hex[:16]

@@ -8,11 +8,12 @@ CPU than the read itself for files of a few hundred kilobytes.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import IO, TypeAlias
 
 import anyio.to_thread
 
+from facematch_async._downscale import downscale
 from facematch_async.errors import (
     EmptyImageError,
     ImageError,
@@ -128,12 +129,40 @@ def _check(field: str, data: bytes, max_bytes: int | None, allow_pdf: bool) -> U
     )
 
 
+MAX_SOURCE_BYTES = 64 * 1024 * 1024
+"""The most bytes read from one source when downscaling is on (then ``max_bytes`` applies
+to what is sent, after downscaling)."""
+
+
+def _prepare(
+    field: str,
+    source: ImageInput,
+    max_bytes: int | None,
+    allow_pdf: bool,
+    max_side: int | None,
+) -> UploadImage:
+    """Read, check and (when ``max_side`` is set) downscale one image."""
+    read_limit = max_bytes
+    if max_side is not None and max_bytes is not None:
+        read_limit = max(max_bytes, MAX_SOURCE_BYTES)
+    image = _check(field, _read_source(field, source, read_limit), read_limit, allow_pdf)
+    if max_side is None or image.format == "PDF":
+        return image
+    data = downscale(field, image.data, image.format, max_side, max_bytes)
+    return image if data is image.data else replace(image, data=data)
+
+
 def _load_pair_blocking(
-    file_a: ImageInput, file_b: ImageInput, max_bytes: int | None, allow_pdf: bool
+    file_a: ImageInput,
+    file_b: ImageInput,
+    max_bytes: int | None,
+    allow_pdf: bool,
+    max_side: int | None,
 ) -> tuple[UploadImage, UploadImage]:
-    image_a = _check("file_a", _read_source("file_a", file_a, max_bytes), max_bytes, allow_pdf)
-    image_b = _check("file_b", _read_source("file_b", file_b, max_bytes), max_bytes, allow_pdf)
-    return image_a, image_b
+    return (
+        _prepare("file_a", file_a, max_bytes, allow_pdf, max_side),
+        _prepare("file_b", file_b, max_bytes, allow_pdf, max_side),
+    )
 
 
 async def load_pair(
@@ -142,14 +171,17 @@ async def load_pair(
     *,
     max_bytes: int | None,
     allow_pdf: bool = False,
+    max_side: int | None = None,
 ) -> tuple[UploadImage, UploadImage]:
-    """Read and check both images; disk and file reads happen in one worker-thread hop.
+    """Read and check both images; disk reads and any downscaling share one thread hop.
 
     Raises:
         ImageError: a subclass naming the image (``field``) and what is wrong with it.
         TypeError: a source of a type ``match`` does not take.
     """
     in_memory = (bytes, bytearray, memoryview)
-    if isinstance(file_a, in_memory) and isinstance(file_b, in_memory):
-        return _load_pair_blocking(file_a, file_b, max_bytes, allow_pdf)
-    return await anyio.to_thread.run_sync(_load_pair_blocking, file_a, file_b, max_bytes, allow_pdf)
+    if max_side is None and isinstance(file_a, in_memory) and isinstance(file_b, in_memory):
+        return _load_pair_blocking(file_a, file_b, max_bytes, allow_pdf, None)
+    return await anyio.to_thread.run_sync(
+        _load_pair_blocking, file_a, file_b, max_bytes, allow_pdf, max_side
+    )

@@ -7,6 +7,7 @@ FaceMatchError                       base: status_code, sub_code, message, detai
 │   ├── ImageReadError               the file cannot be read: missing, a directory, no permission
 │   ├── EmptyImageError              the image has no bytes
 │   ├── ImageTooLargeError           over the client's ``max_image_bytes``
+│   ├── CorruptImageError            cannot be decoded for downscaling (truncated, damaged)
 │   ├── UnsupportedFileFormatError   not JPEG/PNG by magic bytes, or UNSUPPORTED_FILE_FORMAT
 │   └── NoFaceFoundError             sub_code NO_FACE_FOUND
 ├── APIConnectionError               no response: refused, reset, dropped, DNS        (retried)
@@ -39,6 +40,7 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "ClientClosedError",
+    "CorruptImageError",
     "EmptyImageError",
     "FaceMatchError",
     "ImageError",
@@ -123,6 +125,10 @@ class EmptyImageError(ImageError):
 
 class ImageTooLargeError(ImageError):
     """The image is larger than the client's ``max_image_bytes``."""
+
+
+class CorruptImageError(ImageError):
+    """The image cannot be decoded (truncated or damaged); met only when downscaling."""
 
 
 class UnsupportedFileFormatError(ImageError):
