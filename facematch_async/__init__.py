@@ -13,6 +13,7 @@ async with FaceMatchClient(client_id="...", client_secret="...") as client:
 """
 
 from facematch_async._client import PRODUCTION_BASE_URL, FaceMatchClient
+from facematch_async._events import RequestEvent, RequestHook
 from facematch_async._images import ImageInput
 from facematch_async._models import FaceMatchResult
 from facematch_async._ratelimit import RateLimiter
@@ -35,6 +36,7 @@ from facematch_async.errors import (
     AuthenticationError,
     BadRequestError,
     ClientClosedError,
+    CorruptImageError,
     EmptyImageError,
     FaceMatchError,
     ImageError,
@@ -61,6 +63,7 @@ __all__ = [
     "BatchRunner",
     "BatchSummary",
     "ClientClosedError",
+    "CorruptImageError",
     "EmptyImageError",
     "FaceMatchClient",
     "FaceMatchError",
@@ -79,6 +82,8 @@ __all__ = [
     "PermissionDeniedError",
     "RateLimitError",
     "RateLimiter",
+    "RequestEvent",
+    "RequestHook",
     "RequestValidationError",
     "ResultsFile",
     "RetryPolicy",
