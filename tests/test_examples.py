@@ -1,0 +1,104 @@
+"""The examples run as users would run them, against a sandbox in its own process."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from facematch_async.sandbox import make_test_image
+
+pytest.importorskip("fastapi", reason="the FastAPI example needs the 'examples' extra")
+from fastapi.testclient import TestClient
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+CLIENT_ID, CLIENT_SECRET = "example-client", "example-secret"
+
+
+@pytest.fixture(scope="module")
+def sandbox_url() -> Iterator[str]:
+    """The sandbox CLI on a free port, as a user would start it."""
+    command = [sys.executable, "-m", "facematch_async.cli", "sandbox", "--port", "0"]
+    command += ["--client-id", CLIENT_ID, "--client-secret", CLIENT_SECRET]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)  # noqa: S603
+    assert process.stdout is not None
+    line = process.stdout.readline().strip()
+    assert line.startswith("Sandbox listening on "), line
+    yield line.removeprefix("Sandbox listening on ")
+    process.terminate()
+    process.wait(10)
+
+
+def load_example(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def kyc_app(sandbox_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    """The FastAPI example with its lifespan running, configured through DEEPVUE_* only."""
+    monkeypatch.setenv("DEEPVUE_BASE_URL", sandbox_url)
+    monkeypatch.setenv("DEEPVUE_CLIENT_ID", CLIENT_ID)
+    monkeypatch.setenv("DEEPVUE_CLIENT_SECRET", CLIENT_SECRET)
+    module = load_example("fastapi_kyc")
+    with TestClient(module.app) as http:
+        yield http
+
+
+def upload(selfie: bytes, document: bytes) -> dict[str, tuple[str, bytes, str]]:
+    return {
+        "selfie": ("selfie.jpg", selfie, "image/jpeg"),
+        "id_document": ("id.png", document, "image/png"),
+    }
+
+
+def test_fastapi_example_returns_the_decision(kyc_app: TestClient) -> None:
+    """Same person: 200 with match, confidence and transaction_id."""
+    response = kyc_app.post(
+        "/kyc/face-match",
+        files=upload(make_test_image("meera", "jpeg"), make_test_image("meera", "png")),
+    )
+    assert response.status_code == 200
+    body = response.json()
+    assert body["match"] is True
+    assert body["confidence"] == 98.0
+    assert body["transaction_id"]
+
+
+def test_fastapi_example_asks_for_a_retake_when_no_face(kyc_app: TestClient) -> None:
+    """No face: 422 telling the app to retake the photo."""
+    response = kyc_app.post(
+        "/kyc/face-match",
+        files=upload(make_test_image("none", "jpeg"), make_test_image("meera", "png")),
+    )
+    assert response.status_code == 422
+    assert response.json()["detail"]["action"] == "retake"
+
+
+def test_fastapi_example_refuses_a_gif_before_calling_the_api(kyc_app: TestClient) -> None:
+    """A GIF upload is refused locally with the reason."""
+    response = kyc_app.post(
+        "/kyc/face-match", files=upload(b"GIF89a....", make_test_image("meera", "png"))
+    )
+    assert response.status_code == 422
+    assert "GIF" in response.json()["detail"]["reason"]
+
+
+def test_fastapi_example_shares_one_client_across_requests(kyc_app: TestClient) -> None:
+    """Many requests, one client: the token is fetched once and reused."""
+    for _ in range(5):
+        kyc_app.post(
+            "/kyc/face-match",
+            files=upload(make_test_image("a", "jpeg"), make_test_image("b", "png")),
+        )
+    client = kyc_app.app.state.facematch  # type: ignore[attr-defined]
+    assert client._transport._session is not None
+    assert client._tokens.cached() is not None
