@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -328,3 +329,23 @@ def test_folder_manifests_and_root_confinement(env, images: Path, tmp_path: Path
     by_id = {r["pair_id"]: r for r in records(out)}
     assert by_id["p000"]["status"] == "match"
     assert (by_id["up"]["sub_code"], by_id["up"]["line"]) == ("PATH_OUTSIDE_ROOT", 3)
+
+
+def test_the_wait_for_in_flight_pairs_is_bounded_by_grace(
+    env, images: Path, tmp_path: Path
+) -> None:
+    """Pairs still waiting for the rate limit at Ctrl-C are abandoned after --grace seconds."""
+    manifest = write_manifest(tmp_path / "pairs.csv", matching(10))
+    out = tmp_path / "out.jsonl"
+    args = ["batch", str(manifest), "--out", str(out), "--rate-limit", "1/20s", "--grace", "0.5"]
+    process = run_cli([*args, "--concurrency", "4"], env)
+    wait_for_lines(out, 1, process)
+    interrupted = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 130, err
+    assert time.monotonic() - interrupted < 5
+    assert len(records(out)) == 1
+    left = re.search(r"(\d+) pair\(s\) were left for later", err)
+    assert left is not None
+    assert int(left.group(1)) >= 3  # the ones waiting for the rate limit

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import TextIO
 
 from facematch_async.batch._summary import BatchSummary
@@ -46,11 +47,26 @@ class Progress:
         self.interactive = interactive
         self.interval = 0.2 if interactive else interval
         self._last = time.monotonic()
+        self._samples: deque[tuple[float, int]] = deque(maxlen=60)
         self.note = ""
+
+    def recent_rate(self) -> float:
+        """Pairs per second over the last minute or so (the whole run until then).
+
+        An ETA from the whole run's average would stay wrong for hours after a pause for
+        the daily quota; a recent window follows the current pace.
+        """
+        now, done = time.monotonic(), self.summary.done
+        if not self._samples or now - self._samples[-1][0] >= 1.0:
+            self._samples.append((now, done))
+        then, done_then = self._samples[0]
+        if now - then >= 10.0:
+            return (done - done_then) / (now - then)
+        return self.summary.rate()
 
     def line(self) -> str:
         """The current progress, as one line."""
-        done, rate = self.summary.done, self.summary.rate()
+        done, rate = self.summary.done, self.recent_rate()
         parts = [f"{done}"]
         if self.total:
             share = min(1.0, done / self.total)

@@ -273,13 +273,15 @@ class BatchRunner:
         send: MemoryObjectSendStream[PairOutcome],
     ) -> None:
         self.in_flight += 1
+        reported = False
         try:
             outcome = await self._match(spec)
-            if outcome is None:
-                self.unrecorded += 1
-            else:
+            if outcome is not None:
                 await send.send(outcome)
+                reported = True
         finally:
+            # Also when cancelled (cancel(), or the consumer left): the pair has no outcome.
+            self.unrecorded += not reported
             self.in_flight -= 1
             slots.release_on_behalf_of(borrower)
 
@@ -305,6 +307,8 @@ class BatchRunner:
             started = time.perf_counter()
             await self.limiter.acquire(stop_at_quota=self.stop_at_quota)
             waited += time.perf_counter() - started
+            if self.stop_reason is not None:
+                raise _Abandoned  # the batch began stopping while this pair waited its turn
 
         # Each task runs in its own copy of the context, so this scope is this pair's alone.
         scope = CallScope(before_attempt=before_attempt, on_rate_limited=self._on_rate_limited)
