@@ -64,7 +64,9 @@ def downscale(
                 return data
             if image_format == "JPEG":
                 # Let libjpeg decode at 1/2, 1/4 or 1/8 scale: far less work for big photos.
-                opened.draft("RGB", (max_side, max_side))
+                # draft() keeps both sides at least as large as asked, so ask in proportion.
+                ratio = max_side / max(width, height)
+                opened.draft("RGB", (int(width * ratio) + 1, int(height * ratio) + 1))
             image = ImageOps.exif_transpose(opened)
             image.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
