@@ -13,6 +13,7 @@ import pytest
 from facematch_async import (
     AuthenticationError,
     BatchRunner,
+    ClientClosedError,
     PairOutcome,
     PairSpec,
     read_manifest,
@@ -314,3 +315,22 @@ async def test_breaking_out_early_cancels_cleanly(
     await anyio.sleep(0.2)
     assert len(engine.stamps) == sent <= 4
     assert runner.stop_reason == "stopped"
+
+
+async def test_a_closed_client_stops_the_batch(make_client: MakeClient, faces: Faces) -> None:
+    """Closing the client mid-run raises ClientClosedError instead of failing every pair."""
+    client = make_client()
+    runner = BatchRunner(client, concurrency=2, rate_limit=None)
+    pairs = [(f"p{i}", faces.alice_png, faces.alice_jpg) for i in range(500)]
+    seen = 0
+
+    async def consume() -> None:
+        nonlocal seen
+        async for _ in runner.run(pairs):
+            seen += 1
+            if seen == 3:
+                await client.aclose()
+
+    with pytest.raises(ClientClosedError):
+        await consume()
+    assert seen < 10

@@ -38,6 +38,7 @@ from facematch_async.batch._manifest import ManifestProblem, PairSpec
 from facematch_async.batch._outcome import PairError, PairOutcome
 from facematch_async.errors import (
     AuthenticationError,
+    ClientClosedError,
     FaceMatchError,
     NoFaceFoundError,
     RateLimitError,
@@ -181,6 +182,7 @@ class BatchRunner:
         Raises:
             AuthenticationError: the credentials were refused. Raised after the outcomes of
                 the pairs already in flight; no further pair was started.
+            ClientClosedError: the client was closed during the run (likewise).
         """
         self.stop_reason = None
         self.fatal_error = None
@@ -343,12 +345,12 @@ class BatchRunner:
                     self._halt("quota")
                     return None
                 status, pair_error = "error", PairError.from_exception(error)
-            except AuthenticationError as error:
+            except (AuthenticationError, ClientClosedError) as error:
                 # Every later pair would fail alike: stop, and leave this one for a resume.
                 if self.fatal_error is None:
                     self.fatal_error = error
-                    logger.error("credentials refused, stopping the batch: %r", error)
-                self._halt("credentials")
+                    logger.error("stopping the batch: %r", error)
+                self._halt("credentials" if isinstance(error, AuthenticationError) else "stopped")
                 return None
             except FaceMatchError as error:
                 status, pair_error = "error", PairError.from_exception(error)
