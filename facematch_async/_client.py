@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import ssl
 import time
 import uuid
 from collections.abc import Callable
@@ -77,6 +78,9 @@ class FaceMatchClient:
         on_request_end: Called with the completed :class:`RequestEvent` after each attempt
             (status, outcome, latency), whether it succeeded, failed or was cancelled.
         trace_configs: aiohttp ``TraceConfig`` objects, passed to the session as they are.
+        ssl_context: TLS settings, e.g. to trust a private CA. By default certificates and
+            host names are verified against the system's CAs; there is no switch to turn
+            verification off.
 
     Raises:
         ValueError: a missing credential or an invalid option.
@@ -99,6 +103,7 @@ class FaceMatchClient:
         on_request_start: RequestHook | None = None,
         on_request_end: RequestHook | None = None,
         trace_configs: list[aiohttp.TraceConfig] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         client_id = client_id or os.environ.get("DEEPVUE_CLIENT_ID")
         client_secret = client_secret or os.environ.get("DEEPVUE_CLIENT_SECRET")
@@ -139,6 +144,7 @@ class FaceMatchClient:
             timeout=timeout,
             max_connections=max_connections,
             trace_configs=trace_configs,
+            ssl_context=ssl_context,
         )
         self._tokens: TokenManager | StaticTokenSource = (
             StaticTokenSource(access_token) if access_token else TokenManager(self._authorize)

@@ -33,6 +33,7 @@ from facematch_async.errors import (
 __all__ = ["RawResponse", "parse_authorize", "parse_facematch", "parse_retry_after"]
 
 _REDACTED = "[REDACTED]"
+MIN_REDACTED_LENGTH = 8
 _SNIPPET = 200  # characters of a non-JSON body kept in an error message
 _INVALID_TOKEN_DETAILS = ("not a valid token", "not authenticated")
 
@@ -50,8 +51,10 @@ class RawResponse:
 
 def _redact(text: str, secrets: Iterable[str]) -> str:
     # A hostile or buggy server may echo what we sent; nothing we copy out may carry it.
+    # Values too short to be real secrets are skipped: replacing every "t" in a body
+    # would garble it.
     for secret in secrets:
-        if secret:
+        if len(secret) >= MIN_REDACTED_LENGTH:
             text = text.replace(secret, _REDACTED)
             text = text.replace(json.dumps(secret)[1:-1], _REDACTED)
     return text

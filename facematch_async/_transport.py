@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import platform
+import ssl
 from collections.abc import Mapping
 
 import aiohttp
@@ -40,8 +41,11 @@ class Transport:
         timeout: aiohttp.ClientTimeout,
         max_connections: int,
         trace_configs: list[aiohttp.TraceConfig] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        # True: aiohttp's default, certificate and host name verified against the system CAs.
+        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         self._trace_configs = trace_configs
         self._timeout = timeout
         self._max_connections = max_connections
@@ -55,7 +59,7 @@ class Transport:
         loop = asyncio.get_running_loop()
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._max_connections),
+                connector=aiohttp.TCPConnector(limit=self._max_connections, ssl=self._ssl),
                 timeout=self._timeout,
                 headers={"User-Agent": USER_AGENT},
                 trace_configs=self._trace_configs,

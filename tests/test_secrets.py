@@ -55,3 +55,12 @@ def test_repr_shows_no_secret() -> None:
     """repr(client) names the endpoint and client id only."""
     client = FaceMatchClient(client_id="cid", client_secret=CLIENT_SECRET, base_url="http://h")
     assert repr(client) == "FaceMatchClient(base_url='http://h', client_id='cid', api_version='v1')"
+
+
+def test_short_values_are_not_redacted_inside_words() -> None:
+    """Redaction skips values too short to be secrets, so bodies stay parseable."""
+    from facematch_async._responses import RawResponse, parse_facematch
+
+    body = b'{"sub_code": "SUCCESS", "data": {"match": true, "confidence": null}}'
+    result = parse_facematch(RawResponse(200, {}, body), ("t", "a"))
+    assert result.match is True
