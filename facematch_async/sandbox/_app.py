@@ -1,7 +1,10 @@
 """The aiohttp application: Deepvue's routes, checks and bodies, as the contract describes them.
 
 Every request first passes :func:`_observe`, which counts it and plays any scripted response
-queued for its path; only then does the route's handler run its checks.
+queued for its path, then meets what production would put in its way, in the order a real
+deployment would: added latency, the per-key rate limit (a gateway counts a request before
+the service fails it), then any random fault. Only then does the route's handler run its
+checks.
 """
 
 from __future__ import annotations
@@ -17,10 +20,13 @@ from typing import Any, Literal
 
 from aiohttp import BodyPartReader, web
 
+from facematch_async.sandbox._chaos import FaultInjector, FaultKind
+from facematch_async.sandbox._choice import choose_engine
 from facematch_async.sandbox._config import SandboxConfig
 from facematch_async.sandbox._counters import SandboxCounters
 from facematch_async.sandbox._engines import FaceEngine, TestEngine
 from facematch_async.sandbox._faults import FaultScript
+from facematch_async.sandbox._ratelimit import SlidingWindowLimiter, retry_after_header
 from facematch_async.sandbox._tokens import TokenAuthority
 
 __all__ = ["SANDBOX_STATE", "SandboxState", "create_app"]
@@ -28,6 +34,14 @@ __all__ = ["SANDBOX_STATE", "SandboxState", "create_app"]
 _log = logging.getLogger(__name__)
 
 _AUTHORIZE_PATH = "/v1/authorize"
+_FACEMATCH_PATHS = frozenset({"/v1/facematch", "/v2/facematch"})
+_RATE_LIMITED = "Rate limit exceeded. Please retry after some time."
+# What nginx sends when the service behind it fails: HTML, not JSON.
+_HTML_502 = (
+    "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    "<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
+    "</body>\r\n</html>\r\n"
+)
 _FILE_FIELDS = ("file_a", "file_b")
 _CHUNK = 64 * 1024
 _MULTIPART_MARGIN = 1024 * 1024  # room for headers and boundaries around two full-size files
@@ -46,10 +60,13 @@ class SandboxState:
     tokens: TokenAuthority
     faults: FaultScript
     counters: SandboxCounters
+    limiter: SlidingWindowLimiter
+    chaos: FaultInjector | None = None
 
 
 SANDBOX_STATE = web.AppKey("sandbox_state", SandboxState)
 
+_DROPPED = 499  # the status of the placeholder response to a dropped connection
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -62,10 +79,12 @@ def create_app(config: SandboxConfig) -> web.Application:
     )
     app[SANDBOX_STATE] = SandboxState(
         config=config,
-        engine=config.engine if config.engine is not None else TestEngine(),
+        engine=_engine(config.engine),
         tokens=TokenAuthority(config.client_id, config.token_ttl, config.jwt_secret),
         faults=FaultScript(),
         counters=SandboxCounters(),
+        limiter=SlidingWindowLimiter(config.rate_windows),
+        chaos=FaultInjector(config.faults) if config.faults is not None else None,
     )
     app.router.add_post(_AUTHORIZE_PATH, _authorize)
     app.router.add_post("/v1/facematch", _facematch_v1)
@@ -73,14 +92,26 @@ def create_app(config: SandboxConfig) -> web.Application:
     return app
 
 
+def _engine(engine: FaceEngine | str | None) -> FaceEngine:
+    """The configured engine: as given, chosen by name, or the default test engine."""
+    if engine is None:
+        return TestEngine()
+    if isinstance(engine, str):
+        return choose_engine(engine)
+    return engine
+
+
 @web.middleware
 async def _observe(request: web.Request, handler: _Handler) -> web.StreamResponse:
     """Count the request, play a scripted response if one is queued, else handle it."""
     state = request.app[SANDBOX_STATE]
+    counters = state.counters
     if request.path == _AUTHORIZE_PATH and request.method == "POST":
-        state.counters.authorize_calls += 1
+        counters.authorize_calls += 1
+    counters.in_flight += 1
+    counters.max_in_flight = max(counters.max_in_flight, counters.in_flight)
     status = 0  # stays 0 when the connection is dropped or the client goes away
-    response: web.StreamResponse
+    response: web.StreamResponse | None
     try:
         scripted = state.faults.take(request.path)
         if scripted is not None:
@@ -92,15 +123,86 @@ async def _observe(request: web.Request, handler: _Handler) -> web.StreamRespons
                 response = scripted.to_response()
                 status = response.status
                 return response
-        try:
-            response = await handler(request)
-        except web.HTTPException as exc:
-            # Router and framework errors (404, 405, 413) in FastAPI's JSON shape.
-            response = _json_error(exc.status, exc.reason, headers=exc.headers)
-        status = response.status
+        response = await _production_weather(request, state)
+        if response is None:
+            try:
+                response = await handler(request)
+            except web.HTTPException as exc:
+                # Router and framework errors (404, 405, 413) in FastAPI's JSON shape.
+                response = _json_error(exc.status, exc.reason, headers=exc.headers)
+        if response.status != _DROPPED:
+            status = response.status
         return response
     finally:
-        state.counters.record(request.path, status)
+        counters.in_flight -= 1
+        counters.record(request.path, status)
+
+
+async def _production_weather(
+    request: web.Request, state: SandboxState
+) -> web.StreamResponse | None:
+    """Latency, the rate limit and random faults; ``None`` lets the handler answer."""
+    plan = state.chaos.plan(request.path) if state.chaos is not None else None
+    if plan is not None and plan.latency > 0:
+        state.counters.faults_injected["latency"] += 1
+        await asyncio.sleep(plan.latency)
+    limited = _rate_limit(request, state)
+    if limited is not None:
+        return limited
+    if plan is None or plan.kind is None:
+        return None
+    state.counters.faults_injected[plan.kind] += 1
+    if plan.kind == "drop":
+        return _drop(request)
+    if plan.kind == "stall":
+        # Then handled normally, if the client is still there (handler_cancellation ends
+        # the handler when it is not).
+        await asyncio.sleep(state.chaos.config.stall_seconds if state.chaos else 0.0)
+        return None
+    if plan.kind == "revoke":
+        _revoke_bearer(request, state)
+        return None
+    return _fault_response(plan.kind, state.config)
+
+
+def _rate_limit(request: web.Request, state: SandboxState) -> web.Response | None:
+    """Count a facematch request against its key's windows; a 429 when one is full."""
+    api_key = request.headers.get("x-api-key", "")
+    # Only the known key is counted: others are refused anyway, and counting any key a
+    # caller invents would let memory grow without bound.
+    if request.path not in _FACEMATCH_PATHS or not _same(api_key, state.config.client_secret):
+        return None
+    decision = state.limiter.check(api_key)
+    if decision.allowed:
+        state.counters.record_window_use(decision.in_window)
+        return None
+    assert decision.window is not None  # a refusal names its window
+    state.counters.rate_limited[decision.window.label] += 1
+    headers = {}
+    if state.config.retry_after:
+        headers["Retry-After"] = retry_after_header(decision.retry_after)
+    return _json_error(429, _RATE_LIMITED, headers=headers)
+
+
+def _revoke_bearer(request: web.Request, state: SandboxState) -> None:
+    """Revoke the request's bearer token, as if the provider had just invalidated it."""
+    _, _, token = request.headers.get("Authorization", "").partition(" ")
+    if token.strip():
+        state.tokens.revoke(token.strip())
+
+
+def _fault_response(kind: FaultKind, config: SandboxConfig) -> web.Response:
+    """The answer of an injected error fault."""
+    if kind == "500":
+        return _json_error(500, "Internal Server Error")
+    if kind == "503":
+        return _json_error(503, "Source Unavailable")
+    if kind == "html_502":
+        return web.Response(status=502, text=_HTML_502, content_type="text/html")
+    if kind == "429":
+        headers = {"Retry-After": "1"} if config.retry_after else {}
+        return _json_error(429, _RATE_LIMITED, headers=headers)
+    raise ValueError(f"fault {kind!r} has no response of its own")
 
 
 def _drop(request: web.Request) -> web.StreamResponse:
@@ -108,7 +210,7 @@ def _drop(request: web.Request) -> web.StreamResponse:
     if request.transport is not None:
         request.transport.close()
     # aiohttp's attempt to write this to the closed socket fails quietly.
-    return web.Response(status=499)
+    return web.Response(status=_DROPPED)
 
 
 async def _authorize(request: web.Request) -> web.StreamResponse:

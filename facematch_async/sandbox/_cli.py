@@ -8,7 +8,10 @@ import contextlib
 import os
 import sys
 
+from facematch_async.sandbox._chaos import FaultConfig
+from facematch_async.sandbox._choice import ENGINE_NAMES
 from facematch_async.sandbox._config import SandboxConfig
+from facematch_async.sandbox._ratelimit import PLANS
 from facematch_async.sandbox._server import serve
 
 __all__ = ["add_sandbox_parser"]
@@ -20,7 +23,7 @@ def add_sandbox_parser(
     """Register ``sandbox`` on ``subparsers``; its ``func(args)`` runs the server."""
     parser = subparsers.add_parser(
         "sandbox",
-        help="run a local Deepvue-compatible server (test engine, no face recognition)",
+        help="run a local Deepvue-compatible server (test engine, or dlib with the face extra)",
         description="Run a local Deepvue-compatible Face Match server for tests and demos.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (%(default)s)")
@@ -54,8 +57,98 @@ def add_sandbox_parser(
         metavar="STATUS",
         help="HTTP status of NO_FACE_FOUND / UNSUPPORTED_FILE_FORMAT answers (%(default)s)",
     )
+    parser.add_argument(
+        "--engine",
+        choices=ENGINE_NAMES,
+        default="test",
+        help="face engine: 'test' matches by fm-identity tag, 'dlib' recognises faces (needs "
+        "the face extra), 'auto' is dlib when installed; the choice is printed on stderr "
+        "(%(default)s)",
+    )
+    limits = parser.add_argument_group("rate limits (per API key, sliding windows, facematch)")
+    limits.add_argument(
+        "--rate-limit",
+        default=None,
+        metavar="SPEC",
+        help=f"a plan ({', '.join(PLANS)}) or a spec such as '10/s,300/min' (no limit)",
+    )
+    limits.add_argument(
+        "--retry-after",
+        action="store_true",
+        help="send Retry-After with 429s (Deepvue documents none)",
+    )
+    faults = parser.add_argument_group("random faults (facematch routes; rates are 0..1)")
+    faults.add_argument(
+        "--latency",
+        type=_latency,
+        default=0.0,
+        metavar="SECONDS|LOW-HIGH",
+        help="added latency, fixed or uniformly random, e.g. 0.2 or 0.1-0.5",
+    )
+    for flag, what in (
+        ("--error-rate-500", "answer 500 Internal Server Error"),
+        ("--error-rate-503", "answer 503 Source Unavailable"),
+        ("--html-502-rate", "answer 502 with a proxy's HTML page"),
+        ("--drop-rate", "close the connection without answering"),
+        ("--stall-rate", "stall for --stall-seconds before answering"),
+        ("--rate-429-burst", "start a burst of --burst-length 429s"),
+        ("--revoke-rate", "revoke the request's token (403 Not a valid token)"),
+    ):
+        faults.add_argument(flag, type=_rate, default=0.0, metavar="RATE", help=what)
+    faults.add_argument(
+        "--stall-seconds", type=float, default=30.0, metavar="SECONDS", help="(%(default)s)"
+    )
+    faults.add_argument(
+        "--burst-length", type=int, default=3, metavar="N", help="429s per burst (%(default)s)"
+    )
+    faults.add_argument(
+        "--faults-on-authorize",
+        action="store_true",
+        help="inject faults on /v1/authorize too",
+    )
+    faults.add_argument("--seed", type=int, default=None, help="seed for repeatable faults")
     parser.set_defaults(func=run_sandbox)
     return parser
+
+
+def _latency(text: str) -> float | tuple[float, float]:
+    """``"0.2"`` or ``"0.1-0.5"``."""
+    low, dash, high = text.partition("-")
+    try:
+        return (float(low), float(high)) if dash else float(low)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected SECONDS or LOW-HIGH, got {text!r}") from None
+
+
+def _rate(text: str) -> float:
+    """A probability between 0 and 1."""
+    try:
+        rate = float(text)
+    except ValueError:
+        rate = -1.0
+    if not 0 <= rate <= 1:
+        raise argparse.ArgumentTypeError(f"expected a rate between 0 and 1, got {text!r}")
+    return rate
+
+
+def _faults(args: argparse.Namespace) -> FaultConfig | None:
+    """The random faults the flags ask for; ``None`` when they ask for none."""
+    paths = ("/v1/facematch", "/v2/facematch")
+    faults = FaultConfig(
+        latency=args.latency,
+        error_rate_500=args.error_rate_500,
+        error_rate_503=args.error_rate_503,
+        html_502_rate=args.html_502_rate,
+        drop_rate=args.drop_rate,
+        stall_rate=args.stall_rate,
+        stall_seconds=args.stall_seconds,
+        rate_429_burst=args.rate_429_burst,
+        burst_length=args.burst_length,
+        revoke_rate=args.revoke_rate,
+        seed=args.seed,
+        paths=(*paths, "/v1/authorize") if args.faults_on_authorize else paths,
+    )
+    return None if faults.summary() == "none" else faults
 
 
 def run_sandbox(args: argparse.Namespace) -> int:
@@ -67,6 +160,10 @@ def run_sandbox(args: argparse.Namespace) -> int:
             token_ttl=args.token_ttl,
             inactive=args.inactive,
             verdict_status=args.verdict_status,
+            engine=args.engine,
+            rate_limit=args.rate_limit,
+            retry_after=args.retry_after,
+            faults=_faults(args),
         )
     except ValueError as exc:
         print(f"facematch-async sandbox: {exc}", file=sys.stderr)
@@ -75,6 +172,9 @@ def run_sandbox(args: argparse.Namespace) -> int:
         # KeyboardInterrupt only escapes where serve() could not install its signal handlers.
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(serve(config, args.host, args.port))
+    except ModuleNotFoundError as exc:  # --engine dlib without the face extra
+        print(f"facematch-async sandbox: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:  # e.g. the port is taken
         print(f"facematch-async sandbox: {exc}", file=sys.stderr)
         return 1

@@ -27,11 +27,14 @@ class EngineVerdict:
         face_found: False when at least one image has no detectable face.
         match: whether both images show the same person (meaningless without a face).
         confidence: similarity on a 0-100 scale.
+        distance: the engine's raw distance between the two faces, when it has one (the dlib
+            engine's Euclidean embedding distance); ``None`` otherwise.
     """
 
     face_found: bool
     match: bool
     confidence: float
+    distance: float | None = None
 
 
 class FaceEngine(Protocol):

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from types import TracebackType
 from typing import Self
 
 from aiohttp import web
 
 from facematch_async.sandbox._app import SANDBOX_STATE, SandboxState, create_app
+from facematch_async.sandbox._chaos import FaultConfig, FaultInjector
 from facematch_async.sandbox._config import SandboxConfig
 from facematch_async.sandbox._counters import SandboxCounters
+from facematch_async.sandbox._engines import FaceEngine
 from facematch_async.sandbox._faults import FaultScript
 
-__all__ = ["SandboxServer", "serve"]
+__all__ = ["SandboxServer", "describe", "serve"]
 
 
 class SandboxServer:
@@ -115,6 +118,27 @@ class SandboxServer:
         """The queue of scripted responses; ``add`` and ``clear`` it."""
         return self._state.faults
 
+    @property
+    def engine(self) -> FaceEngine:
+        """The engine comparing faces (``engine.name`` says which)."""
+        return self._state.engine
+
+    @property
+    def random_faults(self) -> FaultConfig | None:
+        """The random faults in force (see :meth:`set_random_faults`)."""
+        return self._state.chaos.config if self._state.chaos is not None else None
+
+    def set_random_faults(self, faults: FaultConfig | None) -> None:
+        """Inject ``faults`` from now on, replacing the configured ones; ``None`` stops them.
+
+        A new seeded :class:`FaultConfig` starts its random sequence afresh.
+        """
+        self._state.chaos = FaultInjector(faults) if faults is not None else None
+
+    def reset_rate_limit(self) -> None:
+        """Empty every rate-limit window, as if no request had been made."""
+        self._state.limiter.reset()
+
     def revoke_token(self, token: str) -> None:
         """Reject ``token`` from now on (403 ``Not a valid token``)."""
         self._state.tokens.revoke(token)
@@ -127,7 +151,9 @@ class SandboxServer:
 async def serve(config: SandboxConfig, host: str = "127.0.0.1", port: int = 8080) -> None:
     """Run a sandbox until cancelled, SIGINT or SIGTERM, then shut it down cleanly.
 
-    Prints ``Sandbox listening on http://HOST:PORT`` (the bound port) once ready.
+    Prints ``Sandbox listening on http://HOST:PORT`` (the bound port) on stdout once ready,
+    always as the first line, since scripts parse it; the engine, rate limit and faults in
+    force go to stderr just before it.
     """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -140,8 +166,23 @@ async def serve(config: SandboxConfig, host: str = "127.0.0.1", port: int = 8080
             pass
     try:
         async with SandboxServer(config, host, port) as server:
+            warm_up = getattr(server.engine, "warm_up", None)
+            if callable(warm_up):  # load models now: the first request should not wait
+                await asyncio.to_thread(warm_up)
+            print(describe(server), file=sys.stderr, flush=True)
             print(f"Sandbox listening on {server.base_url}", flush=True)
             await stop.wait()
     finally:
         for sig in handled:
             loop.remove_signal_handler(sig)
+
+
+def describe(server: SandboxServer) -> str:
+    """One line on what the sandbox does: engine, rate limit, token lifetime and faults."""
+    config = server.config
+    limits = ",".join(window.label for window in config.rate_windows) or "none"
+    parts = [f"engine={server.engine.name}", f"rate-limit={limits}"]
+    parts.append(f"token-ttl={config.token_ttl:g}s")
+    if server.random_faults is not None:
+        parts.append(f"faults=[{server.random_faults.summary()}]")
+    return "Sandbox " + " ".join(parts)
