@@ -223,3 +223,18 @@ async def test_slow_compare_does_not_block_authorize(server: SandboxServer) -> N
         compared = await comparing
     assert authorized < compared, "authorize waited for the face engine"
     assert authorized - started < 0.3
+
+
+def test_concurrent_compares_agree(engine: DlibEngine) -> None:
+    """Compares in several threads at once (as the sandbox runs them) give identical answers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pairs = [("obama.jpg", "obama2.jpg"), ("obama.jpg", "biden.jpg")] * 3
+    expected = {pair: engine.compare(photo(pair[0]), photo(pair[1])) for pair in pairs}
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        verdicts = list(
+            pool.map(lambda pair: engine.compare(photo(pair[0]), photo(pair[1])), pairs)
+        )
+    for pair, verdict in zip(pairs, verdicts, strict=True):
+        assert verdict.match == expected[pair].match
+        assert verdict.distance == pytest.approx(expected[pair].distance, abs=1e-6)

@@ -16,7 +16,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from facematch_async import FaceMatchClient
 from facematch_async.cli import build_parser
+from facematch_async.errors import InvalidTokenError
 from facematch_async.sandbox import (
     FAULT_KINDS,
     PLANS,
@@ -541,3 +543,39 @@ def test_background_sandbox_start_failure_is_raised() -> None:
         port = taken.getsockname()[1]
         with pytest.raises(OSError, match="address"), BackgroundSandbox(config(), port=port):
             pass
+
+
+# --- token faults, seen by the real client ----------------------------------------------------
+
+
+async def test_short_token_lifetime_makes_the_client_renew() -> None:
+    """With 1-second tokens, a client working for 2.5 s authorizes more than once, never failing."""
+    async with SandboxServer(config(token_ttl=1.0)) as server:
+        async with FaceMatchClient(
+            client_id=CLIENT_ID, client_secret=SECRET, base_url=server.base_url
+        ) as client:
+            for _ in range(6):
+                assert (await client.match(ALICE, ALICE)).match
+                await asyncio.sleep(0.5)
+        assert server.counters.tokens_issued >= 2
+        assert server.counters.count("/v1/facematch", 200) == 6
+
+
+async def test_revoked_tokens_send_the_client_back_to_authorize() -> None:
+    """Revoke faults answer 403 'Not a valid token'; the client authorizes again and goes on."""
+    faults = FaultConfig(revoke_rate=0.3, seed=4)
+    async with SandboxServer(config(faults=faults)) as server:
+        async with FaceMatchClient(
+            client_id=CLIENT_ID, client_secret=SECRET, base_url=server.base_url
+        ) as client:
+            outcomes = []
+            for _ in range(20):
+                try:
+                    outcomes.append((await client.match(ALICE, ALICE)).match)
+                except InvalidTokenError:  # revoked twice in a row: the client gives up once
+                    outcomes.append(False)
+        revoked = server.counters.faults_injected["revoke"]
+        assert revoked >= 3
+        assert server.counters.count("/v1/facematch", 403) >= revoked
+        assert server.counters.tokens_issued >= revoked
+        assert outcomes.count(True) >= 14

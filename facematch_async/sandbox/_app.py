@@ -123,7 +123,7 @@ async def _observe(request: web.Request, handler: _Handler) -> web.StreamRespons
                 response = scripted.to_response()
                 status = response.status
                 return response
-        response = await _production_weather(request, state)
+        response = await _production_conditions(request, state)
         if response is None:
             try:
                 response = await handler(request)
@@ -138,7 +138,7 @@ async def _observe(request: web.Request, handler: _Handler) -> web.StreamRespons
         counters.record(request.path, status)
 
 
-async def _production_weather(
+async def _production_conditions(
     request: web.Request, state: SandboxState
 ) -> web.StreamResponse | None:
     """Latency, the rate limit and random faults; ``None`` lets the handler answer."""
@@ -157,7 +157,7 @@ async def _production_weather(
     if plan.kind == "stall":
         # Then handled normally, if the client is still there (handler_cancellation ends
         # the handler when it is not).
-        await asyncio.sleep(state.chaos.config.stall_seconds if state.chaos else 0.0)
+        await asyncio.sleep(plan.stall_seconds)
         return None
     if plan.kind == "revoke":
         _revoke_bearer(request, state)

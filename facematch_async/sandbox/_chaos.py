@@ -110,10 +110,12 @@ class FaultPlan:
     Attributes:
         latency: seconds to wait first.
         kind: the fault to inject, ``None`` for none.
+        stall_seconds: how long a ``"stall"`` lasts.
     """
 
     latency: float = 0.0
     kind: FaultKind | None = None
+    stall_seconds: float = 0.0
 
 
 _KIND_OF_RATE: dict[str, FaultKind] = {
@@ -158,4 +160,5 @@ class FaultInjector:
                 self._burst_left = config.burst_length - 1
             elif kind is None and revoke_roll < config.revoke_rate:
                 kind = "revoke"
-        return FaultPlan(latency=latency, kind=kind)
+        stall = config.stall_seconds if kind == "stall" else 0.0
+        return FaultPlan(latency=latency, kind=kind, stall_seconds=stall)

@@ -48,9 +48,10 @@ class SandboxCounters:
 
     def count(self, path: str | None = None, status: int | None = None) -> int:
         """Responses to ``path`` (any if ``None``) with ``status`` (any if ``None``)."""
+        # A copy: a BackgroundSandbox's loop may add a key while another thread reads.
         return sum(
             seen
-            for (seen_path, seen_status), seen in self.requests.items()
+            for (seen_path, seen_status), seen in list(self.requests.items())
             if path in (None, seen_path) and status in (None, seen_status)
         )
 
