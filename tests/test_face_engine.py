@@ -238,3 +238,12 @@ def test_concurrent_compares_agree(engine: DlibEngine) -> None:
     for pair, verdict in zip(pairs, verdicts, strict=True):
         assert verdict.match == expected[pair].match
         assert verdict.distance == pytest.approx(expected[pair].distance, abs=1e-6)
+
+
+def test_models_load_once_per_process(engine: DlibEngine) -> None:
+    """Every engine shares the process's models: a second engine loads nothing."""
+    from facematch_async.sandbox import _dlib
+
+    loaded = _dlib._load_models()
+    DlibEngine().warm_up()
+    assert _dlib._load_models() is loaded

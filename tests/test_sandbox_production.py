@@ -579,3 +579,18 @@ async def test_revoked_tokens_send_the_client_back_to_authorize() -> None:
         assert server.counters.count("/v1/facematch", 403) >= revoked
         assert server.counters.tokens_issued >= revoked
         assert outcomes.count(True) >= 14
+
+
+def test_token_bookkeeping_forgets_expired_tokens() -> None:
+    """Thousands of short-lived tokens do not pile up; live revoked tokens stay revoked."""
+    from facematch_async.sandbox._tokens import TokenAuthority
+
+    authority = TokenAuthority(CLIENT_ID, ttl=0.001)  # expired as soon as issued
+    for _ in range(3000):
+        authority.revoke(authority.issue().access_token)
+    assert len(authority._issued) <= 1024 and len(authority._revoked) <= 1024
+    lasting = TokenAuthority(CLIENT_ID, ttl=600)
+    tokens = [lasting.issue().access_token for _ in range(1100)]
+    lasting.revoke_all()
+    assert not any(lasting.verify(token) for token in tokens)
+    assert lasting.verify(lasting.issue().access_token)

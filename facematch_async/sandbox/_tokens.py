@@ -13,6 +13,7 @@ import jwt
 __all__ = ["IssuedToken", "TokenAuthority"]
 
 _ALGORITHM = "HS256"
+_PRUNE_AT = 1024  # tokens remembered before expired ones are pruned
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,11 @@ class TokenAuthority:
         self._client_id = client_id
         self._ttl = ttl
         self._secret = secret if secret is not None else secrets.token_bytes(32)
-        self._issued: set[str] = set()
-        self._revoked: set[str] = set()
+        # jti -> exp. Expired entries are pruned now and then: an expired token fails
+        # anyway, and a long run with short-lived tokens must not grow these forever.
+        self._issued: dict[str, int] = {}
+        self._revoked: dict[str, int] = {}
+        self._prune_at = _PRUNE_AT
 
     def issue(self) -> IssuedToken:
         """Sign a new token for the client, valid for ``ttl`` seconds from now."""
@@ -56,8 +60,18 @@ class TokenAuthority:
         jti = uuid.uuid4().hex
         claims = {"sub": self._client_id, "iat": int(now), "exp": exp, "jti": jti}
         token = jwt.encode(claims, self._secret, algorithm=_ALGORITHM)
-        self._issued.add(jti)
+        if len(self._issued) >= self._prune_at:
+            self._prune(now)
+            # Many live tokens: prune less often, so issuing stays cheap on average.
+            self._prune_at = max(_PRUNE_AT, 2 * len(self._issued))
+        self._issued[jti] = exp
         return IssuedToken(access_token=token, exp=exp)
+
+    def _prune(self, now: float) -> None:
+        """Forget tokens that have expired."""
+        for seen in (self._issued, self._revoked):
+            for jti in [jti for jti, exp in seen.items() if exp <= now]:
+                del seen[jti]
 
     def verify(self, token: str) -> bool:
         """Whether ``token`` is a live token of this client.
@@ -87,10 +101,10 @@ class TokenAuthority:
             )
         except jwt.InvalidTokenError:
             return
-        jti = claims.get("jti")
-        if isinstance(jti, str):
-            self._revoked.add(jti)
+        jti, exp = claims.get("jti"), claims.get("exp")
+        if isinstance(jti, str) and isinstance(exp, int):
+            self._revoked[jti] = exp
 
     def revoke_all(self) -> None:
         """Reject every token issued so far; later ones are unaffected."""
-        self._revoked |= self._issued
+        self._revoked.update(self._issued)
