@@ -114,13 +114,13 @@ def test_exif_orientation_is_applied(engine: DlibEngine) -> None:
 
 
 def test_large_photos_are_downscaled(engine: DlibEngine) -> None:
-    """A 3x upscaled photo (about 3400 px) is downscaled first: it matches, in bounded time."""
+    """A 2x upscaled photo (2400 px) is downscaled first: it matches, in bounded time."""
     from PIL import Image
 
     original = Image.open(io.BytesIO(photo("obama2.jpg")))
-    big = original.resize((original.width * 3, original.height * 3))
+    big = original.resize((original.width * 2, original.height * 2))
     buffer = io.BytesIO()
-    big.save(buffer, "PNG")
+    big.save(buffer, "JPEG", quality=90)
     started = time.perf_counter()
     verdict = engine.compare(buffer.getvalue(), photo("obama.jpg"))
     assert verdict.match
@@ -215,22 +215,25 @@ async def test_slow_compare_does_not_block_authorize(server: SandboxServer) -> N
                 assert resp.status == 200
             return time.perf_counter()
 
+        compare_started = time.perf_counter()
         comparing = asyncio.create_task(compare())
         await asyncio.sleep(0.1)  # the compare is under way in a worker thread
         started = time.perf_counter()
         await authorize(session, server)
         authorized = time.perf_counter()
         compared = await comparing
+    # Relative, so a loaded machine slows both alike: had the engine held the event loop,
+    # authorize would have waited for most of the compare.
     assert authorized < compared, "authorize waited for the face engine"
-    assert authorized - started < 0.3
+    assert authorized - started < (compared - compare_started) / 3
 
 
 def test_concurrent_compares_agree(engine: DlibEngine) -> None:
     """Compares in several threads at once (as the sandbox runs them) give identical answers."""
     from concurrent.futures import ThreadPoolExecutor
 
-    pairs = [("obama.jpg", "obama2.jpg"), ("obama.jpg", "biden.jpg")] * 3
-    expected = {pair: engine.compare(photo(pair[0]), photo(pair[1])) for pair in pairs}
+    pairs = [("obama.jpg", "obama2.jpg"), ("obama.jpg", "biden.jpg")] * 2
+    expected = {pair: engine.compare(photo(pair[0]), photo(pair[1])) for pair in set(pairs)}
     with ThreadPoolExecutor(max_workers=4) as pool:
         verdicts = list(
             pool.map(lambda pair: engine.compare(photo(pair[0]), photo(pair[1])), pairs)
