@@ -103,7 +103,7 @@ def _engine(engine: FaceEngine | str | None) -> FaceEngine:
 
 @web.middleware
 async def _observe(request: web.Request, handler: _Handler) -> web.StreamResponse:
-    """Count the request, play a scripted response if one is queued, else handle it."""
+    """Count the request; answer it from the script, production's conditions or the handler."""
     state = request.app[SANDBOX_STATE]
     counters = state.counters
     if request.path == _AUTHORIZE_PATH and request.method == "POST":

@@ -181,7 +181,10 @@ def describe(server: SandboxServer) -> str:
     """One line on what the sandbox does: engine, rate limit, token lifetime and faults."""
     config = server.config
     limits = ",".join(window.label for window in config.rate_windows) or "none"
-    parts = [f"engine={server.engine.name}", f"rate-limit={limits}"]
+    engine = server.engine.name
+    if config.engine == "auto":
+        engine += " (auto)" if engine == "dlib" else " (auto: the face extra is not installed)"
+    parts = [f"engine={engine}", f"rate-limit={limits}"]
     parts.append(f"token-ttl={config.token_ttl:g}s")
     if server.random_faults is not None:
         parts.append(f"faults=[{server.random_faults.summary()}]")
