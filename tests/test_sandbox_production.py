@@ -594,3 +594,14 @@ def test_token_bookkeeping_forgets_expired_tokens() -> None:
     lasting.revoke_all()
     assert not any(lasting.verify(token) for token in tokens)
     assert lasting.verify(lasting.issue().access_token)
+
+
+async def test_description_says_when_auto_fell_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the face extra, 'auto' runs the test engine and the start-up line says why."""
+    from facematch_async.sandbox._server import describe
+
+    monkeypatch.setattr(_choice, "dlib_available", lambda: False)
+    async with SandboxServer(config(engine="auto", token_ttl=2)) as server:
+        line = describe(server)
+    assert line.startswith("Sandbox engine=test (auto: the face extra is not installed)")
+    assert "rate-limit=none" in line and "token-ttl=2s" in line
