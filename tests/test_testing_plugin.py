@@ -7,9 +7,11 @@ test files below neither import nor register it.
 from __future__ import annotations
 
 from importlib.metadata import entry_points
+from pathlib import Path
 
 import pytest
 
+from facematch_async.sandbox import dlib_available
 from facematch_async.testing import SandboxHandle
 
 pytest_plugins = ["pytester"]
@@ -138,3 +140,38 @@ def test_handle_repr_hides_the_secret(facematch_sandbox: SandboxHandle) -> None:
     """The fixture also works in this project's own tests; its repr keeps the secret out."""
     assert facematch_sandbox.base_url.startswith("http://127.0.0.1:")
     assert facematch_sandbox.client_secret not in repr(facematch_sandbox)
+
+
+FACES = Path(__file__).resolve().parents[2] / "shared" / "faces"
+
+USER_REAL_FACES_TEST = """
+import pytest
+
+from facematch_async import FaceMatchClient
+from facematch_async.errors import NoFaceFoundError
+
+FACES = {faces!r}
+
+
+@pytest.mark.facematch_sandbox(engine="dlib")
+@pytest.mark.asyncio
+async def test_real_faces(facematch_sandbox):
+    async with FaceMatchClient(
+        client_id=facematch_sandbox.client_id,
+        client_secret=facematch_sandbox.client_secret,
+        base_url=facematch_sandbox.base_url,
+    ) as client:
+        assert (await client.match(FACES + "/obama.jpg", FACES + "/obama2.jpg")).match
+        assert not (await client.match(FACES + "/obama.jpg", FACES + "/biden.jpg")).match
+        with pytest.raises(NoFaceFoundError):
+            await client.match(FACES + "/obama.jpg", FACES + "/no_face.png")
+"""
+
+
+@pytest.mark.skipif(not dlib_available(), reason="the 'face' extra is not installed")
+@pytest.mark.skipif(not FACES.is_dir(), reason=f"the sample photos folder {FACES} is not there")
+def test_users_can_ask_for_the_real_engine(pytester: pytest.Pytester) -> None:
+    """``@pytest.mark.facematch_sandbox(engine="dlib")`` gives a user's test real verdicts."""
+    pytester.makepyfile(test_user_faces=USER_REAL_FACES_TEST.format(faces=str(FACES)))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
