@@ -8,6 +8,7 @@ README); they are never copied into the project. Every test here skips, saying w
 from __future__ import annotations
 
 import asyncio
+import importlib
 import io
 import time
 from collections.abc import AsyncIterator
@@ -250,3 +251,36 @@ def test_models_load_once_per_process(engine: DlibEngine) -> None:
     loaded = _dlib._load_models()
     DlibEngine().warm_up()
     assert _dlib._load_models() is loaded
+
+
+def test_the_highest_scoring_face_wins_not_the_largest(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With two detections, the landmarks are taken on the one dlib is surest of."""
+    from facematch_async.sandbox import _dlib, make_test_image
+
+    dlib = importlib.import_module("dlib")  # untyped, and absent without the extra
+
+    large = dlib.rectangle(0, 0, 400, 400)
+    small = dlib.rectangle(10, 10, 60, 60)
+    chosen: list[Any] = []
+
+    class Detector:
+        def run(self, pixels: Any, upsample: int) -> tuple[list[Any], list[float], list[int]]:
+            assert upsample == 1
+            return [large, small], [0.4, 1.7], [0, 0]
+
+    def predictor(pixels: Any, rect: Any) -> str:
+        chosen.append(rect)
+        return "landmarks"
+
+    real = _dlib._load_models()
+    fake = _dlib._Models(
+        dlib=real.dlib,
+        numpy=real.numpy,
+        shape_predictor=predictor,
+        face_encoder=type("Encoder", (), {"compute_face_descriptor": lambda *_: [0.0] * 128})(),
+        lock=real.lock,
+    )
+    monkeypatch.setattr(_dlib, "_load_models", lambda: fake)
+    monkeypatch.setattr(_dlib, "_detector", lambda models: Detector())
+    assert DlibEngine().embed(make_test_image("anyone")) == [0.0] * 128
+    assert chosen == [small]
