@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit clean
+.PHONY: demo test test-slow lint typecheck unit clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ unit: $(VENV)/.installed-test
 	$(BIN)/python -m pytest
 
 test: lint typecheck unit
+
+# The long fault-injection and crash runs (minutes); CI runs them after `make test`.
+test-slow: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -m slow
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache *.egg-info

@@ -22,7 +22,7 @@ from facematch_async._images import ImageInput, UploadImage, load_pair
 from facematch_async._models import FaceMatchResult
 from facematch_async._responses import RawResponse, parse_authorize, parse_facematch
 from facematch_async._retry import RetryPolicy, call_with_retries
-from facematch_async._scope import CALL_SCOPE
+from facematch_async._scope import CALL_SCOPE, CallScope
 from facematch_async._transport import Transport
 from facematch_async.errors import (
     AuthenticationError,
@@ -279,6 +279,7 @@ class FaceMatchClient:
         token: str,
         request_id: str,
         attempt: int,
+        scope: CallScope | None,
     ) -> FaceMatchResult:
         form = aiohttp.FormData()  # a FormData can be sent once: a new one per attempt
         for image in images:
@@ -286,11 +287,6 @@ class FaceMatchClient:
                 image.field, image.data, filename=image.filename, content_type=image.content_type
             )
         headers = {"Authorization": f"Bearer {token}", "x-api-key": self._client_secret}
-        scope = CALL_SCOPE.get()
-        if scope is not None:
-            scope.attempts += 1
-            if scope.before_attempt is not None:
-                await scope.before_attempt()
 
         def parse(response: RawResponse) -> FaceMatchResult:
             return parse_facematch(response, (self._client_secret, token))
@@ -302,6 +298,18 @@ class FaceMatchClient:
             if scope is not None and scope.on_rate_limited is not None:
                 scope.on_rate_limited(error.retry_after)
             raise
+
+    async def _token_for_attempt(self, scope: CallScope | None) -> str:
+        """Wait for the caller's pacing (a rate limiter), then pick the token.
+
+        In this order, so that a long wait for the limiter cannot leave the request
+        holding a token that expired meanwhile.
+        """
+        if scope is not None:
+            scope.attempts += 1
+            if scope.before_attempt is not None:
+                await scope.before_attempt()
+        return await self._tokens.get()
 
     async def match(self, file_a: ImageInput, file_b: ImageInput) -> FaceMatchResult:
         """Ask the API whether two images show the same person.
@@ -338,9 +346,9 @@ class FaceMatchClient:
 
         async def attempt() -> FaceMatchResult:
             nonlocal refreshed
-            token = await self._tokens.get()
+            token = await self._token_for_attempt(scope)
             try:
-                return await self._send_match(images, token, request_id, next(attempts))
+                return await self._send_match(images, token, request_id, next(attempts), scope)
             except (AuthenticationError, PermissionDeniedError) as error:
                 # A rejected token is renewed once per call; other refusals are final.
                 if (
@@ -351,8 +359,8 @@ class FaceMatchClient:
                     raise
                 refreshed = True
                 self._tokens.invalidate(token)
-                fresh = await self._tokens.get()
-                return await self._send_match(images, fresh, request_id, next(attempts))
+                fresh = await self._token_for_attempt(scope)
+                return await self._send_match(images, fresh, request_id, next(attempts), scope)
 
         return await call_with_retries(
             attempt, max_retries=self.max_retries, policy=self.retry_policy

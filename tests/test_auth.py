@@ -246,3 +246,23 @@ async def test_unknown_expiry_is_used_until_rejected() -> None:
     assert await manager.get() == "opaque-1"
     manager.invalidate("opaque-1")
     assert await manager.get() == "opaque-2"
+
+
+async def test_token_is_picked_after_waiting_for_the_rate_limiter(faces: Faces) -> None:
+    """A long wait in before_attempt (a paused limiter) never sends the token it outlived."""
+    from facematch_async._scope import CALL_SCOPE, CallScope
+
+    config = SandboxConfig(CLIENT_ID, CLIENT_SECRET, token_ttl=2.0)
+    async with SandboxServer(config) as server:
+        async with FaceMatchClient(
+            client_id=CLIENT_ID, client_secret=CLIENT_SECRET, base_url=server.base_url
+        ) as client:
+            await client.match(faces.alice_png, faces.alice_jpg)
+
+            async def slow_limiter() -> None:
+                await asyncio.sleep(2.1)
+
+            CALL_SCOPE.set(CallScope(before_attempt=slow_limiter))
+            assert (await client.match(faces.alice_png, faces.alice_jpg)).match is True
+        assert server.counters.requests[(FACEMATCH, 403)] == 0
+        assert server.counters.authorize_calls == 2
