@@ -95,3 +95,24 @@ async def test_every_pair_ends_exactly_once_under_mixed_faults(
     assert counters.authorize_calls >= 3  # 2 s tokens were renewed during the run
     # Nothing was logged above DEBUG/INFO as an unhandled error.
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_token_rejected_after_renewal_does_not_stop_the_batch(tmp_path: Path) -> None:
+    """Tokens revoked under load cost the pair another round, never the whole batch."""
+    from facematch_async.sandbox import ScriptedResponse
+
+    async with SandboxServer(SandboxConfig(CLIENT_ID, CLIENT_SECRET)) as sandbox:
+        # The first pair's attempt and its one renewed attempt are both refused.
+        sandbox.faults.add(
+            ScriptedResponse(
+                path="/v1/facematch", status=403, json={"detail": "Not a valid token"}, times=2
+            )
+        )
+        async with FaceMatchClient(
+            client_id=CLIENT_ID, client_secret=CLIENT_SECRET, base_url=sandbox.base_url
+        ) as client:
+            runner = BatchRunner(client, concurrency=1, rate_limit=None)
+            outcomes = [o async for o in runner.run(write_pairs(tmp_path)[:4])]
+    assert [o.status for o in outcomes] == ["match", "no_match", "match", "no_face"]
+    assert outcomes[0].attempts == 3
+    assert runner.stop_reason is None

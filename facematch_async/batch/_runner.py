@@ -40,6 +40,7 @@ from facematch_async.errors import (
     AuthenticationError,
     ClientClosedError,
     FaceMatchError,
+    InvalidTokenError,
     NoFaceFoundError,
     RateLimitError,
 )
@@ -344,6 +345,14 @@ class BatchRunner:
                     # (used by another client of the key, say). Stop rather than fail pairs.
                     self._halt("quota")
                     return None
+                status, pair_error = "error", PairError.from_exception(error)
+            except InvalidTokenError as error:
+                # The client already renewed the token once; authorize works, so this is
+                # not a credentials problem (tokens revoked under load, a clock edge). Give
+                # the pair more rounds, then record it: never stop the batch for it.
+                if rounds < self.rate_limit_rounds and self.stop_reason is None:
+                    rounds += 1
+                    continue
                 status, pair_error = "error", PairError.from_exception(error)
             except (AuthenticationError, ClientClosedError) as error:
                 # Every later pair would fail alike: stop, and leave this one for a resume.
