@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import collections
+import json
 import logging
+import os
+import random
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -11,7 +17,13 @@ import pytest
 
 from facematch_async import BatchRunner, FaceMatchClient, RetryPolicy
 from facematch_async.batch import PairSpec
-from facematch_async.sandbox import FaultConfig, SandboxConfig, SandboxServer, make_test_image
+from facematch_async.sandbox import (
+    FaultConfig,
+    SandboxConfig,
+    SandboxServer,
+    ScriptedResponse,
+    make_test_image,
+)
 
 from .conftest import CLIENT_ID, CLIENT_SECRET
 
@@ -99,8 +111,6 @@ async def test_every_pair_ends_exactly_once_under_mixed_faults(
 
 async def test_a_token_rejected_after_renewal_does_not_stop_the_batch(tmp_path: Path) -> None:
     """Tokens revoked under load cost the pair another round, never the whole batch."""
-    from facematch_async.sandbox import ScriptedResponse
-
     async with SandboxServer(SandboxConfig(CLIENT_ID, CLIENT_SECRET)) as sandbox:
         # The first pair's attempt and its one renewed attempt are both refused.
         sandbox.faults.add(
@@ -116,3 +126,89 @@ async def test_a_token_rejected_after_renewal_does_not_stop_the_batch(tmp_path: 
     assert [o.status for o in outcomes] == ["match", "no_match", "match", "no_face"]
     assert outcomes[0].attempts == 3
     assert runner.stop_reason is None
+
+
+# A sandbox process whose engine notes every pair it compares (by image_a's identity tag)
+# and takes a little time, so that a batch can be killed mid-run.
+RECORDING_SANDBOX = """
+import asyncio, sys, time
+from facematch_async.sandbox import SandboxConfig, TestEngine, serve
+
+class RecordingEngine(TestEngine):
+    def compare(self, a, b):
+        time.sleep(0.02)
+        with open(sys.argv[3], "a") as log:
+            log.write(self.identity(a) + "\\n")
+        return super().compare(a, b)
+
+config = SandboxConfig(sys.argv[1], sys.argv[2], engine=RecordingEngine())
+asyncio.run(serve(config, "127.0.0.1", 0))
+"""
+
+
+def finished_ids(results: Path) -> list[str]:
+    """Pair ids of the complete lines of a JSONL results file (a torn last line is skipped)."""
+    ids = []
+    for line in results.read_bytes().split(b"\n"):
+        try:
+            ids.append(json.loads(line)["pair_id"])
+        except ValueError:
+            continue
+    return ids
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_then_resume_sends_no_finished_pair_again(
+    tmp_path: Path,
+) -> None:
+    """Killed 4 times at random and resumed: every pair once in the file, none re-sent."""
+    count = 150
+    rows = ["pair_id,file_a,file_b"]
+    for index in range(count):
+        pair = f"p{index:03d}"
+        (tmp_path / f"{pair}.png").write_bytes(make_test_image(pair, "png"))
+        rows.append(f"{pair},{pair}.png,{pair}.png")
+    manifest = tmp_path / "pairs.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    compared = tmp_path / "compared.log"
+    compared.touch()
+    sandbox = subprocess.Popen(  # noqa: S603
+        [sys.executable, "-c", RECORDING_SANDBOX, CLIENT_ID, CLIENT_SECRET, str(compared)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert sandbox.stdout is not None
+    url = sandbox.stdout.readline().split()[-1]
+    env = dict(os.environ, DEEPVUE_CLIENT_ID=CLIENT_ID, DEEPVUE_CLIENT_SECRET=CLIENT_SECRET)
+    out = tmp_path / "results.jsonl"
+    command = [sys.executable, "-m", "facematch_async.cli", "batch", str(manifest)]
+    command += ["--out", str(out), "--base-url", url, "--rate-limit", "none"]
+    command += ["--concurrency", "4"]
+    chance = random.Random(1125)
+    try:
+        for run in range(5):
+            finished_before = set(finished_ids(out)) if out.exists() else set()
+            sent_before = len(compared.read_text().splitlines())
+            batch = subprocess.Popen(  # noqa: S603
+                command + (["--resume"] if run else []),
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            if run < 4:
+                time.sleep(chance.uniform(0.3, 1.2))
+                batch.send_signal(signal.SIGKILL)
+                batch.wait(10)
+            else:
+                _, err = batch.communicate(timeout=120)
+                assert batch.returncode == 0, err
+            resent = set(compared.read_text().splitlines()[sent_before:]) & finished_before
+            assert not resent, f"run {run} sent finished pairs again: {sorted(resent)[:5]}"
+    finally:
+        sandbox.terminate()
+        sandbox.wait(10)
+    ids = finished_ids(out)
+    assert sorted(ids) == [f"p{index:03d}" for index in range(count)]
+    sends = collections.Counter(compared.read_text().splitlines())
+    print(f"\n{count} pairs, 4 kills: {sum(sends.values())} sends, {len(sends)} distinct")
