@@ -15,6 +15,7 @@ import anyio.to_thread
 
 from facematch_async._downscale import downscale
 from facematch_async.errors import (
+    CorruptImageError,
     EmptyImageError,
     ImageError,
     ImageReadError,
@@ -33,6 +34,9 @@ _SIGNATURES: tuple[tuple[bytes, str, str, str], ...] = (
     (b"\x89PNG\r\n\x1a\n", "PNG", "png", "image/png"),
     (b"%PDF-", "PDF", "pdf", "application/pdf"),
 )
+# A complete file holds these markers (at its end, bar trailing bytes some cameras add);
+# a file without one was cut short, by a failed upload or copy, and is refused locally.
+_END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND"}
 # Formats we name in the error message so a mislabelled file is easy to spot.
 _FOREIGN_SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"GIF87a", "GIF"),
@@ -121,6 +125,11 @@ def _check(field: str, data: bytes, max_bytes: int | None, allow_pdf: bool) -> U
         )
     for prefix, name, extension, content_type in _SIGNATURES:
         if data.startswith(prefix) and (name != "PDF" or allow_pdf):
+            end = _END_MARKERS.get(name)
+            if end is not None and data.rfind(end) == -1:
+                raise CorruptImageError(
+                    f"{field} is a truncated {name}: it has no end marker", field=field
+                )
             return UploadImage(field, data, name, f"{field}.{extension}", content_type)
     accepted = "JPEG, PNG or PDF" if allow_pdf else "JPEG or PNG"
     found = "PDF data (v2 only)" if detect_format(data) == "PDF" else _describe_foreign(data)

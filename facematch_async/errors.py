@@ -7,7 +7,7 @@ FaceMatchError                       base: status_code, sub_code, message, detai
 │   ├── ImageReadError               the file cannot be read: missing, a directory, no permission
 │   ├── EmptyImageError              the image has no bytes
 │   ├── ImageTooLargeError           over the client's ``max_image_bytes``
-│   ├── CorruptImageError            cannot be decoded for downscaling (truncated, damaged)
+│   ├── CorruptImageError            truncated (no end marker) or not decodable
 │   ├── UnsupportedFileFormatError   not JPEG/PNG by magic bytes, or UNSUPPORTED_FILE_FORMAT
 │   └── NoFaceFoundError             sub_code NO_FACE_FOUND
 ├── APIConnectionError               no response: refused, reset, dropped, DNS        (retried)
@@ -128,7 +128,7 @@ class ImageTooLargeError(ImageError):
 
 
 class CorruptImageError(ImageError):
-    """The image cannot be decoded (truncated or damaged); met only when downscaling."""
+    """The image is truncated (no JPEG/PNG end marker) or, when downscaling, not decodable."""
 
 
 class UnsupportedFileFormatError(ImageError):

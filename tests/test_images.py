@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from facematch_async import (
+    CorruptImageError,
     EmptyImageError,
     ImageReadError,
     ImageTooLargeError,
@@ -137,3 +138,58 @@ def test_detect_format_reads_magic_bytes() -> None:
     assert detect_format(make_test_image(fmt="png")) == "PNG"
     assert detect_format(b"%PDF-1.4") == "PDF"
     assert detect_format(GIF) is None
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "png"])
+async def test_truncated_image_is_refused_locally(
+    client, faces: Faces, sandbox: SandboxServer, fmt: str
+) -> None:
+    """A JPEG or PNG cut short (no end marker) raises CorruptImageError before sending."""
+    whole = make_test_image("alice", fmt, pad_to=5000)  # type: ignore[arg-type]
+    cut = faces.write(f"cut.{fmt}", whole[: len(whole) // 2])
+    with pytest.raises(CorruptImageError, match="truncated"):
+        await client.match(cut, faces.alice_png)
+    assert_no_request(sandbox)
+
+
+async def test_non_utf8_file_name_is_read_and_not_sent(
+    client, faces: Faces, sandbox: SandboxServer
+) -> None:
+    """A file name that is not UTF-8 is read fine; the upload is named file_a.jpg."""
+    name = os.fsdecode(b"caf\xe9-\xff.jpg")
+    path = faces.root / name
+    path.write_bytes(make_test_image("alice", "jpeg"))
+    assert (await client.match(path, faces.alice_png)).match is True
+
+
+def test_unreadable_file_is_refused_for_an_unprivileged_user(tmp_path: Path) -> None:
+    """A file without read permission raises ImageReadError (checked as 'nobody' under root)."""
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch to an unprivileged user")
+    locked = tmp_path / "locked.jpg"
+    locked.write_bytes(make_test_image("x", "jpeg"))
+    locked.chmod(0)
+    tmp_path.chmod(0o755)
+    program = (
+        "import os, sys\n"
+        "from facematch_async._images import _load_pair_blocking\n"
+        "from facematch_async import ImageReadError\n"
+        "os.setgid(65534); os.setuid(65534)  # after the imports: /root is not theirs\n"
+        "try:\n"
+        "    _load_pair_blocking(sys.argv[1], sys.argv[1], None, False, None)\n"
+        "except ImageReadError as error:\n"
+        "    print(type(error).__name__, error.field, error.message)\n"
+    )
+    completed = subprocess.run(  # noqa: S603
+        [sys.executable, "-c", program, str(locked)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert completed.stdout.strip() == "ImageReadError file_a file_a: permission denied", (
+        completed.stderr
+    )

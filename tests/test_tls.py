@@ -10,6 +10,7 @@ import pytest
 from aiohttp import web
 
 from facematch_async import APIConnectionError, FaceMatchClient
+from facematch_async.sandbox import make_test_image
 
 trustme = pytest.importorskip("trustme", reason="TLS tests need trustme (test extra)")
 
@@ -47,7 +48,7 @@ async def tls_server(authority: Any) -> AsyncIterator[tuple[str, list[str]]]:
     await runner.cleanup()
 
 
-JPEG = b"\xff\xd8\xff\xe0 tiny"
+JPEG = make_test_image("tls", "jpeg")
 
 
 async def test_untrusted_certificate_is_refused(tls_server: tuple[str, list[str]]) -> None:
