@@ -36,5 +36,12 @@ test: lint typecheck unit
 test-slow: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -m slow
 
+# The benchmark of this SDK against hand-written peers (several minutes); rewrites the
+# results in benchmarks/ (results.json, results.md, results.png, README.md's table).
+.PHONY: bench
+bench: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[bench]"
+	$(BIN)/python benchmarks/bench.py --readme
+
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache *.egg-info

@@ -9,7 +9,6 @@ import ssl
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import replace
 from types import TracebackType
 from typing import Literal, Self, TypeVar
 
@@ -18,12 +17,12 @@ import aiohttp
 from facematch_async._auth import AccessToken, StaticTokenSource, TokenManager, token_from_response
 from facematch_async._downscale import require_pillow
 from facematch_async._events import RequestEvent, RequestHook
-from facematch_async._images import ImageInput, UploadImage, load_pair
+from facematch_async._images import ImageInput, load_pair
 from facematch_async._models import FaceMatchResult
 from facematch_async._responses import RawResponse, parse_authorize, parse_facematch
 from facematch_async._retry import RetryPolicy, call_with_retries
 from facematch_async._scope import CALL_SCOPE, CallScope
-from facematch_async._transport import Transport
+from facematch_async._transport import MultipartBody, Transport, multipart_body
 from facematch_async.errors import (
     AuthenticationError,
     FaceMatchError,
@@ -197,15 +196,15 @@ class FaceMatchClient:
     async def _exchange(
         self,
         path: str,
-        form: aiohttp.FormData,
+        form: aiohttp.FormData | bytes,
         headers: dict[str, str],
         parse: Callable[[RawResponse], T],
         request_id: str,
         attempt: int,
     ) -> T:
         """POST once and parse the answer, telling the logs and hooks how it went."""
-        event = RequestEvent(request_id, path, attempt)
-        self._emit(self._on_request_start, event)
+        if self._on_request_start is not None:
+            self._emit(self._on_request_start, RequestEvent(request_id, path, attempt))
         started = time.perf_counter()
         status: int | None = None
         outcome, sub_code, transaction_id = "ok", None, None
@@ -240,15 +239,18 @@ class FaceMatchClient:
                 transaction_id,
                 latency * 1000,
             )
-            end = replace(
-                event,
-                status_code=status,
-                outcome=outcome,
-                sub_code=sub_code,
-                transaction_id=transaction_id,
-                latency=latency,
-            )
-            self._emit(self._on_request_end, end)
+            if self._on_request_end is not None:
+                end = RequestEvent(
+                    request_id,
+                    path,
+                    attempt,
+                    status_code=status,
+                    outcome=outcome,
+                    sub_code=sub_code,
+                    transaction_id=transaction_id,
+                    latency=latency,
+                )
+                self._emit(self._on_request_end, end)
 
     async def _authorize(self) -> AccessToken:
         """One authorize exchange (with retries for transient failures)."""
@@ -275,25 +277,24 @@ class FaceMatchClient:
 
     async def _send_match(
         self,
-        images: tuple[UploadImage, UploadImage],
+        body: MultipartBody,
         token: str,
         request_id: str,
         attempt: int,
         scope: CallScope | None,
     ) -> FaceMatchResult:
-        form = aiohttp.FormData()  # a FormData can be sent once: a new one per attempt
-        for image in images:
-            form.add_field(
-                image.field, image.data, filename=image.filename, content_type=image.content_type
-            )
-        headers = {"Authorization": f"Bearer {token}", "x-api-key": self._client_secret}
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "x-api-key": self._client_secret,
+            "Content-Type": body.content_type,
+        }
 
         def parse(response: RawResponse) -> FaceMatchResult:
             return parse_facematch(response, (self._client_secret, token))
 
         path = f"/{self.api_version}/facematch"
         try:
-            return await self._exchange(path, form, headers, parse, request_id, attempt)
+            return await self._exchange(path, body.data, headers, parse, request_id, attempt)
         except RateLimitError as error:
             if scope is not None and scope.on_rate_limited is not None:
                 scope.on_rate_limited(error.retry_after)
@@ -308,6 +309,10 @@ class FaceMatchClient:
         if scope is not None:
             scope.attempts += 1
             if scope.before_attempt is not None:
+                # A token first (the authorize call is not paced), so that the request goes
+                # out as soon as the limiter lets it: the limiter counts it from then, and an
+                # authorize in between would let the server count it later than that.
+                await self._tokens.get()
                 await scope.before_attempt()
         return await self._tokens.get()
 
@@ -339,6 +344,7 @@ class FaceMatchClient:
             allow_pdf=self.api_version == "v2",
             max_side=self.max_image_side,
         )
+        body = multipart_body(images)  # immutable bytes: every attempt sends the same body
         scope = CALL_SCOPE.get()
         request_id = (scope and scope.request_id) or uuid.uuid4().hex[:16]
         attempts = itertools.count(1)
@@ -348,7 +354,7 @@ class FaceMatchClient:
             nonlocal refreshed
             token = await self._token_for_attempt(scope)
             try:
-                return await self._send_match(images, token, request_id, next(attempts), scope)
+                return await self._send_match(body, token, request_id, next(attempts), scope)
             except (AuthenticationError, PermissionDeniedError) as error:
                 # A rejected token is renewed once per call; other refusals are final.
                 if (
@@ -360,7 +366,7 @@ class FaceMatchClient:
                 refreshed = True
                 self._tokens.invalidate(token)
                 fresh = await self._token_for_attempt(scope)
-                return await self._send_match(images, fresh, request_id, next(attempts), scope)
+                return await self._send_match(body, fresh, request_id, next(attempts), scope)
 
         return await call_with_retries(
             attempt, max_retries=self.max_retries, policy=self.retry_policy

@@ -7,6 +7,8 @@ CPU than the read itself for files of a few hundred kilobytes.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 from dataclasses import dataclass, replace
 from typing import IO, TypeAlias
@@ -174,6 +176,46 @@ def _load_pair_blocking(
     )
 
 
+_BATCH_LIMIT = 16
+"""The most pairs one worker-thread hop reads, so a slow disk delays few calls at once."""
+
+_Job: TypeAlias = tuple["asyncio.Future[tuple[UploadImage, UploadImage]]", ImageInput, ImageInput]
+_Batch: TypeAlias = tuple[list[_Job], int | None, bool]
+_open_batches: dict[asyncio.AbstractEventLoop, list[_Batch]] = {}
+
+
+def _read_batch(loop: asyncio.AbstractEventLoop, batch: _Batch) -> None:
+    """In a worker thread: read and check every pair, then hand all results back at once."""
+    jobs, max_bytes, allow_pdf = batch
+    results: list[tuple[asyncio.Future[tuple[UploadImage, UploadImage]], object, bool]] = []
+    for future, file_a, file_b in jobs:
+        try:
+            pair = _load_pair_blocking(file_a, file_b, max_bytes, allow_pdf, None)
+        except BaseException as error:  # delivered to the caller, as a direct call would raise
+            results.append((future, error, False))
+        else:
+            results.append((future, pair, True))
+    with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody is waiting
+        loop.call_soon_threadsafe(_deliver, results)
+
+
+def _deliver(
+    results: list[tuple[asyncio.Future[tuple[UploadImage, UploadImage]], object, bool]],
+) -> None:
+    for future, value, ok in results:
+        if future.done():  # the call was cancelled while its images were being read
+            continue
+        if ok:
+            future.set_result(value)  # type: ignore[arg-type]
+        else:
+            future.set_exception(value)  # type: ignore[arg-type]
+
+
+def _dispatch(loop: asyncio.AbstractEventLoop) -> None:
+    for batch in _open_batches.pop(loop, ()):
+        loop.run_in_executor(None, _read_batch, loop, batch)
+
+
 async def load_pair(
     file_a: ImageInput,
     file_b: ImageInput,
@@ -184,6 +226,11 @@ async def load_pair(
 ) -> tuple[UploadImage, UploadImage]:
     """Read and check both images; disk reads and any downscaling share one thread hop.
 
+    Calls that start in the same turn of the event loop share their hop too: their pairs
+    are read one after the other by one worker thread (at most ``_BATCH_LIMIT`` pairs per
+    hop), which then wakes the loop once for all of them. Waking a thread and being woken
+    back costs more CPU than reading a few hundred kilobytes from the page cache.
+
     Raises:
         ImageError: a subclass naming the image (``field``) and what is wrong with it.
         TypeError: a source of a type ``match`` does not take.
@@ -191,6 +238,19 @@ async def load_pair(
     in_memory = (bytes, bytearray, memoryview)
     if max_side is None and isinstance(file_a, in_memory) and isinstance(file_b, in_memory):
         return _load_pair_blocking(file_a, file_b, max_bytes, allow_pdf, None)
-    return await anyio.to_thread.run_sync(
-        _load_pair_blocking, file_a, file_b, max_bytes, allow_pdf, max_side
-    )
+    if max_side is not None:  # downscaling is CPU work: one hop per pair, in parallel
+        return await anyio.to_thread.run_sync(
+            _load_pair_blocking, file_a, file_b, max_bytes, allow_pdf, max_side
+        )
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[tuple[UploadImage, UploadImage]] = loop.create_future()
+    batches = _open_batches.get(loop)
+    if batches is None:
+        batches = _open_batches[loop] = []
+        loop.call_soon(_dispatch, loop)
+    batch = batches[-1] if batches else None
+    if batch is None or len(batch[0]) >= _BATCH_LIMIT or batch[1:] != (max_bytes, allow_pdf):
+        batch = ([], max_bytes, allow_pdf)
+        batches.append(batch)
+    batch[0].append((future, file_a, file_b))
+    return await future

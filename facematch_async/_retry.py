@@ -1,11 +1,10 @@
 """Which failures are retried, and how long to wait between attempts.
 
 Connection errors, timeouts, 429 and 500/502/503/504 are retried with exponential
-backoff and jitter (via tenacity, which logs nothing of its own: each scheduled retry is
-one INFO line on the ``facematch_async`` logger). A server's ``Retry-After`` or
-``retry-after-ms`` replaces the backoff when it is within ``max_retry_after``; a longer
-one (a used-up daily window) is not waited out here: the error is raised with its
-``retry_after`` for the caller.
+backoff and jitter; each scheduled retry is one INFO line on the ``facematch_async``
+logger. A server's ``Retry-After`` or ``retry-after-ms`` replaces the backoff when it is
+within ``max_retry_after``; a longer one (a used-up daily window) is not waited out here:
+the error is raised with its ``retry_after`` for the caller.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-import tenacity
+import anyio
 
 from facematch_async.errors import APIConnectionError, APIStatusError
 
@@ -60,42 +59,43 @@ def _server_wait(error: BaseException | None) -> float | None:
     return retry_after if isinstance(retry_after, float | int) else None
 
 
+def _should_retry(error: BaseException, policy: RetryPolicy) -> bool:
+    retry_after = _server_wait(error)
+    return is_retryable(error) and (retry_after is None or retry_after <= policy.max_retry_after)
+
+
+def _wait_before(attempt_number: int, error: BaseException, policy: RetryPolicy) -> float:
+    """Seconds to wait after failed attempt ``attempt_number`` (1-based)."""
+    retry_after = _server_wait(error)
+    if retry_after is not None:
+        return float(retry_after)
+    exponential = policy.backoff_initial * 2.0 ** (attempt_number - 1)
+    jitter = random.uniform(0, policy.backoff_jitter)  # noqa: S311 (not for security)
+    return min(policy.backoff_max, exponential + jitter)
+
+
 async def call_with_retries(
     attempt: Callable[[], Awaitable[T]], *, max_retries: int, policy: RetryPolicy
 ) -> T:
-    """Await ``attempt()`` until it succeeds, fails for good, or ``max_retries`` are spent."""
+    """Await ``attempt()`` until it succeeds, fails for good, or ``max_retries`` are spent.
 
-    def should_retry(error: BaseException) -> bool:
-        retry_after = _server_wait(error)
-        return is_retryable(error) and (
-            retry_after is None or retry_after <= policy.max_retry_after
-        )
-
-    def wait(state: tenacity.RetryCallState) -> float:
-        error = state.outcome.exception() if state.outcome else None
-        retry_after = _server_wait(error)
-        if retry_after is not None:
-            return float(retry_after)
-        exponential = policy.backoff_initial * 2.0 ** (state.attempt_number - 1)
-        jitter = random.uniform(0, policy.backoff_jitter)  # noqa: S311 (not for security)
-        return min(policy.backoff_max, exponential + jitter)
-
-    def log_retry(state: tenacity.RetryCallState) -> None:
-        error = state.outcome.exception() if state.outcome else None
-        wait_for = state.next_action.sleep if state.next_action else 0.0
-        logger.info(
-            "retrying in %.2f s (attempt %d of %d failed): %r",
-            wait_for,
-            state.attempt_number,
-            max_retries + 1,
-            error,
-        )
-
-    retrying = tenacity.AsyncRetrying(
-        stop=tenacity.stop_after_attempt(max_retries + 1),
-        wait=wait,
-        retry=tenacity.retry_if_exception(should_retry),
-        before_sleep=log_retry,
-        reraise=True,
-    )
-    return await retrying(attempt)
+    A plain loop rather than a retry library: the first attempt, which almost always
+    succeeds, then costs nothing beyond the call itself.
+    """
+    attempt_number = 1
+    while True:
+        try:
+            return await attempt()
+        except Exception as error:  # cancellation and other BaseExceptions pass through
+            if attempt_number > max_retries or not _should_retry(error, policy):
+                raise
+            wait_for = _wait_before(attempt_number, error, policy)
+            logger.info(
+                "retrying in %.2f s (attempt %d of %d failed): %r",
+                wait_for,
+                attempt_number,
+                max_retries + 1,
+                error,
+            )
+        await anyio.sleep(wait_for)
+        attempt_number += 1

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import platform
 import ssl
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import NamedTuple
 
 import aiohttp
 
+from facematch_async._images import UploadImage
 from facematch_async._responses import RawResponse
 from facematch_async._version import __version__
 from facematch_async.errors import (
@@ -18,13 +21,43 @@ from facematch_async.errors import (
     ClientClosedError,
 )
 
-__all__ = ["MAX_RESPONSE_BYTES", "Transport"]
+__all__ = ["MAX_RESPONSE_BYTES", "MultipartBody", "Transport", "multipart_body"]
 
 MAX_RESPONSE_BYTES = 1024 * 1024  # the API's bodies are a few hundred bytes
 USER_AGENT = (
     f"facematch-async/{__version__} aiohttp/{aiohttp.__version__} "
     f"python/{platform.python_version()}"
 )
+
+
+class MultipartBody(NamedTuple):
+    """A ``multipart/form-data`` body, whole, and the ``Content-Type`` that names its boundary."""
+
+    data: bytes
+    content_type: str
+
+
+def multipart_body(images: Iterable[UploadImage]) -> MultipartBody:
+    """One file part per image, laid out byte for byte as ``aiohttp.FormData`` does.
+
+    Built once per call as a single ``bytes`` (immutable, so every retry can send it again)
+    and written to the socket in one piece, rather than part by part through
+    ``aiohttp.MultipartWriter``: the same bytes on the wire for a fraction of the CPU.
+    Field names, file names and content types are the client's own (``file_a``,
+    ``file_a.jpg``, ``image/jpeg``), so nothing needs quoting.
+    """
+    boundary = os.urandom(16).hex()  # as random as aiohttp's uuid4().hex boundary
+    chunks: list[bytes] = []
+    for image in images:
+        chunks.append(
+            f"--{boundary}\r\nContent-Type: {image.content_type}\r\n"
+            f'Content-Disposition: form-data; name="{image.field}"; '
+            f'filename="{image.filename}"\r\n\r\n'.encode("ascii")
+        )
+        chunks.append(image.data)
+        chunks.append(b"\r\n")
+    chunks.append(f"--{boundary}--\r\n".encode("ascii"))
+    return MultipartBody(b"".join(chunks), f"multipart/form-data; boundary={boundary}")
 
 
 class Transport:
@@ -73,7 +106,7 @@ class Transport:
         return self._session
 
     async def post(
-        self, path: str, data: aiohttp.FormData, headers: Mapping[str, str]
+        self, path: str, data: aiohttp.FormData | bytes, headers: Mapping[str, str]
     ) -> RawResponse:
         """POST ``data`` to ``path`` once; never follows a redirect (it would carry our key).
 

@@ -1,0 +1,107 @@
+"""The client's hot path: the multipart body it builds itself, and batched image reads."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from facematch_async import FaceMatchClient, ImageReadError
+from facematch_async._images import UploadImage, load_pair
+from facematch_async._transport import multipart_body
+from facematch_async.sandbox import make_test_image
+
+from .conftest import Faces
+
+IMAGES = (
+    UploadImage("file_a", make_test_image("a", "jpeg"), "JPEG", "file_a.jpg", "image/jpeg"),
+    UploadImage("file_b", make_test_image("b", "png"), "PNG", "file_b.png", "image/png"),
+)
+
+
+async def test_multipart_body_is_byte_for_byte_what_formdata_sends() -> None:
+    """Our one-piece body equals aiohttp.FormData's on the wire, boundary aside."""
+    seen: list[tuple[str, bytes]] = []
+
+    async def record(request: web.Request) -> web.Response:
+        seen.append((request.headers["Content-Type"], await request.read()))
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/", record)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with aiohttp.ClientSession() as session:
+            form = aiohttp.FormData()
+            for image in IMAGES:
+                form.add_field(
+                    image.field,
+                    image.data,
+                    filename=image.filename,
+                    content_type=image.content_type,
+                )
+            body = multipart_body(IMAGES)
+            for data, headers in ((form, {}), (body.data, {"Content-Type": body.content_type})):
+                async with session.post(f"http://127.0.0.1:{port}/", data=data, headers=headers):
+                    pass
+    finally:
+        await runner.cleanup()
+
+    def normal(content_type: str, raw: bytes) -> tuple[str, bytes]:
+        boundary = re.fullmatch(r"multipart/form-data; boundary=(\w+)", content_type)
+        assert boundary is not None
+        return "B", raw.replace(boundary.group(1).encode(), b"B")
+
+    assert normal(*seen[0]) == normal(*seen[1])
+    assert seen[0][0] != seen[1][0]  # each body has a boundary of its own
+
+
+async def test_concurrent_reads_share_hops_but_not_errors(faces: Faces, tmp_path: Path) -> None:
+    """Pairs read in one hop each get their own images, or their own error."""
+    missing = tmp_path / "missing.jpg"
+    sources = [(faces.alice_png, faces.bob_jpg), (missing, faces.bob_jpg)] * 20
+    results = await asyncio.gather(
+        *(load_pair(a, b, max_bytes=None) for a, b in sources), return_exceptions=True
+    )
+    for (a, _), result in zip(sources, results, strict=True):
+        if a == missing:
+            assert isinstance(result, ImageReadError)
+            assert result.field == "file_a"
+        else:
+            assert not isinstance(result, BaseException)
+            assert result[0].data == faces.alice_png.read_bytes()
+            assert result[1].filename == "file_b.jpg"
+
+
+async def test_a_call_cancelled_while_reading_leaves_the_others_alone(faces: Faces) -> None:
+    """Cancelling one call during its read neither fails nor hangs the calls beside it."""
+    calls = [
+        asyncio.ensure_future(load_pair(faces.alice_png, faces.alice_jpg, max_bytes=None))
+        for _ in range(5)
+    ]
+    await asyncio.sleep(0)
+    calls[2].cancel()
+    done = await asyncio.gather(*calls, return_exceptions=True)
+    assert isinstance(done[2], asyncio.CancelledError)
+    assert all(isinstance(pair, tuple) for i, pair in enumerate(done) if i != 2)
+
+
+@pytest.mark.parametrize("api_version", ["v1", "v2"])
+async def test_match_sends_the_prebuilt_body(sandbox, faces: Faces, api_version: str) -> None:
+    """The sandbox parses the body the client builds itself, on either API version."""
+    async with FaceMatchClient(
+        client_id="test-client",
+        client_secret="s3cr3t-KEY-do-not-leak-7f9a",
+        base_url=sandbox.base_url,
+        api_version=api_version,  # type: ignore[arg-type]
+    ) as client:
+        assert (await client.match(faces.alice_png, faces.alice_jpg)).match is True
+        assert (await client.match(faces.alice_png, faces.bob_jpg)).match is False
