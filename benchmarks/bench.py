@@ -52,9 +52,12 @@ LABELS = {
     "aiohttp_plain": "aiohttp + semaphore, plain reads",
     "aiohttp_aiofiles": "aiohttp + semaphore, aiofiles",
     "httpx": "httpx.AsyncClient + semaphore",
+    "sdk_client": "facematch-async client.match + semaphore",
     "sdk": "facematch-async BatchRunner",
+    "sdk_baseline": "facematch-async BatchRunner, baseline",
 }
-ALL_PEERS = list(LABELS)
+ALL_PEERS = [peer for peer in LABELS if peer != "sdk_baseline"]
+BASELINE: dict[str, str] = {}  # PYTHONPATH for "sdk_baseline": an older facematch_async
 
 
 @dataclass
@@ -66,7 +69,8 @@ class Plan:
     throughput_peers: list[str] = field(default_factory=lambda: list(ALL_PEERS))
     repeat: int = 3
     memory_sizes: tuple[int, int] = (10_000, 100_000)
-    memory_peers: list[str] = field(default_factory=lambda: ["sdk", "aiohttp_plain", "httpx"])
+    # The slower peers would take many minutes over 100,000 pairs; aiohttp shows the pattern.
+    memory_peers: list[str] = field(default_factory=lambda: ["sdk", "aiohttp_plain"])
     memory_repeat: int = 1
     saturation_spec: str = "50/s,1000/min"
     saturation_pairs: int = 2000  # two minute-windows' worth: ~80 s at the allowed rate
@@ -158,14 +162,20 @@ def run_peer(
     concurrency: int,
     rate_limit: str | None = None,
 ) -> dict[str, Any]:
-    command = [*prefix, sys.executable, str(PEERS_SCRIPT), peer, str(manifest), base_url]
-    command += ["--concurrency", str(concurrency)]
+    env = None
+    if peer == "sdk_baseline":  # the SDK peer, importing the baseline's facematch_async
+        env = {**os.environ, "PYTHONPATH": BASELINE["path"]}
+    command = [*prefix, sys.executable, str(PEERS_SCRIPT), peer.removesuffix("_baseline")]
+    command += [str(manifest), base_url, "--concurrency", str(concurrency)]
     if rate_limit:
         command += ["--rate-limit", rate_limit]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603
+    done = subprocess.run(  # noqa: S603 (our own script, our arguments)
+        command, capture_output=True, text=True, check=False, env=env
+    )
     if done.returncode:
         raise RuntimeError(f"{peer} failed:\n{done.stderr}")
     figures: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    figures["peer"] = peer
     return figures
 
 
@@ -218,6 +228,13 @@ def run_all(plan: Plan, work: Path, only: set[str] | None = None) -> dict[str, A
             "python": platform.python_version(),
             "platform": platform.platform(),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "baseline": BASELINE.get("ref"),
+            "commit": subprocess.run(  # noqa: S603
+                ["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"],  # noqa: S607
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout.strip(),
         }
     }
 
@@ -318,8 +335,9 @@ def markdown(results: dict[str, Any]) -> str:
     """The results as Markdown tables."""
     meta, plan = results["meta"], results["meta"]["plan"]
     lines = [
-        f"Run of {meta['date']}: Python {meta['python']}, {meta['cpus']} CPUs, "
-        f"{meta['pinning']}; medians of {plan['repeat']} runs unless noted.",
+        f"Run of {meta['date']} at commit {meta['commit']}: Python {meta['python']}, "
+        f"{meta['cpus']} CPUs, {meta['pinning']}; medians of {plan['repeat']} runs unless "
+        "noted.",
         "",
         f"**Throughput**: {plan['throughput_pairs']} distinct pairs of 60-200 KB JPEGs, "
         f"concurrency {plan['throughput_concurrency']}, no added latency.",
@@ -396,7 +414,10 @@ def chart(results: dict[str, Any], path: Path) -> None:
 
     throughput = results["throughput"]
     names = [LABELS[peer].replace(" + ", "\n+ ").replace(", ", ",\n") for peer in throughput]
-    colors = ["#d62728" if peer == "sdk" else "#7f7f7f" for peer in throughput]
+    colors = [
+        "#d62728" if peer == "sdk" else "#ff9896" if peer == "sdk_client" else "#7f7f7f"
+        for peer in throughput
+    ]
     figure, axes = plt.subplots(1, 3, figsize=(13, 4.2))
     for axis, key, title in (
         (axes[0], "pairs_per_s", "pairs/s (higher is better)"),
@@ -425,6 +446,18 @@ def chart(results: dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
+def export_baseline(ref: str, folder: Path) -> str:
+    """``facematch_async`` as of ``ref``, unpacked into ``folder`` (for ``PYTHONPATH``)."""
+    folder.mkdir(parents=True)
+    archive = subprocess.run(  # noqa: S603
+        ["git", "-C", str(HERE.parent), "archive", ref, "facematch_async"],  # noqa: S607
+        capture_output=True,
+        check=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)  # noqa: S603,S607
+    return str(folder)
+
+
 def update_readme(readme: Path, table: str) -> None:
     text = readme.read_text()
     start, end = text.index(README_START) + len(README_START), text.index(README_END)
@@ -438,10 +471,20 @@ def main() -> int:
     parser.add_argument("--readme", action="store_true", help="update benchmarks/README.md")
     parser.add_argument("--no-chart", action="store_true", help="skip the PNG")
     parser.add_argument("--only", help="comma-separated scenarios, for profiling (no output)")
+    parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="also measure the SDK as of this git ref (throughput), e.g. before a change",
+    )
     args = parser.parse_args()
     plan = SMOKE if args.smoke else Plan()
     only = set(args.only.split(",")) if args.only else None
     with tempfile.TemporaryDirectory(prefix="facematch-bench-") as tmp:
+        if args.baseline:
+            BASELINE["path"] = export_baseline(args.baseline, Path(tmp) / "baseline")
+            BASELINE["ref"] = args.baseline
+            LABELS["sdk_baseline"] = f"facematch-async BatchRunner at {args.baseline}"
+            plan.throughput_peers.append("sdk_baseline")
         results = run_all(plan, Path(tmp), only)
     if only:
         print(json.dumps(results, indent=2))

@@ -260,12 +260,42 @@ def sdk(
     return lambda: asyncio.run(main())
 
 
+def sdk_client(manifest: str, base_url: str, concurrency: int) -> Callable[[], Tally]:
+    """``FaceMatchClient.match`` in the hand-written loop (semaphore, ``gather``) instead of
+    aiohttp: the client alone, without the batch runner's bookkeeping."""
+    from facematch_async import FaceMatchClient, FaceMatchError
+
+    async def main() -> Tally:
+        tally = Tally()
+        async with FaceMatchClient(
+            client_id=CLIENT_ID, client_secret=CLIENT_SECRET, base_url=base_url
+        ) as client:
+            semaphore = asyncio.Semaphore(concurrency)
+
+            async def one(a: str, b: str) -> None:
+                async with semaphore:
+                    try:
+                        result = await client.match(a, b)
+                    except FaceMatchError as error:
+                        tally.status_429 += getattr(error, "status_code", None) == 429
+                        tally.errors += 1
+                    else:
+                        tally.ok += result.match
+                        tally.errors += not result.match
+
+            await asyncio.gather(*(one(a, b) for a, b in load_rows(manifest)))
+        return tally
+
+    return lambda: asyncio.run(main())
+
+
 PEERS: dict[str, Callable[..., Callable[[], Tally]]] = {
     "requests_seq": requests_seq,
     "requests_threads": requests_threads,
     "aiohttp_plain": aiohttp_plain,
     "aiohttp_aiofiles": aiohttp_aiofiles,
     "httpx": httpx_async,
+    "sdk_client": sdk_client,
     "sdk": sdk,
 }
 

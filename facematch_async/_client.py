@@ -22,7 +22,7 @@ from facematch_async._models import FaceMatchResult
 from facematch_async._responses import RawResponse, parse_authorize, parse_facematch
 from facematch_async._retry import RetryPolicy, call_with_retries
 from facematch_async._scope import CALL_SCOPE, CallScope
-from facematch_async._transport import MultipartBody, Transport, multipart_body
+from facematch_async._transport import MultipartBody, Transport
 from facematch_async.errors import (
     AuthenticationError,
     FaceMatchError,
@@ -196,7 +196,7 @@ class FaceMatchClient:
     async def _exchange(
         self,
         path: str,
-        form: aiohttp.FormData | bytes,
+        form: aiohttp.FormData | MultipartBody,
         headers: dict[str, str],
         parse: Callable[[RawResponse], T],
         request_id: str,
@@ -283,18 +283,14 @@ class FaceMatchClient:
         attempt: int,
         scope: CallScope | None,
     ) -> FaceMatchResult:
-        headers = {
-            "Authorization": f"Bearer {token}",
-            "x-api-key": self._client_secret,
-            "Content-Type": body.content_type,
-        }
+        headers = {"Authorization": f"Bearer {token}", "x-api-key": self._client_secret}
 
         def parse(response: RawResponse) -> FaceMatchResult:
             return parse_facematch(response, (self._client_secret, token))
 
         path = f"/{self.api_version}/facematch"
         try:
-            return await self._exchange(path, body.data, headers, parse, request_id, attempt)
+            return await self._exchange(path, body, headers, parse, request_id, attempt)
         except RateLimitError as error:
             if scope is not None and scope.on_rate_limited is not None:
                 scope.on_rate_limited(error.retry_after)
@@ -344,7 +340,7 @@ class FaceMatchClient:
             allow_pdf=self.api_version == "v2",
             max_side=self.max_image_side,
         )
-        body = multipart_body(images)  # immutable bytes: every attempt sends the same body
+        body = MultipartBody(images)  # immutable: every attempt sends the same body
         scope = CALL_SCOPE.get()
         request_id = (scope and scope.request_id) or uuid.uuid4().hex[:16]
         attempts = itertools.count(1)

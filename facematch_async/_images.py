@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import IO, TypeAlias
 
@@ -95,7 +96,16 @@ def _read_source(field: str, source: ImageInput, max_bytes: int | None) -> bytes
                     raise ImageTooLargeError(
                         f"{field} is {size} bytes, over the limit of {max_bytes}", field=field
                     )
-                return file.read() if max_bytes is None else file.read(max_bytes + 1)
+                if max_bytes is None:
+                    return file.read()
+                # Ask for what fstat promised (plus one byte, to see a file that grew):
+                # asking for max_bytes + 1 at once would allocate the limit (10 MiB) for
+                # every image, which costs more than reading it.
+                limit = max_bytes + 1
+                data = file.read(min(size + 1, limit))
+                if len(data) == size + 1 < limit:  # it grew since fstat (or is not a file)
+                    data += file.read(limit - len(data))
+                return data
         except ImageError:
             raise
         except FileNotFoundError:
@@ -211,9 +221,26 @@ def _deliver(
             future.set_exception(value)  # type: ignore[arg-type]
 
 
+_READERS = 8
+"""Worker threads that read images, shared by every client and event loop of the process."""
+_executor: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _reader_pool() -> ThreadPoolExecutor:
+    global _executor  # one pool per process, made on first use
+    pid = os.getpid()
+    if _executor is None or _executor[0] != pid:  # none yet, or inherited through fork
+        pool = ThreadPoolExecutor(_READERS, thread_name_prefix="facematch-read")
+        _executor = (pid, pool)
+    return _executor[1]
+
+
 def _dispatch(loop: asyncio.AbstractEventLoop) -> None:
+    # Straight to the pool, not loop.run_in_executor: _read_batch wakes the loop itself,
+    # so an asyncio future (and the second wake-up it would cost) is not needed.
+    pool = _reader_pool()
     for batch in _open_batches.pop(loop, ()):
-        loop.run_in_executor(None, _read_batch, loop, batch)
+        pool.submit(_read_batch, loop, batch)
 
 
 async def load_pair(
