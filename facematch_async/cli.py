@@ -8,7 +8,9 @@ Exit codes (``batch``; ``match`` uses 0, 1 and 2):
 * 0: every pair has a decision (``match``, ``no_match`` or ``no_face``)
 * 1: some pairs ended as ``error`` (and, for ``--dry-run``, some would)
 * 2: usage: bad arguments, missing credentials, results file already present
-* 3: the credentials were refused; the batch stopped (resume once fixed)
+* 3: the batch stopped because every further pair would fail: the credentials were
+  refused, or the API looks down (many pairs in a row without a connection or with 5xx);
+  resume once fixed
 * 75: ``--stop-at-quota`` stopped at the daily quota (resume tomorrow)
 * 130: interrupted (Ctrl-C / SIGTERM); resume with the printed command
 """

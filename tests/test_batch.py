@@ -334,3 +334,32 @@ async def test_a_closed_client_stops_the_batch(make_client: MakeClient, faces: F
     with pytest.raises(ClientClosedError):
         await consume()
     assert seen < 10
+
+
+async def test_an_unreachable_api_stops_the_batch_instead_of_failing_every_pair(
+    make_client: MakeClient, faces: Faces
+) -> None:
+    """After outage_threshold transient failures in a row the run stops as 'unavailable'."""
+    client = make_client(base_url="http://127.0.0.1:9", max_retries=0)
+    runner = BatchRunner(client, concurrency=1, rate_limit=None, outage_threshold=5)
+    pairs = [(f"p{i}", faces.alice_png, faces.alice_jpg) for i in range(200)]
+    out = await collect(runner, pairs)
+    assert len(out) == 4
+    assert {o.error.type for o in out.values() if o.error} == {"APIConnectionError"}
+    assert runner.stop_reason == "unavailable"
+    assert runner.unrecorded == 1
+
+
+async def test_api_answers_reset_the_outage_count(
+    make_client: MakeClient, faces: Faces, sandbox: SandboxServer
+) -> None:
+    """Transient failures separated by answers (even errors) never add up to an outage."""
+    for _ in range(3):
+        sandbox.faults.add(ScriptedResponse(path=FACEMATCH, status=503, json={}, times=2))
+        sandbox.faults.add(ScriptedResponse(path=FACEMATCH, status=400, json={"detail": "x"}))
+    runner = BatchRunner(
+        make_client(max_retries=0), concurrency=1, rate_limit=None, outage_threshold=3
+    )
+    out = await collect(runner, [(f"p{i}", faces.alice_png, faces.alice_jpg) for i in range(10)])
+    assert len(out) == 10
+    assert runner.stop_reason is None

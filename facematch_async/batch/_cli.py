@@ -50,7 +50,8 @@ def add_batch_parser(
             "Match every pair of a manifest (CSV or JSONL with pair_id,file_a,file_b, or a "
             "folder of <pair_id>/ folders holding two images). One line per pair is appended "
             "to --out as it finishes. Exit codes: 0 all decided, 1 some pairs errored, "
-            "2 usage, 3 credentials refused, 75 stopped at quota, 130 interrupted."
+            "2 usage, 3 stopped: credentials refused or API unavailable, 75 stopped at quota, "
+            "130 interrupted."
         ),
     )
     parser.add_argument("manifest", help="pairs.csv, pairs.jsonl, or a folder of pair folders")
@@ -385,6 +386,13 @@ async def _run(
         code = code or EXIT_PAIRS_FAILED
     if interrupted:
         code = EXIT_ABORTED
+    elif runner.stop_reason == "unavailable":
+        print(
+            "the API seems unavailable (too many pairs in a row failed to connect or got 5xx); "
+            "stopped",
+            file=sys.stderr,
+        )
+        code = EXIT_CREDENTIALS
     elif runner.stop_reason == "quota":
         print("the daily quota is used up; stopped (--stop-at-quota)", file=sys.stderr)
         code = EXIT_QUOTA

@@ -32,6 +32,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from facematch_async._client import FaceMatchClient
 from facematch_async._models import FaceMatchResult
 from facematch_async._ratelimit import QUOTA_PERIOD, QuotaExhaustedError, RateLimiter, Window
+from facematch_async._retry import is_retryable
 from facematch_async._scope import CALL_SCOPE, CallScope
 from facematch_async.batch._index import KeyIndex
 from facematch_async.batch._manifest import ManifestProblem, PairSpec
@@ -52,7 +53,7 @@ logger = logging.getLogger("facematch_async")
 PairInput: TypeAlias = PairSpec | tuple[str, str | Path, str | Path]
 """A pair for :meth:`BatchRunner.run`: a :class:`PairSpec` or ``(pair_id, file_a, file_b)``."""
 
-StopReason: TypeAlias = Literal["stopped", "quota", "credentials"]
+StopReason: TypeAlias = Literal["stopped", "quota", "credentials", "unavailable"]
 
 _MAX_BACKOFF = 60.0
 
@@ -104,12 +105,18 @@ class BatchRunner:
             "quota"``) instead of waiting for it to reopen.
         rate_limit_rounds: After the client's own retries, how many more times a pair that
             still met 429 is tried again (after the batch-wide pause) before it is an error.
+        outage_threshold: After this many pairs in a row fail with a transient error (no
+            connection, timeout, 500/502/503/504) even after the client's retries, the API is
+            taken to be down: the run stops (``stop_reason == "unavailable"``), leaving the
+            pair that tripped it unrecorded, rather than marking the rest of the manifest as
+            errors. ``None`` never stops.
         index_dir: Where the duplicate-id index file goes (default: the temp folder).
 
     Attributes:
         limiter: The rate limiter in use.
         stop_reason: ``None`` while running or after a complete run; ``"stopped"``
-            (:meth:`stop`), ``"quota"`` or ``"credentials"`` when the run ended early.
+            (:meth:`stop`), ``"quota"``, ``"credentials"`` or ``"unavailable"`` when the
+            run ended early.
         unrecorded: Pairs started but left without an outcome (see above); once stopping,
             a pair in flight sends no further attempt (a retry waiting for its turn is
             abandoned), so a stop never waits on a long rate-limit pause.
@@ -125,6 +132,7 @@ class BatchRunner:
         stop_at_quota: bool = False,
         *,
         rate_limit_rounds: int = 5,
+        outage_threshold: int | None = 20,
         index_dir: str | Path | None = None,
     ) -> None:
         if concurrency < 1:
@@ -136,7 +144,9 @@ class BatchRunner:
         )
         self.stop_at_quota = stop_at_quota
         self.rate_limit_rounds = rate_limit_rounds
+        self.outage_threshold = outage_threshold
         self.index_dir = index_dir
+        self._transient_streak = 0
         self.stop_reason: StopReason | None = None
         self.fatal_error: FaceMatchError | None = None
         self.unrecorded = 0
@@ -187,6 +197,7 @@ class BatchRunner:
         """
         self.stop_reason = None
         self.fatal_error = None
+        self._transient_streak = 0
         send, receive = anyio.create_memory_object_stream[PairOutcome](self.concurrency)
         producer = asyncio.create_task(self._produce(pairs, send, skip))
         try:
@@ -288,6 +299,20 @@ class BatchRunner:
             self.in_flight -= 1
             slots.release_on_behalf_of(borrower)
 
+    def _outage(self, error: FaceMatchError) -> bool:
+        """Count a transient failure; whether the run should stop as the API seems down."""
+        self._transient_streak += 1
+        if self.outage_threshold is None or self._transient_streak < self.outage_threshold:
+            return False
+        if self.stop_reason != "unavailable":
+            logger.error(
+                "%d pairs in a row failed transiently, stopping the batch: %r",
+                self._transient_streak,
+                error,
+            )
+        self._halt("unavailable")
+        return True
+
     def _on_rate_limited(self, retry_after: float | None) -> None:
         """A 429: hold the whole batch back, not just this pair."""
         self.rate_limited += 1
@@ -362,12 +387,18 @@ class BatchRunner:
                 self._halt("credentials" if isinstance(error, AuthenticationError) else "stopped")
                 return None
             except FaceMatchError as error:
+                if is_retryable(error):
+                    if self._outage(error):
+                        return None
+                elif error.status_code is not None:
+                    self._transient_streak = 0  # the API answered: it is up
                 status, pair_error = "error", PairError.from_exception(error)
             except Exception as error:  # one bad pair never stops the batch
                 logger.exception("pair %r failed unexpectedly", spec.pair_id)
                 status, pair_error = "error", PairError.from_exception(error)
             else:
                 self._backoff = 1.0
+                self._transient_streak = 0
                 return self._outcome(
                     spec,
                     "match" if result.match else "no_match",
