@@ -10,11 +10,11 @@ $(BIN)/python:
 
 # Stamp files re-install when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[demo]"
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test,face]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test,demo]"
 	touch $@ $(VENV)/.installed
 
 demo: $(VENV)/.installed
