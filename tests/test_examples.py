@@ -102,3 +102,28 @@ def test_fastapi_example_shares_one_client_across_requests(kyc_app: TestClient) 
     client = kyc_app.app.state.facematch  # type: ignore[attr-defined]
     assert client._transport._session is not None
     assert client._tokens.cached() is not None
+
+
+async def test_bulk_reverify_example_fills_its_table_and_resumes(
+    sandbox_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Python-API bulk job writes one row per pair; a rerun sends nothing again."""
+    import sqlite3
+
+    monkeypatch.setenv("DEEPVUE_BASE_URL", sandbox_url)
+    monkeypatch.setenv("DEEPVUE_CLIENT_ID", CLIENT_ID)
+    monkeypatch.setenv("DEEPVUE_CLIENT_SECRET", CLIENT_SECRET)
+    (tmp_path / "a.jpg").write_bytes(make_test_image("a", "jpeg"))
+    (tmp_path / "b.png").write_bytes(make_test_image("b", "png"))
+    (tmp_path / "pairs.csv").write_text(
+        "pair_id,file_a,file_b\nsame,a.jpg,a.jpg\ndiff,a.jpg,b.png\nbad,a.jpg,missing.png\n"
+    )
+    module = load_example("bulk_reverify")
+    database = tmp_path / "kyc.db"
+    assert await module.reverify(tmp_path / "pairs.csv", database, rate_limit=None) == 1
+    rows = dict(
+        sqlite3.connect(database).execute("SELECT pair_id, status FROM kyc_results").fetchall()
+    )
+    assert rows == {"same": "match", "diff": "no_match", "bad": "error"}
+    # Everything is in the table: the rerun skips all three pairs.
+    assert await module.reverify(tmp_path / "pairs.csv", database, rate_limit=None) == 0
