@@ -194,17 +194,19 @@ def sandbox_config(engine: RecordingEngine) -> SandboxConfig:
 async def test_no_window_is_exceeded_as_seen_by_the_server(
     make_client: MakeClient, faces: Faces, engine: RecordingEngine
 ) -> None:
-    """A concurrent batch under '3/0.25s,8/s' never puts more in any window, server-side."""
-    runner = BatchRunner(make_client(), concurrency=8, rate_limit="3/0.25s,8/s")
+    """A concurrent batch under '3/0.5s,8/2s' never puts more in any window, server-side."""
+    # Windows of half a second and more: server-side stamps carry scheduling jitter, which
+    # on a loaded machine can exceed the limiter's 50 ms margin against a 0.25 s window.
+    runner = BatchRunner(make_client(), concurrency=8, rate_limit="3/0.5s,8/2s")
     pairs = [(f"p{i}", faces.alice_png, faces.alice_jpg) for i in range(20)]
     async for outcome in runner.run(pairs):
         assert outcome.status == "match"
     stamps = sorted(engine.stamps)
     assert len(stamps) == 20
-    assert max_in_any_window(stamps, 0.25) <= 3
-    assert max_in_any_window(stamps, 1.0) <= 8
-    # Not needlessly slow either: 20 requests at 8/s need a little over two seconds.
-    assert stamps[-1] - stamps[0] < 3.0
+    assert max_in_any_window(stamps, 0.5) <= 3
+    assert max_in_any_window(stamps, 2.0) <= 8
+    # Not needlessly slow either: 20 requests at 8 per 2 s need a little over four seconds.
+    assert stamps[-1] - stamps[0] < 6.0
 
 
 async def test_retries_are_paced_by_the_limiter_too(
