@@ -55,8 +55,9 @@ LABELS = {
     "sdk_client": "facematch-async client.match + semaphore",
     "sdk": "facematch-async BatchRunner",
     "sdk_baseline": "facematch-async BatchRunner, baseline",
+    "sdk_paced": "facematch-async BatchRunner + paced limiter (prototype)",
 }
-ALL_PEERS = [peer for peer in LABELS if peer != "sdk_baseline"]
+ALL_PEERS = [peer for peer in LABELS if peer not in ("sdk_baseline", "sdk_paced")]
 BASELINE: dict[str, str] = {}  # PYTHONPATH for "sdk_baseline": an older facematch_async
 
 
@@ -74,7 +75,9 @@ class Plan:
     memory_repeat: int = 1
     saturation_spec: str = "50/s,1000/min"
     saturation_pairs: int = 2000  # two minute-windows' worth: ~80 s at the allowed rate
-    saturation_peers: list[str] = field(default_factory=lambda: ["sdk", "aiohttp_plain"])
+    saturation_peers: list[str] = field(
+        default_factory=lambda: ["sdk", "aiohttp_plain", "sdk_paced"]
+    )
     latency: float = 0.2
     latency_concurrency: int = 32
     latency_pairs: int = 1600  # 50 rounds of 32: ~10 s at the ideal rate
@@ -89,7 +92,7 @@ SMOKE = Plan(
     memory_peers=["sdk"],
     saturation_spec="6/s,60/min",
     saturation_pairs=9,
-    saturation_peers=["sdk"],
+    saturation_peers=["sdk", "sdk_paced"],
     latency=0.05,
     latency_concurrency=8,
     latency_pairs=16,
@@ -129,8 +132,11 @@ def sandbox(prefix: list[str], *options: str) -> Iterator[str]:
         process.wait(10)
 
 
-def write_images(folder: Path, count: int, seed: int = 5) -> list[tuple[Path, Path]]:
-    """``count`` distinct same-person JPEG pairs of 60-200 KB each (seeded sizes)."""
+def write_images(
+    folder: Path, count: int, seed: int = 5, padded: bool = True
+) -> list[tuple[Path, Path]]:
+    """``count`` distinct same-person JPEG pairs of 60-200 KB each (seeded sizes), or of a
+    few hundred bytes each when not ``padded``."""
     from facematch_async.sandbox import make_test_image
 
     sizes = random.Random(seed)
@@ -138,8 +144,9 @@ def write_images(folder: Path, count: int, seed: int = 5) -> list[tuple[Path, Pa
     pairs = []
     for index in range(count):
         a, b = folder / f"{index}_a.jpg", folder / f"{index}_b.jpg"
-        a.write_bytes(make_test_image(f"p{index}", "jpeg", pad_to=sizes.randint(60_000, 200_000)))
-        b.write_bytes(make_test_image(f"p{index}", "jpeg", pad_to=sizes.randint(60_000, 200_000)))
+        for path in (a, b):
+            pad = sizes.randint(60_000, 200_000) if padded else 0
+            path.write_bytes(make_test_image(f"p{index}", "jpeg", pad_to=pad))
         pairs.append((a, b))
     return pairs
 
@@ -165,8 +172,11 @@ def run_peer(
     env = None
     if peer == "sdk_baseline":  # the SDK peer, importing the baseline's facematch_async
         env = {**os.environ, "PYTHONPATH": BASELINE["path"]}
-    command = [*prefix, sys.executable, str(PEERS_SCRIPT), peer.removesuffix("_baseline")]
+    name = peer.removesuffix("_baseline").removesuffix("_paced")
+    command = [*prefix, sys.executable, str(PEERS_SCRIPT), name]
     command += [str(manifest), base_url, "--concurrency", str(concurrency)]
+    if peer == "sdk_paced":
+        command.append("--paced")
     if rate_limit:
         command += ["--rate-limit", rate_limit]
     done = subprocess.run(  # noqa: S603 (our own script, our arguments)
@@ -205,7 +215,7 @@ def measure(
     runs: dict[str, list[dict[str, Any]]] = {peer: [] for peer in peers}
     for _ in range(repeat):  # interleaved, so drift hits every peer alike
         for peer in peers:
-            limit = rate_limit if peer == "sdk" else None
+            limit = rate_limit if peer.startswith("sdk") else None
             runs[peer].append(run_peer(client, peer, manifest, base_url, concurrency, limit))
             last = runs[peer][-1]
             log(
@@ -313,21 +323,27 @@ def run_saturation(
 def run_latency(
     plan: Plan, work: Path, images: list[tuple[Path, Path]], server: list[str], client: list[str]
 ) -> dict[str, Any]:
-    log(f"latency-bound: {plan.latency} s, c={plan.latency_concurrency}")
-    manifest = write_manifest(work / "latency.csv", images, plan.latency_pairs)
-    with sandbox(server, "--latency", str(plan.latency)) as base_url:
-        latency: dict[str, Any] = measure(
-            client,
-            plan.latency_peers,
-            plan.repeat,
-            manifest,
-            base_url,
-            plan.latency_concurrency,
-        )
-    ideal_rate = plan.latency_concurrency / plan.latency
-    for figures in latency.values():
-        figures["ideal_per_s"] = ideal_rate
-        figures["ratio"] = figures["pairs_per_s"] / ideal_rate
+    # Small images first: the sandbox then spends ~0.2 ms per match, so what is left of
+    # the ideal is the client's doing. With the 60-200 KB images it spends ~1 ms on each
+    # upload, one after another on its one core: 32 of them add ~35 ms to every 200 ms round.
+    latency: dict[str, Any] = {}
+    small = write_images(work / "small", 32, padded=False)
+    for kind, pairs in (("small", small), ("60-200 KB", images)):
+        log(f"latency-bound: {plan.latency} s, c={plan.latency_concurrency}, {kind} images")
+        manifest = write_manifest(work / f"latency-{len(pairs)}.csv", pairs, plan.latency_pairs)
+        with sandbox(server, "--latency", str(plan.latency)) as base_url:
+            latency[kind] = measure(
+                client,
+                plan.latency_peers,
+                plan.repeat,
+                manifest,
+                base_url,
+                plan.latency_concurrency,
+            )
+        ideal_rate = plan.latency_concurrency / plan.latency
+        for figures in latency[kind].values():
+            figures["ideal_per_s"] = ideal_rate
+            figures["ratio"] = figures["pairs_per_s"] / ideal_rate
     return latency
 
 
@@ -394,14 +410,15 @@ def markdown(results: dict[str, Any]) -> str:
         f"concurrency {plan['latency_concurrency']}, {plan['latency_pairs']} pairs; ideal = "
         "concurrency / latency.",
         "",
-        "| peer | pairs/s | ideal pairs/s | achieved / ideal | errors |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| peer | images | pairs/s | ideal pairs/s | achieved / ideal | errors |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
-    for peer, row in latency.items():
-        lines.append(
-            f"| {LABELS[peer]} | {row['pairs_per_s']:.1f} | {row['ideal_per_s']:.0f} | "
-            f"{row['ratio']:.1%} | {row['errors']} |"
-        )
+    for kind, rows in latency.items():
+        for peer, row in rows.items():
+            lines.append(
+                f"| {LABELS[peer]} | {kind} | {row['pairs_per_s']:.1f} | "
+                f"{row['ideal_per_s']:.0f} | {row['ratio']:.1%} | {row['errors']} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -438,7 +455,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
             color="#d62728" if peer == "sdk" else None,
         )
     axes[2].set_xscale("log")
-    axes[2].set_title("peak RSS (MiB) vs pairs in the manifest", fontsize=10)
+    axes[2].set_title("peak RSS (MiB) vs manifest rows", fontsize=10)
     axes[2].legend(fontsize=7)
     axes[2].tick_params(labelsize=7)
     figure.tight_layout()

@@ -30,7 +30,8 @@ def test_smoke_run_measures_every_peer_in_every_scenario(tmp_path: Path) -> None
     for size in plan["memory_sizes"]:
         rows += results["memory"][str(size)].values()
     rows += [results["saturation"][peer] for peer in plan["saturation_peers"]]
-    rows += results["latency"].values()
+    for by_peer in results["latency"].values():
+        rows += by_peer.values()
     for row in rows:
         assert row["errors"] == 0, row
         assert row["ok"] == row["pairs"] > 0, row
