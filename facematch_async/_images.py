@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import IO, TypeAlias
@@ -191,7 +192,10 @@ _BATCH_LIMIT = 16
 
 _Job: TypeAlias = tuple["asyncio.Future[tuple[UploadImage, UploadImage]]", ImageInput, ImageInput]
 _Batch: TypeAlias = tuple[list[_Job], int | None, bool]
-_open_batches: dict[asyncio.AbstractEventLoop, list[_Batch]] = {}
+# Weak keys: a loop closed before its dispatch ran is not kept alive by its pending batch.
+_open_batches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[_Batch]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _read_batch(loop: asyncio.AbstractEventLoop, batch: _Batch) -> None:
@@ -257,6 +261,9 @@ async def load_pair(
     are read one after the other by one worker thread (at most ``_BATCH_LIMIT`` pairs per
     hop), which then wakes the loop once for all of them. Waking a thread and being woken
     back costs more CPU than reading a few hundred kilobytes from the page cache.
+
+    A call cancelled while its images are being read is cancelled at once; the worker
+    finishes the read and the bytes are dropped.
 
     Raises:
         ImageError: a subclass naming the image (``field``) and what is wrong with it.
