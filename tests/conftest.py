@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,20 @@ CLIENT_ID = "test-client"
 CLIENT_SECRET = "s3cr3t-KEY-do-not-leak-7f9a"
 # Short waits keep retry tests fast; Retry-After tests set their own server values.
 FAST_RETRIES = RetryPolicy(backoff_initial=0.01, backoff_max=0.05, backoff_jitter=0.01)
+
+
+@pytest.fixture(scope="module")
+def cli_sandbox_url() -> Iterator[str]:
+    """A sandbox started from the CLI in its own process, as a user would start it."""
+    command = [sys.executable, "-m", "facematch_async.cli", "sandbox", "--port", "0"]
+    command += ["--client-id", CLIENT_ID, "--client-secret", CLIENT_SECRET]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)  # noqa: S603
+    assert process.stdout is not None
+    line = process.stdout.readline().strip()
+    assert line.startswith("Sandbox listening on "), line
+    yield line.removeprefix("Sandbox listening on ")
+    process.terminate()
+    process.wait(10)
 
 
 @pytest.fixture

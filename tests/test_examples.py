@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -13,25 +11,12 @@ import pytest
 
 from facematch_async.sandbox import make_test_image
 
+from .conftest import CLIENT_ID, CLIENT_SECRET
+
 pytest.importorskip("fastapi", reason="the FastAPI example needs the 'examples' extra")
 from fastapi.testclient import TestClient
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-CLIENT_ID, CLIENT_SECRET = "example-client", "example-secret"
-
-
-@pytest.fixture(scope="module")
-def sandbox_url() -> Iterator[str]:
-    """The sandbox CLI on a free port, as a user would start it."""
-    command = [sys.executable, "-m", "facematch_async.cli", "sandbox", "--port", "0"]
-    command += ["--client-id", CLIENT_ID, "--client-secret", CLIENT_SECRET]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)  # noqa: S603
-    assert process.stdout is not None
-    line = process.stdout.readline().strip()
-    assert line.startswith("Sandbox listening on "), line
-    yield line.removeprefix("Sandbox listening on ")
-    process.terminate()
-    process.wait(10)
 
 
 def load_example(name: str) -> ModuleType:
@@ -43,9 +28,9 @@ def load_example(name: str) -> ModuleType:
 
 
 @pytest.fixture
-def kyc_app(sandbox_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+def kyc_app(cli_sandbox_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
     """The FastAPI example with its lifespan running, configured through DEEPVUE_* only."""
-    monkeypatch.setenv("DEEPVUE_BASE_URL", sandbox_url)
+    monkeypatch.setenv("DEEPVUE_BASE_URL", cli_sandbox_url)
     monkeypatch.setenv("DEEPVUE_CLIENT_ID", CLIENT_ID)
     monkeypatch.setenv("DEEPVUE_CLIENT_SECRET", CLIENT_SECRET)
     module = load_example("fastapi_kyc")
@@ -105,12 +90,12 @@ def test_fastapi_example_shares_one_client_across_requests(kyc_app: TestClient) 
 
 
 async def test_bulk_reverify_example_fills_its_table_and_resumes(
-    sandbox_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cli_sandbox_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The Python-API bulk job writes one row per pair; a rerun sends nothing again."""
     import sqlite3
 
-    monkeypatch.setenv("DEEPVUE_BASE_URL", sandbox_url)
+    monkeypatch.setenv("DEEPVUE_BASE_URL", cli_sandbox_url)
     monkeypatch.setenv("DEEPVUE_CLIENT_ID", CLIENT_ID)
     monkeypatch.setenv("DEEPVUE_CLIENT_SECRET", CLIENT_SECRET)
     (tmp_path / "a.jpg").write_bytes(make_test_image("a", "jpeg"))

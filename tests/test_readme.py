@@ -12,29 +12,16 @@ import re
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from facematch_async.sandbox import make_test_image
 
+from .conftest import CLIENT_ID, CLIENT_SECRET
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 SAMPLES = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
-CLIENT_ID, CLIENT_SECRET = "readme-client", "readme-secret"
-
-
-@pytest.fixture(scope="module")
-def sandbox_url() -> Iterator[str]:
-    command = [sys.executable, "-m", "facematch_async.cli", "sandbox", "--port", "0"]
-    command += ["--client-id", CLIENT_ID, "--client-secret", CLIENT_SECRET]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)  # noqa: S603
-    assert process.stdout is not None
-    line = process.stdout.readline().strip()
-    assert line.startswith("Sandbox listening on "), line
-    yield line.removeprefix("Sandbox listening on ")
-    process.terminate()
-    process.wait(10)
 
 
 def sample_folder(folder: Path) -> Path:
@@ -54,13 +41,13 @@ def test_readme_has_python_samples() -> None:
 
 
 @pytest.mark.parametrize("sample", SAMPLES, ids=[f"sample{i}" for i in range(len(SAMPLES))])
-def test_readme_sample_runs(sample: str, sandbox_url: str, tmp_path: Path) -> None:
+def test_readme_sample_runs(sample: str, cli_sandbox_url: str, tmp_path: Path) -> None:
     """The sample runs to completion against the sandbox."""
     program = "import asyncio\n\nasync def _sample():\n"
     program += textwrap.indent(sample, "    ") + "\n    pass\n\nasyncio.run(_sample())\n"
     env = dict(os.environ)
     env.update(
-        DEEPVUE_BASE_URL=sandbox_url,
+        DEEPVUE_BASE_URL=cli_sandbox_url,
         DEEPVUE_CLIENT_ID=CLIENT_ID,
         DEEPVUE_CLIENT_SECRET=CLIENT_SECRET,
     )
