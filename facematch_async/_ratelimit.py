@@ -108,6 +108,10 @@ class QuotaExhaustedError(Exception):
         self.wait = wait
 
 
+_EPSILON = 1e-9  # seconds: a wait this short is no wait
+_MAX_PACED_PERIOD = 60.0
+
+
 class RateLimiter:
     """Lets requests go no faster than every window allows; shared by all tasks of a batch.
 
@@ -117,8 +121,13 @@ class RateLimiter:
     limiter.pause(2.0)        # after a 429: every task waits
     ```
 
-    Waiters are served one at a time in arrival order (an ``anyio.Lock`` is fair), so a
-    burst of tasks is spread out evenly rather than stampeding when a window reopens.
+    Waiters are served one at a time in arrival order (an ``anyio.Lock`` is fair), and
+    requests are spaced evenly over the shortest window of a minute or less
+    (``period / limit`` apart) rather
+    than let go a window's worth at once: a server stamps a burst as it parses it, tens of
+    milliseconds apart, so the next burst could reach it less than a window after the
+    previous one's tail and be refused (seen in the benchmarks: 4 to 47 429s in 300 pairs
+    at 50/s in bursts, none when spaced).
 
     Args:
         windows: A plan name, a spec (see :func:`parse_rate_limit`) or windows.
@@ -141,6 +150,12 @@ class RateLimiter:
         self._clock = clock
         self._sleep = sleep
         self._sent: tuple[deque[float], ...] = tuple(deque() for _ in self.windows)
+        # Spacing comes from the shortest window of a minute or less: spreading a daily
+        # quota evenly would hold requests back for hours.
+        short = [window for window in self.windows if window.period <= _MAX_PACED_PERIOD]
+        shortest = min(short, key=lambda window: window.period, default=None)
+        self._spacing = 0.0 if shortest is None else shortest.period / shortest.limit
+        self._last = -math.inf
         self._paused_until = -math.inf
         self._lock = anyio.Lock()
 
@@ -165,6 +180,7 @@ class RateLimiter:
             self._record(stamp)
 
     def _record(self, stamp: float) -> None:
+        self._last = max(self._last, stamp)
         for window, sent in zip(self.windows, self._sent, strict=True):
             sent.append(stamp)
             if len(sent) > window.limit:
@@ -172,7 +188,7 @@ class RateLimiter:
 
     def _wait(self, now: float) -> tuple[float, Window | None]:
         """Seconds until a request may go, and the window that imposes the longest wait."""
-        wait, longest = self._paused_until - now, None
+        wait, longest = max(self._paused_until, self._last + self._spacing) - now, None
         for window, sent in zip(self.windows, self._sent, strict=True):
             if len(sent) >= window.limit:
                 # The oldest of the last `limit` requests must leave the window first.
@@ -204,7 +220,7 @@ class RateLimiter:
             while True:
                 now = self._clock()
                 wait, window = self._wait(now)
-                if wait <= 0:
+                if wait <= _EPSILON:  # float rounding must not leave a wait that never ends
                     self._record(now)
                     return
                 if stop_at_quota and window is not None and window.period >= QUOTA_PERIOD:
@@ -223,11 +239,13 @@ class RateLimiter:
             return 0.0
         simulated = min(requests, 1_000_000)
         sent: tuple[deque[float], ...] = tuple(deque() for _ in self.windows)
-        now = 0.0
+        now, last = 0.0, -math.inf
         for _ in range(simulated):
+            now = max(now, last + self._spacing)
             for window, stamps in zip(self.windows, sent, strict=True):
                 if len(stamps) >= window.limit:
                     now = max(now, stamps[0] + window.period + self.margin)
+            last = now
             for window, stamps in zip(self.windows, sent, strict=True):
                 stamps.append(now)
                 if len(stamps) > window.limit:

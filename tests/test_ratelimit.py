@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import anyio
@@ -91,8 +92,9 @@ async def test_every_window_holds_at_once() -> None:
         stamps.append(clock.now)
     assert max_in_any_window(stamps, 1.0) == 3
     assert max_in_any_window(stamps, 10.0) == 10
-    # ...and no slower than it must be: the 31st request opens the fourth 10 s window.
-    assert stamps[-1] - stamps[0] == pytest.approx(31.0)
+    # ...and no slower than it must be: the 31st request opens the fourth 10 s window at
+    # 30 s, and the last four follow a third of a second apart (the 3/s window's spacing).
+    assert stamps[-1] - stamps[0] == pytest.approx(30.0 + 4 / 3)
 
 
 async def test_concurrent_waiters_share_the_windows() -> None:
@@ -109,7 +111,7 @@ async def test_concurrent_waiters_share_the_windows() -> None:
         for _ in range(20):
             tg.start_soon(worker)
     assert max_in_any_window(sorted(stamps), 1.0) == 2
-    assert max(stamps) - min(stamps) == pytest.approx(9.0)
+    assert max(stamps) - min(stamps) == pytest.approx(9.5)  # half a second apart
 
 
 async def test_margin_widens_each_window() -> None:
@@ -175,9 +177,9 @@ def test_estimate_is_the_slowest_window() -> None:
     """estimate() gives the run time of N requests: the binding window decides."""
     rl = RateLimiter("2/s,100/min", margin=0.0)
     assert rl.estimate(1) == 0.0
-    assert rl.estimate(100) == pytest.approx(49.0)  # two per second from t=0
-    # The minute window binds: 100 by t=49, the next 100 from t=60, the last 50 from t=120.
-    assert rl.estimate(250) == pytest.approx(144.0)
+    assert rl.estimate(100) == pytest.approx(49.5)  # one every half second from t=0
+    # The minute window binds: 100 by t=49.5, the next 100 from t=60, the last 50 from 120.
+    assert rl.estimate(250) == pytest.approx(144.5)
     assert RateLimiter(None).estimate(10**6) == 0.0
 
 
@@ -255,3 +257,17 @@ def test_no_arrival_pattern_can_overfill_a_window(
     stamps = anyio.run(scenario)
     for window in windows:
         assert max_in_any_window(stamps, window.period) <= window.limit
+
+
+async def test_requests_are_spaced_over_the_shortest_window() -> None:
+    """'5/s' lets requests go 0.2 s apart, not five at once; a daily window adds no spacing."""
+    clock = FakeClock()
+    rl = limiter("5/s,3/day", clock)
+    stamps = []
+    for _ in range(3):
+        await rl.acquire()
+        stamps.append(clock.now)
+    assert [round(b - a, 6) for a, b in itertools.pairwise(stamps)] == [0.2, 0.2]
+    daily = limiter("3/day", FakeClock())
+    await daily.acquire()
+    assert daily.wait_time() == 0.0
