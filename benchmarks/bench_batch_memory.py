@@ -95,22 +95,6 @@ async def child(manifest: Path, out: Path, base_url: str, concurrency: int) -> d
     }
 
 
-def start_sandbox() -> tuple[subprocess.Popen[str], str]:
-    env = {**os.environ, "DEEPVUE_CLIENT_ID": CLIENT_ID, "DEEPVUE_CLIENT_SECRET": CLIENT_SECRET}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "facematch_async.cli", "sandbox", "--port", "0"],
-        env=env,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    line = process.stdout.readline().strip()
-    if not line.startswith("Sandbox listening on "):
-        process.kill()
-        raise SystemExit(f"the sandbox did not start: {line!r}")
-    return process, line.rsplit(" ", 1)[-1]
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10000,100000", help="comma-separated pair counts")
@@ -125,43 +109,41 @@ def main() -> int:
         return 0
 
     sizes = [200, 2000] if args.smoke else [int(n) for n in args.sizes.split(",")]
-    sandbox, base_url = start_sandbox()
+    from facematch_async.sandbox import sandbox_process
+
+    env = {**os.environ, "DEEPVUE_CLIENT_ID": CLIENT_ID, "DEEPVUE_CLIENT_SECRET": CLIENT_SECRET}
     rows = []
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            for size in sizes:
-                manifest = write_inputs(Path(tmp), size)
-                out = Path(tmp) / f"results-{size}.jsonl"
-                command = [
-                    sys.executable,
-                    __file__,
-                    "--concurrency",
-                    str(args.concurrency),
-                    "--child",
-                    str(manifest),
-                    str(out),
-                    base_url,
-                ]
-                done = subprocess.run(  # noqa: S603 (this very script, our arguments)
-                    command, capture_output=True, text=True, check=False
-                )
-                if done.returncode:
-                    print(done.stderr, file=sys.stderr)
-                    return 1
-                numbers = json.loads(done.stdout.strip().splitlines()[-1])
-                lines = out.read_bytes().count(b"\n")
-                assert lines == size == numbers["pairs"], (lines, size, numbers)
-                rows.append(numbers)
-                print(
-                    f"{size:>8} pairs: peak RSS {numbers['peak_rss_mib']:6.1f} MiB "
-                    f"(highest sample {numbers['sampled_rss_mib']:.1f} MiB), "
-                    f"{numbers['seconds']:6.1f} s, {numbers['pairs_per_s']:7.1f} pairs/s, "
-                    f"p50 {numbers['p50_ms']} ms, {numbers['errors']} errors",
-                    flush=True,
-                )
-    finally:
-        sandbox.terminate()
-        sandbox.wait(timeout=10)
+    with sandbox_process(env=env) as base_url, tempfile.TemporaryDirectory() as tmp:
+        for size in sizes:
+            manifest = write_inputs(Path(tmp), size)
+            out = Path(tmp) / f"results-{size}.jsonl"
+            command = [
+                sys.executable,
+                __file__,
+                "--concurrency",
+                str(args.concurrency),
+                "--child",
+                str(manifest),
+                str(out),
+                base_url,
+            ]
+            done = subprocess.run(  # noqa: S603 (this very script, our arguments)
+                command, capture_output=True, text=True, check=False
+            )
+            if done.returncode:
+                print(done.stderr, file=sys.stderr)
+                return 1
+            numbers = json.loads(done.stdout.strip().splitlines()[-1])
+            lines = out.read_bytes().count(b"\n")
+            assert lines == size == numbers["pairs"], (lines, size, numbers)
+            rows.append(numbers)
+            print(
+                f"{size:>8} pairs: peak RSS {numbers['peak_rss_mib']:6.1f} MiB "
+                f"(highest sample {numbers['sampled_rss_mib']:.1f} MiB), "
+                f"{numbers['seconds']:6.1f} s, {numbers['pairs_per_s']:7.1f} pairs/s, "
+                f"p50 {numbers['p50_ms']} ms, {numbers['errors']} errors",
+                flush=True,
+            )
     if len(rows) > 1:
         growth = rows[-1]["peak_rss_mib"] / rows[0]["peak_rss_mib"] - 1
         print(

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from facematch_async.cli import main
-from facematch_async.sandbox import make_test_image
+from facematch_async.sandbox import make_test_image, sandbox_process
 
 CLIENT_ID = "demo-client"
 CLIENT_SECRET = "demo-secret"  # only ever passed through the environment
@@ -94,23 +93,6 @@ def write_inputs(folder: Path) -> Path:
     return manifest
 
 
-def start_sandbox(env: dict[str, str], engine: str) -> tuple[subprocess.Popen[str], str]:
-    """The sandbox CLI in its own process, on a free port."""
-    command = [sys.executable, "-m", "facematch_async.cli", "sandbox", "--port", "0"]
-    process = subprocess.Popen(  # noqa: S603 (our own interpreter and module)
-        [*command, "--engine", engine],
-        env=env,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    line = process.stdout.readline().strip()
-    if not line.startswith("Sandbox listening on "):
-        process.kill()
-        raise SystemExit(f"the sandbox did not start: {line!r}")
-    return process, line.rsplit(" ", 1)[-1]
-
-
 def banner(text: str) -> None:
     print(f"\n=== {text} ===", flush=True)
 
@@ -125,41 +107,42 @@ def run() -> int:
             manifest, engine = write_inputs(folder), "test"
         out = folder / "results.jsonl"
         env = {**os.environ, "DEEPVUE_CLIENT_ID": CLIENT_ID, "DEEPVUE_CLIENT_SECRET": CLIENT_SECRET}
-        sandbox, base_url = start_sandbox(env, engine)
-        os.environ.update(
-            DEEPVUE_CLIENT_ID=CLIENT_ID,
-            DEEPVUE_CLIENT_SECRET=CLIENT_SECRET,
-            DEEPVUE_BASE_URL=base_url,
-        )
-        try:
-            print(f"Sandbox listening on {base_url} ({engine} engine, separate process)")
-            batch = ["batch", str(manifest), "--out", str(out), "--rate-limit", "growth"]
-
-            banner("facematch-async batch pairs.csv --dry-run --rate-limit growth")
-            main(["batch", str(manifest), "--dry-run", "--rate-limit", "growth"])
-
-            banner("facematch-async batch pairs.csv --out results.jsonl --rate-limit growth")
-            code = main(batch)
-            print(f"exit code {code} (1: some pairs ended as 'error', see below)")
-
-            banner("results.jsonl (one line per pair)")
-            for line in out.read_text().splitlines():
-                record = json.loads(line)
-                detail = record["sub_code"] or ""
-                if record["confidence"] is not None:
-                    detail += f" confidence {record['confidence']:.0f}"
-                if record["status"] == "error":
-                    detail = f"{record['error_type']}: {record['message']}"
-                where = f"line {record['line']}"
-                print(f"{where:<9}{record['pair_id'] or '-':<9}{record['status']:<10}{detail}")
-
-            banner("the same command with --resume: every pair is done, nothing is sent again")
-            main([*batch, "--resume"])
-            print(f"results.jsonl still holds {len(out.read_text().splitlines())} lines")
-        finally:
-            sandbox.terminate()
-            sandbox.wait(timeout=10)
+        with sandbox_process("--engine", engine, env=env) as base_url:
+            show(manifest, out, engine, base_url)
     return 0
+
+
+def show(manifest: Path, out: Path, engine: str, base_url: str) -> None:
+    """Dry run, run, results, resume: what a user of the CLI would do, in that order."""
+    os.environ.update(
+        DEEPVUE_CLIENT_ID=CLIENT_ID,
+        DEEPVUE_CLIENT_SECRET=CLIENT_SECRET,
+        DEEPVUE_BASE_URL=base_url,
+    )
+    print(f"Sandbox listening on {base_url} ({engine} engine, separate process)")
+    batch = ["batch", str(manifest), "--out", str(out), "--rate-limit", "growth"]
+
+    banner("facematch-async batch pairs.csv --dry-run --rate-limit growth")
+    main(["batch", str(manifest), "--dry-run", "--rate-limit", "growth"])
+
+    banner("facematch-async batch pairs.csv --out results.jsonl --rate-limit growth")
+    code = main(batch)
+    print(f"exit code {code} (1: some pairs ended as 'error', see below)")
+
+    banner("results.jsonl (one line per pair)")
+    for line in out.read_text().splitlines():
+        record = json.loads(line)
+        detail = record["sub_code"] or ""
+        if record["confidence"] is not None:
+            detail += f" confidence {record['confidence']:.0f}"
+        if record["status"] == "error":
+            detail = f"{record['error_type']}: {record['message']}"
+        where = f"line {record['line']}"
+        print(f"{where:<9}{record['pair_id'] or '-':<9}{record['status']:<10}{detail}")
+
+    banner("the same command with --resume: every pair is done, nothing is sent again")
+    main([*batch, "--resume"])
+    print(f"results.jsonl still holds {len(out.read_text().splitlines())} lines")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +9,12 @@ from typing import Any
 import pytest
 
 from facematch_async import FaceMatchClient, RetryPolicy
-from facematch_async.sandbox import SandboxConfig, SandboxServer, make_test_image
+from facematch_async.sandbox import (
+    SandboxConfig,
+    SandboxServer,
+    make_test_image,
+    sandbox_process,
+)
 
 CLIENT_ID = "test-client"
 CLIENT_SECRET = "s3cr3t-KEY-do-not-leak-7f9a"
@@ -22,15 +25,8 @@ FAST_RETRIES = RetryPolicy(backoff_initial=0.01, backoff_max=0.05, backoff_jitte
 @pytest.fixture(scope="module")
 def cli_sandbox_url() -> Iterator[str]:
     """A sandbox started from the CLI in its own process, as a user would start it."""
-    command = [sys.executable, "-m", "facematch_async.cli", "sandbox", "--port", "0"]
-    command += ["--client-id", CLIENT_ID, "--client-secret", CLIENT_SECRET]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)  # noqa: S603
-    assert process.stdout is not None
-    line = process.stdout.readline().strip()
-    assert line.startswith("Sandbox listening on "), line
-    yield line.removeprefix("Sandbox listening on ")
-    process.terminate()
-    process.wait(10)
+    with sandbox_process("--client-id", CLIENT_ID, "--client-secret", CLIENT_SECRET) as url:
+        yield url
 
 
 @pytest.fixture

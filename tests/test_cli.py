@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from facematch_async.cli import main
-from facematch_async.sandbox import make_test_image
+from facematch_async.sandbox import make_test_image, sandbox_process
 
 from .conftest import CLIENT_ID, CLIENT_SECRET
 
@@ -39,17 +39,9 @@ asyncio.run(serve(config, "127.0.0.1", 0))
 @pytest.fixture(scope="module")
 def sandbox_url() -> Iterator[str]:
     """A sandbox subprocess on loopback (50 ms per pair)."""
-    process = subprocess.Popen(  # noqa: S603 (our interpreter, our script)
-        [sys.executable, "-c", SANDBOX_SCRIPT, "0.05", CLIENT_ID, CLIENT_SECRET],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    assert line.startswith("Sandbox listening on "), line
-    yield line.split()[-1]
-    process.terminate()
-    process.wait(timeout=10)
+    script = [sys.executable, "-c", SANDBOX_SCRIPT, "0.05", CLIENT_ID, CLIENT_SECRET]
+    with sandbox_process(command=script) as url:
+        yield url
 
 
 @pytest.fixture

@@ -112,3 +112,14 @@ async def test_bulk_reverify_example_fills_its_table_and_resumes(
     assert rows == {"same": "match", "diff": "no_match", "bad": "error"}
     # Everything is in the table: the rerun skips all three pairs.
     assert await module.reverify(tmp_path / "pairs.csv", database, rate_limit=None) == 0
+
+
+def test_sandbox_process_refuses_a_command_that_is_no_sandbox() -> None:
+    """A process whose first line is not 'Sandbox listening on' raises, and is ended."""
+    import sys
+
+    from facematch_async.sandbox import sandbox_process
+
+    with pytest.raises(RuntimeError, match="did not start"):
+        with sandbox_process(command=[sys.executable, "-c", "print('hello'); input()"]):
+            pass

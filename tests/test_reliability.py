@@ -23,6 +23,7 @@ from facematch_async.sandbox import (
     SandboxServer,
     ScriptedResponse,
     make_test_image,
+    sandbox_process,
 )
 
 from .conftest import CLIENT_ID, CLIENT_SECRET
@@ -172,20 +173,14 @@ def test_sigkill_at_random_moments_then_resume_sends_no_finished_pair_again(
     manifest.write_text("\n".join(rows) + "\n")
     compared = tmp_path / "compared.log"
     compared.touch()
-    sandbox = subprocess.Popen(  # noqa: S603
-        [sys.executable, "-c", RECORDING_SANDBOX, CLIENT_ID, CLIENT_SECRET, str(compared)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert sandbox.stdout is not None
-    url = sandbox.stdout.readline().split()[-1]
-    env = dict(os.environ, DEEPVUE_CLIENT_ID=CLIENT_ID, DEEPVUE_CLIENT_SECRET=CLIENT_SECRET)
-    out = tmp_path / "results.jsonl"
-    command = [sys.executable, "-m", "facematch_async.cli", "batch", str(manifest)]
-    command += ["--out", str(out), "--base-url", url, "--rate-limit", "none"]
-    command += ["--concurrency", "4"]
-    chance = random.Random(1125)
-    try:
+    recording = [sys.executable, "-c", RECORDING_SANDBOX, CLIENT_ID, CLIENT_SECRET, str(compared)]
+    with sandbox_process(command=recording) as url:
+        env = dict(os.environ, DEEPVUE_CLIENT_ID=CLIENT_ID, DEEPVUE_CLIENT_SECRET=CLIENT_SECRET)
+        out = tmp_path / "results.jsonl"
+        command = [sys.executable, "-m", "facematch_async.cli", "batch", str(manifest)]
+        command += ["--out", str(out), "--base-url", url, "--rate-limit", "none"]
+        command += ["--concurrency", "4"]
+        chance = random.Random(1125)
         for run in range(5):
             finished_before = set(finished_ids(out)) if out.exists() else set()
             sent_before = len(compared.read_text().splitlines())
@@ -205,9 +200,6 @@ def test_sigkill_at_random_moments_then_resume_sends_no_finished_pair_again(
                 assert batch.returncode == 0, err
             resent = set(compared.read_text().splitlines()[sent_before:]) & finished_before
             assert not resent, f"run {run} sent finished pairs again: {sorted(resent)[:5]}"
-    finally:
-        sandbox.terminate()
-        sandbox.wait(10)
     ids = finished_ids(out)
     assert sorted(ids) == [f"p{index:03d}" for index in range(count)]
     sends = collections.Counter(compared.read_text().splitlines())

@@ -24,6 +24,7 @@ from facematch_async.sandbox._dlib import (
 )
 from facematch_async.sandbox._engines import EngineVerdict, FaceEngine, TestEngine, make_test_image
 from facematch_async.sandbox._faults import FaultScript, ScriptedResponse
+from facematch_async.sandbox._process import sandbox_process
 from facematch_async.sandbox._ratelimit import PLANS, RateWindow, parse_rate_limit
 from facematch_async.sandbox._server import SandboxServer, serve
 
@@ -51,5 +52,6 @@ __all__ = [
     "dlib_available",
     "make_test_image",
     "parse_rate_limit",
+    "sandbox_process",
     "serve",
 ]
