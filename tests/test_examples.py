@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-from facematch_async.sandbox import make_test_image
+from facematch_async.sandbox import make_test_image, sandbox_process
 
 from .conftest import CLIENT_ID, CLIENT_SECRET
 
@@ -116,10 +117,6 @@ async def test_bulk_reverify_example_fills_its_table_and_resumes(
 
 def test_sandbox_process_refuses_a_command_that_is_no_sandbox() -> None:
     """A process whose first line is not 'Sandbox listening on' raises, and is ended."""
-    import sys
-
-    from facematch_async.sandbox import sandbox_process
-
-    with pytest.raises(RuntimeError, match="did not start"):
-        with sandbox_process(command=[sys.executable, "-c", "print('hello'); input()"]):
-            pass
+    not_a_sandbox = [sys.executable, "-c", "print('hello'); input()"]
+    with pytest.raises(RuntimeError, match="did not start"), sandbox_process(command=not_a_sandbox):
+        pass
