@@ -223,7 +223,8 @@ async def test_a_paced_client_never_trips_and_counters_prove_it(
 
 async def test_a_burst_is_cut_at_the_limit(session: aiohttp.ClientSession) -> None:
     """Ten concurrent requests against 3/s: exactly three get through."""
-    async with SandboxServer(config(rate_limit="3/s")) as server:
+    # The latency keeps the ten in flight together (the test engine answers at once).
+    async with SandboxServer(config(rate_limit="3/s", faults=FaultConfig(latency=0.05))) as server:
         token = await authorize(session, server)
         results = await asyncio.gather(*(post_match(session, server, token) for _ in range(10)))
         assert sorted(status for status, _, _ in results) == [200] * 3 + [429] * 7

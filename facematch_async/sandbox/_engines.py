@@ -41,7 +41,8 @@ class FaceEngine(Protocol):
     """Anything that compares two images.
 
     ``compare`` is synchronous: the sandbox runs it in a worker thread, so a slow engine
-    never blocks the event loop. It may raise; the sandbox answers 500.
+    never blocks the event loop (only the built-in :class:`TestEngine`, a regex search,
+    runs inline). It may raise; the sandbox answers 500.
     """
 
     name: str
