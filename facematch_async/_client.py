@@ -17,7 +17,7 @@ import aiohttp
 from facematch_async._auth import AccessToken, StaticTokenSource, TokenManager, token_from_response
 from facematch_async._downscale import require_pillow
 from facematch_async._events import RequestEvent, RequestHook
-from facematch_async._images import ImageInput, load_pair
+from facematch_async._images import ImageInput, UploadImage, load_pair
 from facematch_async._models import FaceMatchResult
 from facematch_async._responses import RawResponse, parse_authorize, parse_facematch
 from facematch_async._retry import RetryPolicy, call_with_retries
@@ -340,6 +340,10 @@ class FaceMatchClient:
             allow_pdf=self.api_version == "v2",
             max_side=self.max_image_side,
         )
+        return await self._match_images(images)
+
+    async def _match_images(self, images: tuple[UploadImage, UploadImage]) -> FaceMatchResult:
+        """``match`` for images already read and checked (the batch runner reads ahead)."""
         body = MultipartBody(images)  # immutable: every attempt sends the same body
         scope = CALL_SCOPE.get()
         request_id = (scope and scope.request_id) or uuid.uuid4().hex[:16]

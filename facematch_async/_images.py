@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import stat
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -27,7 +28,7 @@ from facematch_async.errors import (
     UnsupportedFileFormatError,
 )
 
-__all__ = ["ImageInput", "UploadImage", "detect_format", "load_pair"]
+__all__ = ["ImageInput", "UploadImage", "detect_format", "load_pair", "start_load"]
 
 ImageInput: TypeAlias = str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]
 """What ``match`` accepts for each image: a path, the bytes themselves, or a binary file."""
@@ -91,22 +92,7 @@ def _read_source(field: str, source: ImageInput, max_bytes: int | None) -> bytes
         return bytes(source)
     if isinstance(source, str | os.PathLike):
         try:
-            with open(source, "rb") as file:
-                size = os.fstat(file.fileno()).st_size
-                if max_bytes is not None and size > max_bytes:
-                    raise ImageTooLargeError(
-                        f"{field} is {size} bytes, over the limit of {max_bytes}", field=field
-                    )
-                if max_bytes is None:
-                    return file.read()
-                # Ask for what fstat promised (plus one byte, to see a file that grew):
-                # asking for max_bytes + 1 at once would allocate the limit (10 MiB) for
-                # every image, which costs more than reading it.
-                limit = max_bytes + 1
-                data = file.read(min(size + 1, limit))
-                if len(data) == size + 1 < limit:  # it grew since fstat (or is not a file)
-                    data += file.read(limit - len(data))
-                return data
+            return _read_path(field, source, max_bytes)
         except ImageError:
             raise
         except FileNotFoundError:
@@ -127,6 +113,47 @@ def _read_source(field: str, source: ImageInput, max_bytes: int | None) -> bytes
     if not isinstance(data, bytes | bytearray):
         raise TypeError(f"{field}: the file object must be opened in binary mode ('rb')")
     return bytes(data)
+
+
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0)  # O_BINARY: Windows only
+_CHUNK = 64 * 1024
+
+
+def _read_path(field: str, path: str | os.PathLike[str], max_bytes: int | None) -> bytes:
+    """Read a file whole, refusing one over ``max_bytes`` before reading it.
+
+    ``os.read`` of exactly the size ``fstat`` gave: no buffered file object per image, and
+    the bytes are not reallocated to fit (asking for the limit would allocate 10 MiB per
+    image). A file that grew since, or that has no size (a pipe), is read on in chunks,
+    never past ``max_bytes + 1`` bytes, so that ``_check`` refuses it.
+    """
+    fd = os.open(path, _OPEN_FLAGS)
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError
+        size = info.st_size
+        if max_bytes is not None and size > max_bytes:
+            raise ImageTooLargeError(
+                f"{field} is {size} bytes, over the limit of {max_bytes}", field=field
+            )
+        data = os.read(fd, size) if size else b""
+        if len(data) == size:
+            more = os.read(fd, 1)  # b"" at the end of a file that kept its size
+            if not more:
+                return data
+            data += more
+        parts, total = [data], len(data)
+        limit = None if max_bytes is None else max_bytes + 1
+        while limit is None or total < limit:
+            chunk = os.read(fd, _CHUNK if limit is None else min(_CHUNK, limit - total))
+            if not chunk:
+                break
+            parts.append(chunk)
+            total += len(chunk)
+        return b"".join(parts)
+    finally:
+        os.close(fd)
 
 
 def _check(field: str, data: bytes, max_bytes: int | None, allow_pdf: bool) -> UploadImage:
@@ -247,6 +274,30 @@ def _dispatch(loop: asyncio.AbstractEventLoop) -> None:
         pool.submit(_read_batch, loop, batch)
 
 
+def start_load(
+    file_a: ImageInput, file_b: ImageInput, *, max_bytes: int | None, allow_pdf: bool = False
+) -> asyncio.Future[tuple[UploadImage, UploadImage]]:
+    """Queue both images of a pair for reading and checking; the future holds the result.
+
+    Pairs queued in the same turn of the event loop are read one after the other by one
+    worker thread (at most ``_BATCH_LIMIT`` pairs per hop), which then wakes the loop once
+    for all of them: waking a thread and being woken back costs more CPU than reading a few
+    hundred kilobytes from the page cache. Cancelling the future drops the pair's bytes.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[tuple[UploadImage, UploadImage]] = loop.create_future()
+    batches = _open_batches.get(loop)
+    if batches is None:
+        batches = _open_batches[loop] = []
+        loop.call_soon(_dispatch, loop)
+    batch = batches[-1] if batches else None
+    if batch is None or len(batch[0]) >= _BATCH_LIMIT or batch[1:] != (max_bytes, allow_pdf):
+        batch = ([], max_bytes, allow_pdf)
+        batches.append(batch)
+    batch[0].append((future, file_a, file_b))
+    return future
+
+
 async def load_pair(
     file_a: ImageInput,
     file_b: ImageInput,
@@ -257,13 +308,9 @@ async def load_pair(
 ) -> tuple[UploadImage, UploadImage]:
     """Read and check both images; disk reads and any downscaling share one thread hop.
 
-    Calls that start in the same turn of the event loop share their hop too: their pairs
-    are read one after the other by one worker thread (at most ``_BATCH_LIMIT`` pairs per
-    hop), which then wakes the loop once for all of them. Waking a thread and being woken
-    back costs more CPU than reading a few hundred kilobytes from the page cache.
-
-    A call cancelled while its images are being read is cancelled at once; the worker
-    finishes the read and the bytes are dropped.
+    Calls that start in the same turn of the event loop share their hop too (see
+    :func:`start_load`). A call cancelled while its images are being read is cancelled at
+    once; the worker finishes the read and the bytes are dropped.
 
     Raises:
         ImageError: a subclass naming the image (``field``) and what is wrong with it.
@@ -276,15 +323,4 @@ async def load_pair(
         return await anyio.to_thread.run_sync(
             _load_pair_blocking, file_a, file_b, max_bytes, allow_pdf, max_side
         )
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[tuple[UploadImage, UploadImage]] = loop.create_future()
-    batches = _open_batches.get(loop)
-    if batches is None:
-        batches = _open_batches[loop] = []
-        loop.call_soon(_dispatch, loop)
-    batch = batches[-1] if batches else None
-    if batch is None or len(batch[0]) >= _BATCH_LIMIT or batch[1:] != (max_bytes, allow_pdf):
-        batch = ([], max_bytes, allow_pdf)
-        batches.append(batch)
-    batch[0].append((future, file_a, file_b))
-    return await future
+    return await start_load(file_a, file_b, max_bytes=max_bytes, allow_pdf=allow_pdf)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import re
+import threading
 from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from facematch_async import FaceMatchClient, ImageReadError
+from facematch_async import FaceMatchClient, ImageReadError, ImageTooLargeError
 from facematch_async._images import UploadImage, load_pair
 from facematch_async._transport import MultipartBody
 from facematch_async.sandbox import make_test_image
@@ -104,3 +107,47 @@ async def test_match_sends_the_prebuilt_body(sandbox, faces: Faces, api_version:
     ) as client:
         assert (await client.match(faces.alice_png, faces.alice_jpg)).match is True
         assert (await client.match(faces.alice_png, faces.bob_jpg)).match is False
+
+
+def _fifo_fed_with(tmp_path: Path, data: bytes) -> tuple[Path, threading.Thread]:
+    """A named pipe (no size for fstat) that a thread fills with ``data`` once opened."""
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+
+    def feed() -> None:
+        with contextlib.suppress(BrokenPipeError), open(fifo, "wb") as pipe:
+            pipe.write(data)
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    return fifo, writer
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX only")
+async def test_a_source_without_a_size_is_read_to_its_end(tmp_path: Path) -> None:
+    """A pipe (fstat says 0 bytes) is read in chunks to its end: 300 KB, whole."""
+    image = make_test_image("piped", "jpeg", pad_to=300_000)
+    fifo, writer = _fifo_fed_with(tmp_path, image)
+    first, _ = await load_pair(fifo, IMAGES[1].data, max_bytes=1_000_000)
+    writer.join(5)
+    assert first.data == image
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX only")
+async def test_a_source_without_a_size_is_cut_at_the_limit(tmp_path: Path) -> None:
+    """A pipe longer than max_bytes is refused after reading max_bytes + 1, not all of it."""
+    fifo, writer = _fifo_fed_with(tmp_path, make_test_image("big", "jpeg", pad_to=500_000))
+    with pytest.raises(ImageTooLargeError, match="100001 bytes, over the limit of 100000"):
+        await load_pair(fifo, IMAGES[1].data, max_bytes=100_000)
+    writer.join(5)
+
+
+async def test_files_are_read_exactly_at_and_refused_over_the_limit(tmp_path: Path) -> None:
+    """A file of exactly max_bytes is read whole; one byte more is refused before reading."""
+    image = make_test_image("edge", "jpeg", pad_to=50_000)
+    path = tmp_path / "edge.jpg"
+    path.write_bytes(image)
+    first, _ = await load_pair(path, IMAGES[1].data, max_bytes=len(image))
+    assert first.data == image
+    with pytest.raises(ImageTooLargeError, match=f"is {len(image)} bytes"):
+        await load_pair(path, IMAGES[1].data, max_bytes=len(image) - 1)

@@ -1,19 +1,21 @@
 """BatchRunner: match a stream of pairs at the allowed rate, with bounded work in flight.
 
 ```
-pairs ──▶ producer task: dedupe (KeyIndex) ─ skip? ─ wait for a free slot (CapacityLimiter)
-                │                                            │
+pairs ──▶ producer task: dedupe (KeyIndex) ─ skip? ─ read images ahead (one hop per 16 pairs)
+                │                                            │ a free slot (Semaphore)
                 │ manifest problems                          ▼ one task per pair
                 ▼                                 CallScope(limiter.acquire before every
-         outcome stream (bounded) ◀──────────────  HTTP attempt, 429 → batch-wide pause)
+         outcome queue ◀─────────────────────────  HTTP attempt, 429 → batch-wide pause)
                 │
                 ▼
-      run() yields outcomes as they complete
+      run() yields outcomes as they complete; taking one frees its slot
 ```
 
-The producer pulls the next pair only when a slot is free and the consumer keeps up (the
-outcome stream is bounded too), so memory depends on ``concurrency``, not on the number of
-pairs.
+Every pair holds a slot from the moment it starts until its outcome is taken, so the
+producer pulls the next pair only when one is free and the consumer keeps up: memory
+depends on ``concurrency``, not on the number of pairs. Plain asyncio primitives, not
+anyio's: their fast paths do not yield to the loop, which a pair would otherwise do four
+times more, at a cost comparable to the rest of the runner's work.
 """
 
 from __future__ import annotations
@@ -26,10 +28,8 @@ from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callab
 from pathlib import Path
 from typing import Literal, TypeAlias
 
-import anyio
-from anyio.streams.memory import MemoryObjectSendStream
-
 from facematch_async._client import FaceMatchClient
+from facematch_async._images import UploadImage, start_load
 from facematch_async._models import FaceMatchResult
 from facematch_async._ratelimit import QUOTA_PERIOD, QuotaExhaustedError, RateLimiter, Window
 from facematch_async._retry import is_retryable
@@ -56,6 +56,8 @@ PairInput: TypeAlias = PairSpec | tuple[str, str | Path, str | Path]
 StopReason: TypeAlias = Literal["stopped", "quota", "credentials", "unavailable"]
 
 _MAX_BACKOFF = 60.0
+_READ_AHEAD = 16
+"""Pairs whose images are read in one worker-thread hop, ahead of a free slot."""
 
 
 class _Abandoned(Exception):
@@ -154,7 +156,8 @@ class BatchRunner:
         self.rate_limited = 0
         self.in_flight = 0
         self._backoff = 1.0
-        self._cancel_scope: anyio.CancelScope | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._crash: BaseException | None = None
 
     def stop(self) -> None:
         """Stop dispatching new pairs; those in flight finish and are reported."""
@@ -164,8 +167,8 @@ class BatchRunner:
     def cancel(self) -> None:
         """Stop dispatching and abandon the pairs in flight (they stay unrecorded)."""
         self.stop()
-        if self._cancel_scope is not None:
-            self._cancel_scope.cancel()
+        for task in self._tasks:
+            task.cancel()
 
     def _halt(self, reason: StopReason) -> None:
         if self.stop_reason in (None, "stopped"):
@@ -198,12 +201,15 @@ class BatchRunner:
         self.stop_reason = None
         self.fatal_error = None
         self._transient_streak = 0
-        send, receive = anyio.create_memory_object_stream[PairOutcome](self.concurrency)
-        producer = asyncio.create_task(self._produce(pairs, send, skip))
+        self._crash = None
+        # Unbounded, yet never longer than ``concurrency``: each outcome in it holds a slot.
+        outcomes: asyncio.Queue[PairOutcome | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(self.concurrency)
+        producer = asyncio.create_task(self._produce(pairs, outcomes, slots, skip))
         try:
-            async with receive:
-                async for outcome in receive:
-                    yield outcome
+            while (outcome := await outcomes.get()) is not None:
+                slots.release()
+                yield outcome
             await producer
         finally:
             if not producer.done():  # the consumer stopped early
@@ -211,50 +217,103 @@ class BatchRunner:
                 producer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await producer
+        if self._crash is not None:
+            raise self._crash
         if self.fatal_error is not None:
             raise self.fatal_error
 
     async def _produce(
         self,
         pairs: Iterable[PairInput] | AsyncIterable[PairInput],
-        send: MemoryObjectSendStream[PairOutcome],
+        outcomes: asyncio.Queue[PairOutcome | None],
+        slots: asyncio.Semaphore,
         skip: Callable[[str], bool] | None,
     ) -> None:
-        slots = anyio.CapacityLimiter(self.concurrency)
         seen = KeyIndex(self.index_dir)
+        # Rows of a plain iterable (a manifest) are pulled a few at a time so that their
+        # images are read in one worker-thread hop; an async source may be slow to yield
+        # its next pair, so each of its pairs goes as soon as it comes.
+        read_ahead = 1 if isinstance(pairs, AsyncIterable) else min(_READ_AHEAD, self.concurrency)
         try:
-            async with send, anyio.create_task_group() as group:
-                self._cancel_scope = group.cancel_scope
-                async for pair in _aiter(pairs):
-                    if self.stop_reason is not None:
+            ready: list[PairSpec] = []
+            async for pair in _aiter(pairs):
+                if self.stop_reason is not None:
+                    break
+                spec = _as_spec(pair)
+                # Problem rows register their id too: one outcome per id, whatever happens.
+                if spec.pair_id and not seen.add(spec.pair_id, spec.line):
+                    first = seen.get(spec.pair_id)
+                    where = f" (first on line {first[0]})" if first and first[0] else ""
+                    problem = ManifestProblem(
+                        "DUPLICATE_PAIR_ID", f"pair_id {spec.pair_id!r} seen before{where}"
+                    )
+                    spec = PairSpec(spec.pair_id, None, None, spec.line, spec.extra, problem)
+                key = spec.key
+                if skip is not None and skip(key):
+                    self.skipped += 1
+                    continue
+                if spec.problem is not None:
+                    await slots.acquire()  # its outcome holds a slot like any other
+                    error = PairError.from_problem(spec.problem)
+                    outcomes.put_nowait(self._outcome(spec, "error", error))
+                    continue
+                ready.append(spec)
+                if len(ready) >= read_ahead:
+                    if not await self._dispatch(ready, slots, outcomes):
                         break
-                    spec = _as_spec(pair)
-                    # Problem rows register their id too: one outcome per id, whatever happens.
-                    if spec.pair_id and not seen.add(spec.pair_id, spec.line):
-                        first = seen.get(spec.pair_id)
-                        where = f" (first on line {first[0]})" if first and first[0] else ""
-                        problem = ManifestProblem(
-                            "DUPLICATE_PAIR_ID", f"pair_id {spec.pair_id!r} seen before{where}"
-                        )
-                        spec = PairSpec(spec.pair_id, None, None, spec.line, spec.extra, problem)
-                    key = spec.key
-                    if skip is not None and skip(key):
-                        self.skipped += 1
-                        continue
-                    if spec.problem is not None:
-                        await send.send(
-                            self._outcome(spec, "error", PairError.from_problem(spec.problem))
-                        )
-                        continue
-                    borrower = object()
-                    await slots.acquire_on_behalf_of(borrower)
-                    if self.stop_reason is not None:
-                        slots.release_on_behalf_of(borrower)
-                        break
-                    group.start_soon(self._run_pair, spec, slots, borrower, send)
+                    ready = []
+            else:
+                await self._dispatch(ready, slots, outcomes)
+            while self._tasks:  # the pairs in flight
+                await asyncio.wait(self._tasks)
         finally:
-            self._cancel_scope = None
+            # Cancelled (the consumer left) or failed: the pairs in flight are abandoned.
+            for task in self._tasks:
+                task.cancel()
+            while self._tasks:
+                await asyncio.wait(self._tasks)
             seen.close()
+            outcomes.put_nowait(None)
+
+    async def _dispatch(
+        self,
+        specs: list[PairSpec],
+        slots: asyncio.Semaphore,
+        outcomes: asyncio.Queue[PairOutcome | None],
+    ) -> bool:
+        """Start reading the images of ``specs`` (one hop), then start each pair as a slot
+        frees up; ``False`` when the batch began stopping first (the rest never start)."""
+        reads = [self._start_read(spec) for spec in specs]  # in one turn: they share a hop
+        for index, spec in enumerate(specs):
+            await slots.acquire()
+            if self.stop_reason is not None:
+                slots.release()
+                for read in reads[index:]:
+                    if read is not None:
+                        read.cancel()  # never started: its bytes are dropped
+                return False
+            task = asyncio.create_task(self._run_pair(spec, reads[index], slots, outcomes))
+            self._tasks.add(task)
+            task.add_done_callback(self._pair_done)
+        return True
+
+    def _pair_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None and self._crash is None:
+            # A bug, not a pair's failure (those are outcomes): end the run with it.
+            self._crash = task.exception()
+            self.cancel()
+
+    def _start_read(self, spec: PairSpec) -> asyncio.Future[tuple[UploadImage, UploadImage]] | None:
+        """Start reading a pair's images, or ``None`` when the client must read them itself
+        (downscaling is CPU work: one hop per pair, in parallel)."""
+        client = self.client
+        if client.max_image_side is not None or spec.file_a is None or spec.file_b is None:
+            return None
+        allow_pdf = client.api_version == "v2"
+        return start_load(
+            spec.file_a, spec.file_b, max_bytes=client.max_image_bytes, allow_pdf=allow_pdf
+        )
 
     def _outcome(
         self,
@@ -282,22 +341,23 @@ class BatchRunner:
     async def _run_pair(
         self,
         spec: PairSpec,
-        slots: anyio.CapacityLimiter,
-        borrower: object,
-        send: MemoryObjectSendStream[PairOutcome],
+        read: asyncio.Future[tuple[UploadImage, UploadImage]] | None,
+        slots: asyncio.Semaphore,
+        outcomes: asyncio.Queue[PairOutcome | None],
     ) -> None:
         self.in_flight += 1
         reported = False
         try:
-            outcome = await self._match(spec)
+            outcome = await self._match(spec, read)
             if outcome is not None:
-                await send.send(outcome)
+                outcomes.put_nowait(outcome)  # its slot is freed when it is taken
                 reported = True
         finally:
             # Also when cancelled (cancel(), or the consumer left): the pair has no outcome.
             self.unrecorded += not reported
             self.in_flight -= 1
-            slots.release_on_behalf_of(borrower)
+            if not reported:
+                slots.release()
 
     def _outage(self, error: FaceMatchError) -> bool:
         """Count a transient failure; whether the run should stop as the API seems down."""
@@ -323,7 +383,9 @@ class BatchRunner:
             self.limiter.pause(self._backoff)
             self._backoff = min(_MAX_BACKOFF, self._backoff * 2)
 
-    async def _match(self, spec: PairSpec) -> PairOutcome | None:
+    async def _match(
+        self, spec: PairSpec, read: asyncio.Future[tuple[UploadImage, UploadImage]] | None
+    ) -> PairOutcome | None:
         assert spec.file_a is not None
         assert spec.file_b is not None
         waited = 0.0
@@ -345,7 +407,10 @@ class BatchRunner:
         rounds = 0
         while True:
             try:
-                result = await self.client.match(spec.file_a, spec.file_b)
+                if read is None:
+                    result = await self.client.match(spec.file_a, spec.file_b)
+                else:  # read ahead; a read error is raised here, as match would raise it
+                    result = await self.client._match_images(await read)
             except QuotaExhaustedError:
                 self._halt("quota")
                 return None
