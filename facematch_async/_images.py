@@ -12,13 +12,13 @@ import contextlib
 import os
 import stat
 import weakref
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import IO, TypeAlias
 
 import anyio.to_thread
 
 from facematch_async._downscale import downscale
+from facematch_async._readers import reader_pool
 from facematch_async.errors import (
     CorruptImageError,
     EmptyImageError,
@@ -252,24 +252,10 @@ def _deliver(
             future.set_exception(value)  # type: ignore[arg-type]
 
 
-_READERS = 8
-"""Worker threads that read images, shared by every client and event loop of the process."""
-_executor: tuple[int, ThreadPoolExecutor] | None = None
-
-
-def _reader_pool() -> ThreadPoolExecutor:
-    global _executor  # one pool per process, made on first use
-    pid = os.getpid()
-    if _executor is None or _executor[0] != pid:  # none yet, or inherited through fork
-        pool = ThreadPoolExecutor(_READERS, thread_name_prefix="facematch-read")
-        _executor = (pid, pool)
-    return _executor[1]
-
-
 def _dispatch(loop: asyncio.AbstractEventLoop) -> None:
     # Straight to the pool, not loop.run_in_executor: _read_batch wakes the loop itself,
     # so an asyncio future (and the second wake-up it would cost) is not needed.
-    pool = _reader_pool()
+    pool = reader_pool()
     for batch in _open_batches.pop(loop, ()):
         pool.submit(_read_batch, loop, batch)
 

@@ -7,14 +7,16 @@ import contextlib
 import os
 import re
 import threading
+import time
 from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from facematch_async import FaceMatchClient, ImageReadError, ImageTooLargeError
+from facematch_async import EmptyImageError, FaceMatchClient, ImageReadError, ImageTooLargeError
 from facematch_async._images import UploadImage, load_pair
+from facematch_async._readers import ReaderPool
 from facematch_async._transport import MultipartBody
 from facematch_async.sandbox import make_test_image
 
@@ -151,3 +153,38 @@ async def test_files_are_read_exactly_at_and_refused_over_the_limit(tmp_path: Pa
     assert first.data == image
     with pytest.raises(ImageTooLargeError, match=f"is {len(image)} bytes"):
         await load_pair(path, IMAGES[1].data, max_bytes=len(image) - 1)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX only")
+async def test_a_stuck_read_holds_up_one_reader_not_all(faces: Faces, tmp_path: Path) -> None:
+    """A read that never ends (a pipe nobody writes to, like a hung network mount) delays
+    the reads queued behind it by the pool's patience only: another reader starts."""
+    fifo = tmp_path / "stuck.jpg"
+    os.mkfifo(fifo)
+    stuck = asyncio.ensure_future(load_pair(fifo, faces.bob_jpg, max_bytes=None))
+    await asyncio.sleep(0.05)  # longer than the pool's patience (20 ms)
+    pair = await asyncio.wait_for(load_pair(faces.alice_png, faces.bob_jpg, max_bytes=None), 5)
+    assert pair[0].data == faces.alice_png.read_bytes()
+    assert not stuck.done()
+    with open(fifo, "wb") as pipe:  # let the stuck reader go: it reads an empty file
+        pipe.write(b"")
+    with pytest.raises(EmptyImageError):
+        await asyncio.wait_for(stuck, 5)
+
+
+def test_the_reader_pool_keeps_to_one_thread_while_reads_are_fast() -> None:
+    """Bursts of quick jobs share one thread; a slow job lets a second one start."""
+    pool = ReaderPool(limit=3, patience=0.05)
+    done = threading.Semaphore(0)
+    for _ in range(50):
+        pool.submit(done.release)
+    for _ in range(50):
+        assert done.acquire(timeout=5)
+    assert pool.threads == 1
+    release = threading.Event()
+    pool.submit(release.wait, 5)
+    time.sleep(0.1)  # the only thread has now been busy past its patience
+    pool.submit(done.release)
+    assert done.acquire(timeout=5)
+    assert pool.threads == 2
+    release.set()
