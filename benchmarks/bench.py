@@ -55,9 +55,8 @@ LABELS = {
     "sdk_client": "facematch-async client.match + semaphore",
     "sdk": "facematch-async BatchRunner",
     "sdk_baseline": "facematch-async BatchRunner, baseline",
-    "sdk_paced": "facematch-async BatchRunner + paced limiter (prototype)",
 }
-ALL_PEERS = [peer for peer in LABELS if peer not in ("sdk_baseline", "sdk_paced")]
+ALL_PEERS = [peer for peer in LABELS if peer != "sdk_baseline"]
 BASELINE: dict[str, str] = {}  # PYTHONPATH for "sdk_baseline": an older facematch_async
 
 
@@ -75,9 +74,7 @@ class Plan:
     memory_repeat: int = 1
     saturation_spec: str = "50/s,1000/min"
     saturation_pairs: int = 2000  # two minute-windows' worth: ~80 s at the allowed rate
-    saturation_peers: list[str] = field(
-        default_factory=lambda: ["sdk", "aiohttp_plain", "sdk_paced"]
-    )
+    saturation_peers: list[str] = field(default_factory=lambda: ["sdk", "aiohttp_plain"])
     latency: float = 0.2
     latency_concurrency: int = 32
     latency_pairs: int = 1600  # 50 rounds of 32: ~10 s at the ideal rate
@@ -92,7 +89,7 @@ SMOKE = Plan(
     memory_peers=["sdk"],
     saturation_spec="6/s,60/min",
     saturation_pairs=9,
-    saturation_peers=["sdk", "sdk_paced"],
+    saturation_peers=["sdk"],
     latency=0.05,
     latency_concurrency=8,
     latency_pairs=16,
@@ -172,11 +169,9 @@ def run_peer(
     env = None
     if peer == "sdk_baseline":  # the SDK peer, importing the baseline's facematch_async
         env = {**os.environ, "PYTHONPATH": BASELINE["path"]}
-    name = peer.removesuffix("_baseline").removesuffix("_paced")
+    name = peer.removesuffix("_baseline")
     command = [*prefix, sys.executable, str(PEERS_SCRIPT), name]
     command += [str(manifest), base_url, "--concurrency", str(concurrency)]
-    if peer == "sdk_paced":
-        command.append("--paced")
     if rate_limit:
         command += ["--rate-limit", rate_limit]
     done = subprocess.run(  # noqa: S603 (our own script, our arguments)
@@ -192,7 +187,8 @@ def run_peer(
 def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Per-figure medians over repeated runs (counts: the largest, so no error hides)."""
     summary: dict[str, Any] = {"peer": runs[0]["peer"], "repeats": len(runs)}
-    for key in ("pairs_per_s", "cpu_ms_per_pair", "rss_imports_mib", "peak_rss_mib", "seconds"):
+    figures = ("pairs_per_s", "cpu_ms_per_pair", "faults_per_pair", "rss_imports_mib")
+    for key in (*figures, "peak_rss_mib", "seconds"):
         summary[key] = statistics.median(run[key] for run in runs)
     for key in ("pairs", "ok", "errors", "status_429"):
         summary[key] = max(run[key] for run in runs)
@@ -323,9 +319,9 @@ def run_saturation(
 def run_latency(
     plan: Plan, work: Path, images: list[tuple[Path, Path]], server: list[str], client: list[str]
 ) -> dict[str, Any]:
-    # Small images first: the sandbox then spends ~0.2 ms per match, so what is left of
-    # the ideal is the client's doing. With the 60-200 KB images it spends ~1 ms on each
-    # upload, one after another on its one core: 32 of them add ~35 ms to every 200 ms round.
+    # Small images (a few hundred bytes) and the 60-200 KB ones. The sandbox reads and
+    # answers each request as it arrives and holds the answer back for the latency, so
+    # what is left of the ideal is each request's own round trip and the client's doing.
     latency: dict[str, Any] = {}
     small = write_images(work / "small", 32, padded=False)
     for kind, pairs in (("small", small), ("60-200 KB", images)):
@@ -358,13 +354,15 @@ def markdown(results: dict[str, Any]) -> str:
         f"**Throughput**: {plan['throughput_pairs']} distinct pairs of 60-200 KB JPEGs, "
         f"concurrency {plan['throughput_concurrency']}, no added latency.",
         "",
-        "| peer | pairs/s | CPU ms/pair | RSS after imports (MiB) | peak RSS (MiB) | errors |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| peer | pairs/s | CPU ms/pair | page faults/pair | RSS after imports (MiB) "
+        "| peak RSS (MiB) | errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for peer, row in results["throughput"].items():
         lines.append(
             f"| {LABELS[peer]} | {row['pairs_per_s']:.0f} | {row['cpu_ms_per_pair']:.2f} | "
-            f"{row['rss_imports_mib']:.1f} | {row['peak_rss_mib']:.1f} | {row['errors']} |"
+            f"{row['faults_per_pair']:.1f} | {row['rss_imports_mib']:.1f} | "
+            f"{row['peak_rss_mib']:.1f} | {row['errors']} |"
         )
     memory = results["memory"]
     small, large = (str(size) for size in plan["memory_sizes"])

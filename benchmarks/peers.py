@@ -6,7 +6,8 @@ imports and peak RSS belong to that peer alone:
     python benchmarks/peers.py PEER MANIFEST BASE_URL --concurrency 64 [--rate-limit SPEC]
 
 prints one JSON line: ``pairs``, ``ok``, ``errors``, ``status_429``, ``seconds``,
-``cpu_ms_per_pair``, ``rss_imports_mib`` and ``peak_rss_mib``.
+``cpu_ms_per_pair``, ``faults_per_pair`` (minor page faults), ``rss_imports_mib`` and
+``peak_rss_mib``.
 
 Every peer reads the same CSV manifest (``pair_id,file_a,file_b``; every pair shows one
 person), authorizes once, sends both images as multipart, and counts a pair as ok only for
@@ -237,45 +238,11 @@ def httpx_async(manifest: str, base_url: str, concurrency: int) -> Callable[[], 
 # -- this SDK --------------------------------------------------------------------------------
 
 
-def paced_limiter(spec: str) -> Any:
-    """A prototype, not the SDK's: the SDK's ``RateLimiter``, but spreading requests evenly
-    over its shortest window (``period / limit`` apart) instead of releasing each window's
-    worth at once, with a 10 ms margin instead of 50 ms.
-
-    A burst of 50 requests reaches the server over tens of milliseconds (it parses them
-    one by one), so the next second's burst can land within one second of the first one's
-    tail, and a sliding-window server answers 429. Spread out, each request arrives about
-    as late as the one a window before it, so a small margin is enough.
-    """
-    import math
-
-    from facematch_async import RateLimiter
-
-    class PacedRateLimiter(RateLimiter):
-        def __init__(self) -> None:
-            super().__init__(spec, margin=0.01)
-            shortest = min(self.windows, key=lambda window: window.period)
-            self._spacing = shortest.period / shortest.limit
-            self._last = -math.inf
-
-        def _wait(self, now: float) -> tuple[float, Any]:
-            wait, window = super()._wait(now)
-            pace = self._last + self._spacing - now
-            return (pace, None) if pace > wait else (wait, window)
-
-        def _record(self, stamp: float) -> None:
-            super()._record(stamp)
-            self._last = stamp
-
-    return PacedRateLimiter()
-
-
 def sdk(
     manifest: str,
     base_url: str,
     concurrency: int,
     rate_limit: str | None = None,
-    paced: bool = False,
 ) -> Callable[[], Tally]:
     """``BatchRunner`` over ``read_manifest`` (streamed), with the plan's ``rate_limit``."""
     from facematch_async import BatchRunner, FaceMatchClient, read_manifest
@@ -285,8 +252,7 @@ def sdk(
         async with FaceMatchClient(
             client_id=CLIENT_ID, client_secret=CLIENT_SECRET, base_url=base_url
         ) as client:
-            limit = paced_limiter(rate_limit) if paced and rate_limit else rate_limit
-            runner = BatchRunner(client, concurrency=concurrency, rate_limit=limit)
+            runner = BatchRunner(client, concurrency=concurrency, rate_limit=rate_limit)
             async for outcome in runner.run(read_manifest(manifest)):
                 if outcome.status == "match":
                     tally.ok += 1
@@ -357,15 +323,16 @@ def main() -> None:
     parser.add_argument("base_url")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--rate-limit", default=None, help="the SDK's plan spec")
-    parser.add_argument("--paced", action="store_true", help="the SDK with paced_limiter()")
     args = parser.parse_args()
     options: dict[str, Any] = {}
     if args.peer == "sdk":
-        options = {"rate_limit": args.rate_limit, "paced": args.paced}
+        options = {"rate_limit": args.rate_limit}
     run = PEERS[args.peer](args.manifest, args.base_url, args.concurrency, **options)
     rss_imports = proc_status_mib("VmRSS") or float("nan")
     wall, cpu = time.perf_counter(), time.process_time()
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     tally = run()
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     pairs = tally.ok + tally.errors
     # ru_maxrss survives fork + exec, so a child started by a 50 MB parent would report at
@@ -384,6 +351,7 @@ def main() -> None:
                 "seconds": wall,
                 "pairs_per_s": pairs / wall if wall else 0.0,
                 "cpu_ms_per_pair": cpu * 1000 / max(pairs, 1),
+                "faults_per_pair": faults / max(pairs, 1),
                 "rss_imports_mib": rss_imports,
                 "peak_rss_mib": peak,
             }
