@@ -259,6 +259,36 @@ def test_no_arrival_pattern_can_overfill_a_window(
         assert max_in_any_window(stamps, window.period) <= window.limit
 
 
+class LateClock(FakeClock):
+    """Its sleeps end ``late`` seconds after they were due, as a busy event loop's do."""
+
+    def __init__(self, late: float) -> None:
+        super().__init__()
+        self.late = late
+
+    async def sleep(self, seconds: float) -> None:
+        await super().sleep(seconds + self.late)
+
+
+async def test_late_wakeups_do_not_slow_the_pace() -> None:
+    """Sleeps that end 2 ms late keep 10/s on schedule: 100 requests in 9.9 s and at most
+    one lateness per window cycle (the window counts from when requests really went), not
+    10.1 s (one lateness per request). An idle spell restarts the pace."""
+    clock = LateClock(late=0.002)
+    rl = RateLimiter("10/s", margin=0, clock=clock, sleep=clock.sleep)
+    stamps = []
+    for _ in range(100):
+        await rl.acquire()
+        stamps.append(clock.now)
+    assert 9.9 < stamps[-1] - stamps[0] < 9.9 + 0.03  # drifting: 9.9 + 100 * 0.002
+    assert max_in_any_window(stamps, 1.0) == 10
+    clock.now += 5  # idle
+    await rl.acquire()
+    idle_end = clock.now
+    await rl.acquire()
+    assert clock.now - idle_end == pytest.approx(0.1 + 0.002)
+
+
 async def test_requests_are_spaced_over_the_shortest_window() -> None:
     """'5/s' lets requests go 0.2 s apart, not five at once; a daily window adds no spacing."""
     clock = FakeClock()

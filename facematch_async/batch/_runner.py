@@ -98,7 +98,9 @@ class BatchRunner:
 
     Args:
         client: The client to call; the runner neither opens nor closes it.
-        concurrency: The most pairs in flight at once (images read, requests open).
+        concurrency: The most pairs in flight at once (requests open, outcomes not yet
+            taken). The images of up to 16 more pairs are read ahead, in one
+            worker-thread hop, so that a freed slot is filled at once.
         rate_limit: A plan (``"starter"``, ``"business"``, ``"growth"``,
             ``"enterprise"``), a spec such as ``"10/s,300/min,20000/day"``, windows, a
             shared :class:`RateLimiter`, or ``None`` for no limit. The limiter is awaited
