@@ -7,7 +7,6 @@ import logging
 import os
 import ssl
 import time
-import uuid
 from collections.abc import Callable
 from types import TracebackType
 from typing import Literal, Self, TypeVar
@@ -254,7 +253,7 @@ class FaceMatchClient:
 
     async def _authorize(self) -> AccessToken:
         """One authorize exchange (with retries for transient failures)."""
-        request_id, attempts = uuid.uuid4().hex[:16], itertools.count(1)
+        request_id, attempts = os.urandom(8).hex(), itertools.count(1)
 
         def parse(response: RawResponse) -> tuple[str, str | None]:
             return parse_authorize(response, self._secrets())
@@ -346,7 +345,7 @@ class FaceMatchClient:
         """``match`` for images already read and checked (the batch runner reads ahead)."""
         body = MultipartBody(images)  # immutable: every attempt sends the same body
         scope = CALL_SCOPE.get()
-        request_id = (scope and scope.request_id) or uuid.uuid4().hex[:16]
+        request_id = (scope and scope.request_id) or os.urandom(8).hex()
         attempts = itertools.count(1)
         refreshed = False
 

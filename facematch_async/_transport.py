@@ -163,6 +163,8 @@ class Transport:
 
 
 async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
+    if response.content_length is not None and response.content_length <= MAX_RESPONSE_BYTES:
+        return await response.read()  # aiohttp reads no more than Content-Length says
     body = bytearray()
     async for chunk in response.content.iter_chunked(64 * 1024):
         body += chunk
