@@ -67,7 +67,7 @@ class Plan:
     throughput_pairs: int = 2000
     throughput_concurrency: int = 64
     throughput_peers: list[str] = field(default_factory=lambda: list(ALL_PEERS))
-    repeat: int = 3
+    repeat: int = 5
     memory_sizes: tuple[int, int] = (10_000, 100_000)
     # The slower peers would take many minutes over 100,000 pairs; aiohttp shows the pattern.
     memory_peers: list[str] = field(default_factory=lambda: ["sdk", "aiohttp_plain"])
