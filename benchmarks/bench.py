@@ -192,6 +192,8 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
         summary[key] = statistics.median(run[key] for run in runs)
     for key in ("pairs", "ok", "errors", "status_429"):
         summary[key] = max(run[key] for run in runs)
+    cpu = [run["cpu_ms_per_pair"] for run in runs]
+    summary["cpu_ms_per_pair_range"] = (min(cpu), max(cpu))
     return summary
 
 
@@ -200,24 +202,31 @@ def log(message: str) -> None:
 
 
 def measure(
-    client: list[str],
+    prefixes: tuple[list[str], list[str]],
     peers: list[str],
     repeat: int,
     manifest: Path,
-    base_url: str,
     concurrency: int,
+    sandbox_options: tuple[str, ...] = (),
     rate_limit: str | None = None,
 ) -> dict[str, dict[str, Any]]:
+    """Run every peer ``repeat`` times, each run against a fresh sandbox (so no peer meets a
+    server that earlier runs left in another state), in an order rotated every repeat (so no
+    peer always follows the same one); per-peer medians."""
+    server, client = prefixes
     runs: dict[str, list[dict[str, Any]]] = {peer: [] for peer in peers}
-    for _ in range(repeat):  # interleaved, so drift hits every peer alike
-        for peer in peers:
+    for round_number in range(repeat):
+        shift = round_number % len(peers)
+        for peer in peers[shift:] + peers[:shift]:
             limit = rate_limit if peer.startswith("sdk") else None
-            runs[peer].append(run_peer(client, peer, manifest, base_url, concurrency, limit))
-            last = runs[peer][-1]
+            with sandbox(server, *sandbox_options) as base_url:
+                figures = run_peer(client, peer, manifest, base_url, concurrency, limit)
+            runs[peer].append(figures)
             log(
-                f"  {peer:<18} {last['pairs_per_s']:8.1f} pairs/s {last['cpu_ms_per_pair']:6.2f} "
-                f"CPU ms/pair peak {last['peak_rss_mib']:6.1f} MiB, {last['errors']} errors, "
-                f"{last['status_429']} x 429"
+                f"  {peer:<18} {figures['pairs_per_s']:8.1f} pairs/s "
+                f"{figures['cpu_ms_per_pair']:6.2f} CPU ms/pair peak "
+                f"{figures['peak_rss_mib']:6.1f} MiB, {figures['errors']} errors, "
+                f"{figures['status_429']} x 429"
             )
     return {peer: median_of(peer_runs) for peer, peer_runs in runs.items()}
 
@@ -248,15 +257,13 @@ def run_all(plan: Plan, work: Path, only: set[str] | None = None) -> dict[str, A
     if "throughput" in wanted:
         log(f"throughput: {plan.throughput_pairs} pairs, c={plan.throughput_concurrency}")
         manifest = write_manifest(work / "throughput.csv", images, plan.throughput_pairs)
-        with sandbox(server) as base_url:
-            results["throughput"] = measure(
-                client,
-                plan.throughput_peers,
-                plan.repeat,
-                manifest,
-                base_url,
-                plan.throughput_concurrency,
-            )
+        results["throughput"] = measure(
+            (server, client),
+            plan.throughput_peers,
+            plan.repeat,
+            manifest,
+            plan.throughput_concurrency,
+        )
     if "memory" in wanted:
         results["memory"] = run_memory(plan, work, images, server, client)
     if "saturation" in wanted:
@@ -270,18 +277,16 @@ def run_memory(
     plan: Plan, work: Path, images: list[tuple[Path, Path]], server: list[str], client: list[str]
 ) -> dict[str, Any]:
     memory: dict[str, Any] = {}
-    with sandbox(server) as base_url:
-        for size in plan.memory_sizes:
-            log(f"memory: {size} pairs")
-            manifest = write_manifest(work / f"memory-{size}.csv", images[:8], size)
-            memory[str(size)] = measure(
-                client,
-                plan.memory_peers,
-                plan.memory_repeat,
-                manifest,
-                base_url,
-                plan.throughput_concurrency,
-            )
+    for size in plan.memory_sizes:
+        log(f"memory: {size} pairs")
+        manifest = write_manifest(work / f"memory-{size}.csv", images[:8], size)
+        memory[str(size)] = measure(
+            (server, client),
+            plan.memory_peers,
+            plan.memory_repeat,
+            manifest,
+            plan.throughput_concurrency,
+        )
     small, large = (str(size) for size in plan.memory_sizes)
     for peer in plan.memory_peers:
         growth = memory[large][peer]["peak_rss_mib"] / memory[small][peer]["peak_rss_mib"] - 1
@@ -299,16 +304,15 @@ def run_saturation(
     manifest = write_manifest(work / "saturation.csv", images, plan.saturation_pairs)
     saturation: dict[str, Any] = {"spec": plan.saturation_spec, "ideal_seconds": ideal}
     for peer in plan.saturation_peers:
-        with sandbox(server, "--rate-limit", plan.saturation_spec) as base_url:  # fresh windows
-            figures = measure(
-                client,
-                [peer],
-                1,
-                manifest,
-                base_url,
-                plan.throughput_concurrency,
-                plan.saturation_spec,
-            )[peer]
+        figures = measure(  # a fresh sandbox for each: both start with empty windows
+            (server, client),
+            [peer],
+            1,
+            manifest,
+            plan.throughput_concurrency,
+            ("--rate-limit", plan.saturation_spec),
+            plan.saturation_spec,
+        )[peer]
         figures["allowed_per_s"] = plan.saturation_pairs / ideal if ideal else float("inf")
         figures["achieved_per_s"] = figures["ok"] / figures["seconds"]
         figures["ratio"] = min(1.0, ideal / figures["seconds"]) if ideal else 1.0
@@ -327,15 +331,14 @@ def run_latency(
     for kind, pairs in (("small", small), ("60-200 KB", images)):
         log(f"latency-bound: {plan.latency} s, c={plan.latency_concurrency}, {kind} images")
         manifest = write_manifest(work / f"latency-{len(pairs)}.csv", pairs, plan.latency_pairs)
-        with sandbox(server, "--latency", str(plan.latency)) as base_url:
-            latency[kind] = measure(
-                client,
-                plan.latency_peers,
-                plan.repeat,
-                manifest,
-                base_url,
-                plan.latency_concurrency,
-            )
+        latency[kind] = measure(
+            (server, client),
+            plan.latency_peers,
+            plan.repeat,
+            manifest,
+            plan.latency_concurrency,
+            ("--latency", str(plan.latency)),
+        )
         ideal_rate = plan.latency_concurrency / plan.latency
         for figures in latency[kind].values():
             figures["ideal_per_s"] = ideal_rate
@@ -354,13 +357,15 @@ def markdown(results: dict[str, Any]) -> str:
         f"**Throughput**: {plan['throughput_pairs']} distinct pairs of 60-200 KB JPEGs, "
         f"concurrency {plan['throughput_concurrency']}, no added latency.",
         "",
-        "| peer | pairs/s | CPU ms/pair | page faults/pair | RSS after imports (MiB) "
-        "| peak RSS (MiB) | errors |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| peer | pairs/s | CPU ms/pair | (min-max) | page faults/pair | RSS after imports "
+        "(MiB) | peak RSS (MiB) | errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for peer, row in results["throughput"].items():
+        low, high = row["cpu_ms_per_pair_range"]
         lines.append(
             f"| {LABELS[peer]} | {row['pairs_per_s']:.0f} | {row['cpu_ms_per_pair']:.2f} | "
+            f"{low:.2f}-{high:.2f} | "
             f"{row['faults_per_pair']:.1f} | {row['rss_imports_mib']:.1f} | "
             f"{row['peak_rss_mib']:.1f} | {row['errors']} |"
         )
