@@ -363,3 +363,19 @@ async def test_api_answers_reset_the_outage_count(
     out = await collect(runner, [(f"p{i}", faces.alice_png, faces.alice_jpg) for i in range(10)])
     assert len(out) == 10
     assert runner.stop_reason is None
+
+
+async def test_pairs_cancelled_before_they_ran_are_counted_unrecorded(
+    make_client: MakeClient, faces: Faces, engine: RecordingEngine
+) -> None:
+    """cancel() between starting pairs and their first step: each is unrecorded, none sent."""
+    runner = BatchRunner(make_client(), concurrency=8, rate_limit=None)
+
+    def skip(key: str) -> bool:
+        if key == "p8":  # pulled right after p0-p7 were started, before any of them ran
+            runner.cancel()
+        return False
+
+    pairs = [(f"p{i}", faces.alice_png, faces.alice_jpg) for i in range(20)]
+    assert await collect(runner, pairs, skip=skip) == {}
+    assert (runner.unrecorded, runner.in_flight, len(engine.stamps)) == (8, 0, 0)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
@@ -62,6 +63,13 @@ _READ_AHEAD = 16
 
 class _Abandoned(Exception):
     """Raised before an attempt once the batch is stopping."""
+
+
+def _discard(read: asyncio.Future[tuple[UploadImage, UploadImage]] | None) -> None:
+    """Let go of a read: cancelled if it is still pending, its error marked as seen if it
+    failed (asyncio would log an error nobody retrieved as a bug)."""
+    if read is not None and not read.cancel() and not read.cancelled():
+        read.exception()
 
 
 def _as_spec(pair: PairInput) -> PairSpec:
@@ -158,7 +166,7 @@ class BatchRunner:
         self.rate_limited = 0
         self.in_flight = 0
         self._backoff = 1.0
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[bool]] = set()
         self._crash: BaseException | None = None
 
     def stop(self) -> None:
@@ -286,24 +294,41 @@ class BatchRunner:
         """Start reading the images of ``specs`` (one hop), then start each pair as a slot
         frees up; ``False`` when the batch began stopping first (the rest never start)."""
         reads = [self._start_read(spec) for spec in specs]  # in one turn: they share a hop
-        for index, spec in enumerate(specs):
-            await slots.acquire()
-            if self.stop_reason is not None:
-                slots.release()
-                for read in reads[index:]:
-                    if read is not None:
-                        read.cancel()  # never started: its bytes are dropped
-                return False
-            task = asyncio.create_task(self._run_pair(spec, reads[index], slots, outcomes))
-            self._tasks.add(task)
-            task.add_done_callback(self._pair_done)
-        return True
+        started = 0
+        try:
+            for spec, read in zip(specs, reads, strict=True):
+                await slots.acquire()
+                if self.stop_reason is not None:
+                    slots.release()
+                    return False
+                task = asyncio.create_task(self._run_pair(spec, read, outcomes))
+                self.in_flight += 1
+                self._tasks.add(task)
+                task.add_done_callback(functools.partial(self._pair_done, slots, read))
+                started += 1
+            return True
+        finally:
+            for read in reads[started:]:
+                _discard(read)  # never started (stopping, or cancelled): drop its bytes
 
-    def _pair_done(self, task: asyncio.Task[None]) -> None:
+    def _pair_done(
+        self,
+        slots: asyncio.Semaphore,
+        read: asyncio.Future[tuple[UploadImage, UploadImage]] | None,
+        task: asyncio.Task[bool],
+    ) -> None:
+        """A pair's task ended, however it ended (a task cancelled before its first step
+        runs none of its code, so this is where the pair is accounted for)."""
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None and self._crash is None:
+        self.in_flight -= 1
+        _discard(read)
+        crash = None if task.cancelled() else task.exception()
+        if task.cancelled() or crash is not None or not task.result():
+            self.unrecorded += 1  # no outcome: cancel(), the consumer left, or stopping
+            slots.release()  # a recorded pair's slot is freed when its outcome is taken
+        if crash is not None and self._crash is None:
             # A bug, not a pair's failure (those are outcomes): end the run with it.
-            self._crash = task.exception()
+            self._crash = crash
             self.cancel()
 
     def _start_read(self, spec: PairSpec) -> asyncio.Future[tuple[UploadImage, UploadImage]] | None:
@@ -344,22 +369,14 @@ class BatchRunner:
         self,
         spec: PairSpec,
         read: asyncio.Future[tuple[UploadImage, UploadImage]] | None,
-        slots: asyncio.Semaphore,
         outcomes: asyncio.Queue[PairOutcome | None],
-    ) -> None:
-        self.in_flight += 1
-        reported = False
-        try:
-            outcome = await self._match(spec, read)
-            if outcome is not None:
-                outcomes.put_nowait(outcome)  # its slot is freed when it is taken
-                reported = True
-        finally:
-            # Also when cancelled (cancel(), or the consumer left): the pair has no outcome.
-            self.unrecorded += not reported
-            self.in_flight -= 1
-            if not reported:
-                slots.release()
+    ) -> bool:
+        """Match one pair and queue its outcome; whether it has one (see ``_pair_done``)."""
+        outcome = await self._match(spec, read)
+        if outcome is None:
+            return False
+        outcomes.put_nowait(outcome)  # its slot is freed when it is taken
+        return True
 
     def _outage(self, error: FaceMatchError) -> bool:
         """Count a transient failure; whether the run should stop as the API seems down."""
