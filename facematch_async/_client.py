@@ -197,11 +197,13 @@ class FaceMatchClient:
         path: str,
         form: aiohttp.FormData | MultipartBody,
         headers: dict[str, str],
-        parse: Callable[[RawResponse], T],
+        parse: Callable[[RawResponse, tuple[str, ...]], T],
+        secrets: tuple[str, ...],
         request_id: str,
         attempt: int,
     ) -> T:
-        """POST once and parse the answer, telling the logs and hooks how it went."""
+        """POST once and parse the answer (``secrets`` redacted from any text kept), telling
+        the logs and hooks how it went."""
         if self._on_request_start is not None:
             self._emit(self._on_request_start, RequestEvent(request_id, path, attempt))
         started = time.perf_counter()
@@ -210,7 +212,7 @@ class FaceMatchClient:
         try:
             response = await self._transport.post(path, form, headers)
             status = response.status
-            result = parse(response)
+            result = parse(response, secrets)
             sub_code = getattr(result, "sub_code", None)
             transaction_id = getattr(result, "transaction_id", None)
             return result
@@ -255,9 +257,6 @@ class FaceMatchClient:
         """One authorize exchange (with retries for transient failures)."""
         request_id, attempts = os.urandom(8).hex(), itertools.count(1)
 
-        def parse(response: RawResponse) -> tuple[str, str | None]:
-            return parse_authorize(response, self._secrets())
-
         async def attempt() -> AccessToken:
             requested_at = time.monotonic()
             form = aiohttp.FormData(
@@ -266,7 +265,13 @@ class FaceMatchClient:
             )
             headers = {"x-api-key": self._client_secret}
             token, expiry = await self._exchange(
-                "/v1/authorize", form, headers, parse, request_id, next(attempts)
+                "/v1/authorize",
+                form,
+                headers,
+                parse_authorize,
+                self._secrets(),
+                request_id,
+                next(attempts),
             )
             return token_from_response(token, expiry, requested_at)
 
@@ -283,13 +288,12 @@ class FaceMatchClient:
         scope: CallScope | None,
     ) -> FaceMatchResult:
         headers = {"Authorization": f"Bearer {token}", "x-api-key": self._client_secret}
-
-        def parse(response: RawResponse) -> FaceMatchResult:
-            return parse_facematch(response, (self._client_secret, token))
-
+        secrets = (self._client_secret, token)
         path = f"/{self.api_version}/facematch"
         try:
-            return await self._exchange(path, body, headers, parse, request_id, attempt)
+            return await self._exchange(
+                path, body, headers, parse_facematch, secrets, request_id, attempt
+            )
         except RateLimitError as error:
             if scope is not None and scope.on_rate_limited is not None:
                 scope.on_rate_limited(error.retry_after)
@@ -343,30 +347,45 @@ class FaceMatchClient:
 
     async def _match_images(self, images: tuple[UploadImage, UploadImage]) -> FaceMatchResult:
         """``match`` for images already read and checked (the batch runner reads ahead)."""
-        body = MultipartBody(images)  # immutable: every attempt sends the same body
-        scope = CALL_SCOPE.get()
-        request_id = (scope and scope.request_id) or os.urandom(8).hex()
-        attempts = itertools.count(1)
-        refreshed = False
-
-        async def attempt() -> FaceMatchResult:
-            nonlocal refreshed
-            token = await self._token_for_attempt(scope)
-            try:
-                return await self._send_match(body, token, request_id, next(attempts), scope)
-            except (AuthenticationError, PermissionDeniedError) as error:
-                # A rejected token is renewed once per call; other refusals are final.
-                if (
-                    refreshed
-                    or not self._tokens.can_refresh
-                    or isinstance(error, InactiveClientError)
-                ):
-                    raise
-                refreshed = True
-                self._tokens.invalidate(token)
-                fresh = await self._token_for_attempt(scope)
-                return await self._send_match(body, fresh, request_id, next(attempts), scope)
-
+        call = _MatchCall(self, MultipartBody(images), CALL_SCOPE.get())
         return await call_with_retries(
-            attempt, max_retries=self.max_retries, policy=self.retry_policy
+            call.attempt, max_retries=self.max_retries, policy=self.retry_policy
         )
+
+
+class _MatchCall:
+    """One ``match`` call's state across its attempts: an object rather than a closure,
+    whose cells, function and counter would cost the garbage collector more per call."""
+
+    __slots__ = ("attempts", "body", "client", "refreshed", "request_id", "scope")
+
+    def __init__(
+        self, client: FaceMatchClient, body: MultipartBody, scope: CallScope | None
+    ) -> None:
+        self.client = client
+        self.body = body  # immutable: every attempt sends the same body
+        self.scope = scope
+        self.request_id = (scope and scope.request_id) or os.urandom(8).hex()
+        self.attempts = 0
+        self.refreshed = False
+
+    async def attempt(self) -> FaceMatchResult:
+        """One attempt, plus one more with a new token if the API rejects this one."""
+        client, scope = self.client, self.scope
+        token = await client._token_for_attempt(scope)
+        self.attempts += 1
+        try:
+            return await client._send_match(self.body, token, self.request_id, self.attempts, scope)
+        except (AuthenticationError, PermissionDeniedError) as error:
+            # A rejected token is renewed once per call; other refusals are final.
+            if (
+                self.refreshed
+                or not client._tokens.can_refresh
+                or isinstance(error, InactiveClientError)
+            ):
+                raise
+            self.refreshed = True
+            client._tokens.invalidate(token)
+            fresh = await client._token_for_attempt(scope)
+            self.attempts += 1
+            return await client._send_match(self.body, fresh, self.request_id, self.attempts, scope)
