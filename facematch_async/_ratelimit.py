@@ -39,6 +39,11 @@ class Window:
             raise ValueError(f"a window's period must be positive, not {self.period}")
 
     def __str__(self) -> str:
+        return self.label
+
+    @property
+    def label(self) -> str:
+        """A short name such as ``"2/s"``, ``"100/min"``, ``"10000/day"`` or ``"3/0.5s"``."""
         for unit, seconds in (("day", 86400.0), ("h", 3600.0), ("min", 60.0), ("s", 1.0)):
             if self.period == seconds:
                 return f"{self.limit}/{unit}"

@@ -14,11 +14,12 @@ is bounded by the windows' limits per key, never by the number of requests.
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+from facematch_async._ratelimit import PLANS, Window, parse_rate_limit
 
 __all__ = [
     "PLANS",
@@ -30,71 +31,10 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class RateWindow:
-    """At most ``limit`` requests in any ``period`` seconds."""
-
-    limit: int
-    period: float
-
-    def __post_init__(self) -> None:
-        if self.limit < 1:
-            raise ValueError(f"a window's limit must be at least 1, got {self.limit}")
-        if self.period <= 0:
-            raise ValueError(f"a window's period must be positive, got {self.period}")
-
-    @property
-    def label(self) -> str:
-        """A short name such as ``"2/s"``, ``"100/min"``, ``"10000/day"`` or ``"3/0.5s"``."""
-        for unit, seconds in (("day", 86400.0), ("h", 3600.0), ("min", 60.0), ("s", 1.0)):
-            if self.period == seconds:
-                return f"{self.limit}/{unit}"
-        return f"{self.limit}/{self.period:g}s"
-
-
-_DAY = 86400.0
-PLANS: dict[str, tuple[RateWindow, ...]] = {
-    "starter": (RateWindow(1, 1.0), RateWindow(30, 60.0), RateWindow(1000, _DAY)),
-    "business": (RateWindow(2, 1.0), RateWindow(100, 60.0), RateWindow(10000, _DAY)),
-    "growth": (RateWindow(5, 1.0), RateWindow(500, 60.0), RateWindow(20000, _DAY)),
-    "enterprise": (RateWindow(17, 1.0), RateWindow(1000, 60.0), RateWindow(50000, _DAY)),
-}
-"""Deepvue's documented per-key limits per plan."""
-
-_UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hour": 3600.0}
-_UNITS.update(d=_DAY, day=_DAY)
-_PART = re.compile(r"\s*(\d+)\s*/\s*(\d*\.?\d*)\s*([a-z]+)\s*")
-
-
-def parse_rate_limit(spec: str | Sequence[RateWindow] | None) -> tuple[RateWindow, ...]:
-    """Windows from a plan name, a custom spec or windows; ``None`` or ``"none"`` is no limit.
-
-    A custom spec is comma-separated ``LIMIT/[N]UNIT`` parts with units ``s``, ``min``,
-    ``h``, ``day``: ``"10/s,300/min"``, or ``"3/0.5s"`` for fast tests.
-
-    Raises:
-        ValueError: an unknown plan or a malformed spec.
-    """
-    if spec is None:
-        return ()
-    if not isinstance(spec, str):
-        return tuple(spec)
-    name = spec.strip().lower()
-    if name in ("", "none", "off"):
-        return ()
-    if name in PLANS:
-        return PLANS[name]
-    windows = []
-    for part in name.split(","):
-        found = _PART.fullmatch(part)
-        if found is None or found.group(3) not in _UNITS:
-            raise ValueError(
-                f"rate limit {spec!r}: expected a plan ({', '.join(PLANS)}), 'none', or "
-                "parts like '10/s,300/min,20000/day'"
-            )
-        count, multiple, unit = found.groups()
-        windows.append(RateWindow(int(count), float(multiple or 1) * _UNITS[unit]))
-    return tuple(windows)
+# The plans, their windows and the spec syntax are the client's own: one definition of
+# Deepvue's documented limits, which the sandbox enforces and the client keeps to.
+RateWindow = Window
+"""At most ``limit`` requests in any ``period`` seconds (the client's :class:`Window`)."""
 
 
 @dataclass(frozen=True, slots=True)
