@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from facematch_async import FaceMatchClient, RetryPolicy
@@ -94,3 +95,14 @@ class Faces:
 def faces(tmp_path: Path) -> Faces:
     """Alice (PNG and JPEG), Bob, and an image with no face, as files in a temp folder."""
     return Faces(tmp_path)
+
+
+async def fetch_token(
+    session: aiohttp.ClientSession, server: SandboxServer, client_id: str, secret: str
+) -> str:
+    """A token from the sandbox's authorize route over plain HTTP, as any client asks."""
+    form = aiohttp.FormData({"client_id": client_id, "client_secret": secret})
+    async with session.post(f"{server.base_url}/v1/authorize", data=form) as resp:
+        assert resp.status == 200
+        token: str = (await resp.json())["access_token"]
+        return token

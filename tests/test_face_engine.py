@@ -28,6 +28,8 @@ from facematch_async.sandbox import (
     dlib_available,
 )
 
+from .conftest import fetch_token
+
 FACES = Path(__file__).resolve().parents[2] / "shared" / "faces"
 
 pytestmark = [
@@ -162,11 +164,7 @@ async def server() -> AsyncIterator[SandboxServer]:
 
 
 async def authorize(session: aiohttp.ClientSession, server: SandboxServer) -> str:
-    form = aiohttp.FormData({"client_id": CLIENT_ID, "client_secret": SECRET})
-    async with session.post(f"{server.base_url}/v1/authorize", data=form) as resp:
-        assert resp.status == 200
-        token: str = (await resp.json())["access_token"]
-        return token
+    return await fetch_token(session, server, CLIENT_ID, SECRET)
 
 
 async def facematch(

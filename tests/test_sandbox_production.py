@@ -38,6 +38,8 @@ from facematch_async.sandbox import (
 from facematch_async.sandbox._chaos import FaultInjector
 from facematch_async.sandbox._ratelimit import SlidingWindowLimiter
 
+from .conftest import fetch_token
+
 CLIENT_ID = "prod-client"
 SECRET = "prod-secret"
 ALICE = make_test_image("alice")
@@ -57,11 +59,7 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 async def authorize(session: aiohttp.ClientSession, server: SandboxServer) -> str:
-    form = aiohttp.FormData({"client_id": CLIENT_ID, "client_secret": SECRET})
-    async with session.post(f"{server.base_url}/v1/authorize", data=form) as resp:
-        assert resp.status == 200
-        token: str = (await resp.json())["access_token"]
-        return token
+    return await fetch_token(session, server, CLIENT_ID, SECRET)
 
 
 async def post_match(
