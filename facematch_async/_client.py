@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -14,6 +15,7 @@ from typing import Literal, Self, TypeVar
 import aiohttp
 
 from facematch_async._auth import AccessToken, StaticTokenSource, TokenManager, token_from_response
+from facematch_async._deadline import Deadline, validate_deadline
 from facematch_async._downscale import require_pillow
 from facematch_async._events import RequestEvent, RequestHook
 from facematch_async._images import ImageInput, UploadImage, load_pair
@@ -24,6 +26,7 @@ from facematch_async._scope import CALL_SCOPE, CallScope
 from facematch_async._transport import MultipartBody, Transport
 from facematch_async.errors import (
     AuthenticationError,
+    ClientClosedError,
     FaceMatchError,
     InactiveClientError,
     PermissionDeniedError,
@@ -61,6 +64,12 @@ class FaceMatchClient:
             and cannot renew it. ``client_secret`` is still needed for ``x-api-key``.
         timeout: Seconds for one attempt (connect, send, response), or an
             ``aiohttp.ClientTimeout``.
+        deadline: Seconds a whole ``match`` call may take: image reads, token fetch, every
+            attempt, backoff and ``Retry-After`` wait. Each attempt is cut to what is left,
+            and a wait that does not fit is not started: the call raises at once
+            (``RateLimitError`` for a 429, else ``DeadlineExceededError``). ``None`` (the
+            default) for no budget: then ``timeout`` and ``max_retries`` alone bound a call.
+            ``match(..., deadline=...)`` overrides it per call.
         max_retries: Retries after the first attempt for transient failures (connection
             errors, timeouts, 429, 500/502/503/504). ``0`` turns retries off.
         max_connections: The most connections open at once to the API.
@@ -92,6 +101,7 @@ class FaceMatchClient:
         base_url: str | None = None,
         access_token: str | None = None,
         timeout: float | aiohttp.ClientTimeout = DEFAULT_TIMEOUT,
+        deadline: float | None = None,
         max_retries: int = 2,
         max_connections: int = 100,
         api_version: Literal["v1", "v2"] = "v1",
@@ -119,6 +129,7 @@ class FaceMatchClient:
             raise ValueError(f"api_version must be 'v1' or 'v2', not {api_version!r}")
         if max_retries < 0:
             raise ValueError("max_retries must be 0 or more")
+        self.deadline = validate_deadline(deadline)
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must start with http:// or https://, not {base_url!r}")
         if max_image_side is not None:
@@ -279,6 +290,42 @@ class FaceMatchClient:
             attempt, max_retries=self.max_retries, policy=self.retry_policy
         )
 
+    def _start_deadline(self, deadline: float | None) -> Deadline | None:
+        """The budget of a call starting now: ``deadline``, else the client's default."""
+        seconds = self.deadline if deadline is None else validate_deadline(deadline)
+        return None if seconds is None else Deadline(seconds)
+
+    async def verify_credentials(self, *, deadline: float | None = None) -> None:
+        """Check now that the API is reachable and takes the credentials: fetch a token.
+
+        Call it at start-up (e.g. in a FastAPI lifespan) so that a wrong secret, an inactive
+        client id or an unreachable ``base_url`` fails the deploy instead of the first
+        customer's request. It costs one authorize call (no billed match), and none at all
+        while the client holds a token that is not due for renewal, so a readiness probe
+        may call it too. The token it fetches serves the following calls.
+
+        With ``access_token=``, there is nothing it can check without a billed match: it
+        returns at once (unless the client is closed).
+
+        Args:
+            deadline: Seconds to wait at most; default: the client's ``deadline``, if any.
+
+        Raises:
+            AuthenticationError: the credentials were refused.
+            InactiveClientError: the client id is inactive.
+            APIConnectionError: the API could not be reached (after the retries);
+                ``DeadlineExceededError`` when ``deadline`` ran out first.
+            ClientClosedError: the client is closed.
+            FaceMatchError: any other failure of the authorize call.
+        """
+        if self.closed:
+            raise ClientClosedError("the client is closed")
+        budget = self._start_deadline(deadline)
+        if budget is None:
+            await self._tokens.get()
+        else:
+            await budget.run(self._tokens.get)
+
     async def _send_match(
         self,
         body: MultipartBody,
@@ -315,7 +362,9 @@ class FaceMatchClient:
                 await scope.before_attempt()
         return await self._tokens.get()
 
-    async def match(self, file_a: ImageInput, file_b: ImageInput) -> FaceMatchResult:
+    async def match(
+        self, file_a: ImageInput, file_b: ImageInput, *, deadline: float | None = None
+    ) -> FaceMatchResult:
         """Ask the API whether two images show the same person.
 
         Both images are read and checked (JPEG or PNG by magic bytes, not empty, within
@@ -324,6 +373,8 @@ class FaceMatchClient:
         Args:
             file_a: A path, bytes, or a binary file object: an ID document or a selfie.
             file_b: The same, for the other image.
+            deadline: Seconds this call may take in all (see the client's ``deadline``);
+                default: the client's. ``float("inf")`` for no budget on this call.
 
         Returns:
             The decision: ``match``, ``confidence`` and the call's ``transaction_id``.
@@ -332,25 +383,48 @@ class FaceMatchClient:
             ImageError: an image was refused locally or by the API (``NoFaceFoundError``,
                 ``UnsupportedFileFormatError``, ...).
             AuthenticationError: the credentials or the token were refused.
-            RateLimitError: still rate limited after the retries.
+            RateLimitError: still rate limited after the retries, or its ``retry_after``
+                is longer than what is left of the deadline.
+            DeadlineExceededError: the deadline ran out, or cannot cover the next backoff.
             APIConnectionError: no response after the retries.
-            FaceMatchError: any other failure (see ``facematch_async.errors``).
+            FaceMatchError: any other failure (see ``facematch_async.errors``); its
+                ``attempts`` tells how many face-match requests the call sent.
         """
-        images = await load_pair(
+        budget = self._start_deadline(deadline)
+        load = functools.partial(
+            load_pair,
             file_a,
             file_b,
             max_bytes=self.max_image_bytes,
             allow_pdf=self.api_version == "v2",
             max_side=self.max_image_side,
         )
-        return await self._match_images(images)
+        try:
+            images = await (load() if budget is None else budget.run(load))
+        except FaceMatchError as error:
+            error.attempts = 0
+            raise
+        return await self._match_images(images, budget)
 
-    async def _match_images(self, images: tuple[UploadImage, UploadImage]) -> FaceMatchResult:
-        """``match`` for images already read and checked (the batch runner reads ahead)."""
+    async def _match_images(
+        self, images: tuple[UploadImage, UploadImage], deadline: Deadline | None = None
+    ) -> FaceMatchResult:
+        """``match`` for images already read and checked (the batch runner reads ahead).
+
+        ``deadline``: the call's budget, already running; ``None`` for none (the batch
+        runner's default: it keeps its own rules).
+        """
         call = _MatchCall(self, MultipartBody(images), CALL_SCOPE.get())
-        return await call_with_retries(
-            call.attempt, max_retries=self.max_retries, policy=self.retry_policy
-        )
+        try:
+            return await call_with_retries(
+                call.attempt,
+                max_retries=self.max_retries,
+                policy=self.retry_policy,
+                deadline=deadline,
+            )
+        except FaceMatchError as error:
+            error.attempts = call.attempts
+            raise
 
 
 class _MatchCall:

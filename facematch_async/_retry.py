@@ -5,6 +5,11 @@ backoff and jitter; each scheduled retry is one INFO line on the ``facematch_asy
 logger. A server's ``Retry-After`` or ``retry-after-ms`` replaces the backoff when it is
 within ``max_retry_after``; a longer one (a used-up daily window) is not waited out here:
 the error is raised with its ``retry_after`` for the caller.
+
+With a :class:`~facematch_async._deadline.Deadline`, every attempt runs for at most what
+is left of it, and a wait that what is left cannot cover is not started: a 429 is raised
+as it is (its ``retry_after`` says when to come back), any other failure as
+:class:`~facematch_async.errors.DeadlineExceededError`.
 """
 
 from __future__ import annotations
@@ -17,7 +22,14 @@ from typing import TypeVar
 
 import anyio
 
-from facematch_async.errors import APIConnectionError, APIStatusError
+from facematch_async._deadline import Deadline
+from facematch_async.errors import (
+    APIConnectionError,
+    APIStatusError,
+    DeadlineExceededError,
+    FaceMatchError,
+    RateLimitError,
+)
 
 __all__ = ["RETRYABLE_STATUSES", "RetryPolicy", "call_with_retries", "is_retryable"]
 
@@ -48,6 +60,8 @@ class RetryPolicy:
 
 def is_retryable(error: BaseException) -> bool:
     """Whether ``error`` is a transient failure that another attempt may not meet."""
+    if isinstance(error, DeadlineExceededError):
+        return False  # the call's whole budget is spent
     if isinstance(error, APIConnectionError):
         return True
     return isinstance(error, APIStatusError) and error.status_code in RETRYABLE_STATUSES
@@ -74,10 +88,28 @@ def _wait_before(attempt_number: int, error: BaseException, policy: RetryPolicy)
     return min(policy.backoff_max, exponential + jitter)
 
 
+def _check_wait(deadline: Deadline, wait_for: float, error: Exception) -> None:
+    """Raise now, instead of waiting, when the deadline cannot cover ``wait_for``."""
+    if deadline.fits(wait_for):
+        return
+    if isinstance(error, RateLimitError):
+        raise error  # as it is: its retry_after tells the caller when to come back
+    raise deadline.exceeded(
+        error if isinstance(error, FaceMatchError) else None, next_wait=wait_for
+    ) from error
+
+
 async def call_with_retries(
-    attempt: Callable[[], Awaitable[T]], *, max_retries: int, policy: RetryPolicy
+    attempt: Callable[[], Awaitable[T]],
+    *,
+    max_retries: int,
+    policy: RetryPolicy,
+    deadline: Deadline | None = None,
 ) -> T:
     """Await ``attempt()`` until it succeeds, fails for good, or ``max_retries`` are spent.
+
+    With a ``deadline``, each attempt is cut off (cancelled) when the deadline passes, and
+    a wait that does not fit in what is left is not started (see the module's docstring).
 
     A plain loop rather than a retry library: the first attempt, which almost always
     succeeds, then costs nothing beyond the call itself.
@@ -85,11 +117,15 @@ async def call_with_retries(
     attempt_number = 1
     while True:
         try:
-            return await attempt()
+            if deadline is None:
+                return await attempt()
+            return await deadline.run(attempt)
         except Exception as error:  # cancellation and other BaseExceptions pass through
             if attempt_number > max_retries or not _should_retry(error, policy):
                 raise
             wait_for = _wait_before(attempt_number, error, policy)
+            if deadline is not None:
+                _check_wait(deadline, wait_for, error)
             logger.info(
                 "retrying in %.2f s (attempt %d of %d failed): %r",
                 wait_for,

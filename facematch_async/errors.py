@@ -12,6 +12,7 @@ FaceMatchError                       base: status_code, sub_code, message, detai
 │   └── NoFaceFoundError             sub_code NO_FACE_FOUND
 ├── APIConnectionError               no response: refused, reset, dropped, DNS        (retried)
 │   └── APITimeoutError              no response within the timeout                   (retried)
+│       └── DeadlineExceededError    the call's total ``deadline`` ran out              (final)
 ├── APIResponseValidationError       a response that is not the documented JSON
 └── APIStatusError                   the API answered with an error status
     ├── BadRequestError              400
@@ -41,6 +42,7 @@ __all__ = [
     "BadRequestError",
     "ClientClosedError",
     "CorruptImageError",
+    "DeadlineExceededError",
     "EmptyImageError",
     "FaceMatchError",
     "ImageError",
@@ -66,7 +68,11 @@ class FaceMatchError(Exception):
         sub_code: The response's ``sub_code`` (e.g. ``"NO_FACE_FOUND"``), if any.
         detail: The response's ``detail`` (a string, or FastAPI's list of field errors), if any.
         transaction_id: Deepvue's ``transaction_id``; log it when reporting a problem to them.
+        attempts: Set when a ``match`` call fails: the face-match requests it sent
+            (retries included; ``0`` when it failed before sending one).
     """
+
+    attempts: int | None = None
 
     def __init__(
         self,
@@ -145,6 +151,31 @@ class APIConnectionError(FaceMatchError):
 
 class APITimeoutError(APIConnectionError):
     """No complete response arrived within the timeout. Retried."""
+
+
+class DeadlineExceededError(APITimeoutError):
+    """The call's total ``deadline`` ran out, or what was left of it could not cover the
+    next wait (a backoff before a retry). Never retried: the budget is spent.
+
+    Attributes:
+        deadline: The call's budget, in seconds.
+        elapsed: Seconds the call had run when it gave up.
+        last_error: The failure of the last attempt, if one failed (also ``__cause__``).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        deadline: float,
+        elapsed: float,
+        last_error: FaceMatchError | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(message, **kwargs)
+        self.deadline = deadline
+        self.elapsed = elapsed
+        self.last_error = last_error
 
 
 class APIResponseValidationError(FaceMatchError):
