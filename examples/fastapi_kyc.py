@@ -7,31 +7,107 @@
 
     curl -F selfie=@selfie.jpg -F id_document=@id.png http://127.0.0.1:8000/kyc/face-match
 
-The client is created in the lifespan (credentials from the DEEPVUE_* variables), shared
-by every request, and closed at shutdown. Each outcome maps to an HTTP answer a mobile
-app can act on: a decision, "retake the photo", or "try again later".
+What it shows:
+
+- **One client, checked at start-up.** The lifespan builds the client (credentials from the
+  ``DEEPVUE_*`` variables) and calls ``verify_credentials()``: a wrong secret, an inactive
+  client id or an unreachable API fails the deploy, not the first customer. ``GET /readyz``
+  answers 200 while the credentials hold (no network call while the token is fresh).
+- **A deadline per request.** Every match may take ``KYC_DEADLINE`` seconds in all (10 by
+  default): retries, backoff and ``Retry-After`` waits included. When the rest cannot cover
+  the next wait, the client fails at once and the app is told to come back later.
+- **Cancel on disconnect.** When the HTTP client goes away (the app was closed, a load
+  balancer gave up), the match is cancelled: a call nobody waits for is not billed.
+  FastAPI does not do this by itself; see ``unless_disconnected``.
+- **Answers a frontend can act on.** Every answer, errors included (FastAPI's own
+  validation errors too), is one JSON shape with a stable ``code``::
+
+      {"code": "no_face", "action": "retake", "message": "...", "field": null,
+       "transaction_id": "2f6c...", "retry_after": null}
+
+  Success adds ``match`` and ``confidence``. ``field`` names the service's own form field
+  (``selfie`` or ``id_document``) when the answer is about one; ``transaction_id`` is
+  Deepvue's id of the call whenever it gave one; ``retry_after`` (and the ``Retry-After``
+  header) is set only when it is known, never invented.
+
+  ============================  ======  ===========  ==========================================
+  code                          status  action       meaning
+  ============================  ======  ===========  ==========================================
+  ``match``                     200     none         the same person
+  ``no_match``                  200     none         not the same person
+  ``no_face``                   422     retake       no face found in one of the two photos
+  ``unsupported_format``        422     retake       ``field`` is not a JPEG or PNG photo
+  ``image_too_large``           422     retake       ``field`` is over the size limit
+  ``image_empty``               422     retake       ``field`` is an empty file
+  ``image_corrupt``             422     retake       ``field`` is truncated or not decodable
+  ``image_invalid``             422     retake       ``field`` cannot be used for another reason
+  ``invalid_request``           422     fix_request  a form field is missing or not a file
+  ``rate_limited``              503     retry_later  Deepvue's rate limit; ``Retry-After`` if known
+  ``upstream_unavailable``      503     retry_later  Deepvue is failing or unreachable
+  ``upstream_timeout``          503     retry_later  no answer within the deadline
+  ``shutting_down``             503     retry_later  the service is stopping
+  ``misconfigured``             500     none         the service's credentials or requests are
+                                                     refused (logged at ERROR)
+  ``not_found`` and others      4xx     fix_request  FastAPI's routing errors, same shape
+  ============================  ======  ===========  ==========================================
+
+- **A trace of every failure.** Each failed onboarding call is logged once at WARNING on the
+  ``kyc`` logger (ERROR for ``misconfigured``): code, error type, ``sub_code``, HTTP status,
+  ``transaction_id``, attempts and elapsed time; never a secret or a photo.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import logging
+import math
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
-from fastapi import FastAPI, HTTPException, Request, UploadFile
+from fastapi import FastAPI, Request, UploadFile
+from fastapi.exceptions import RequestValidationError as InvalidRequest
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from facematch_async import (
+    APIConnectionError,
+    APIResponseValidationError,
+    APITimeoutError,
+    ClientClosedError,
+    CorruptImageError,
+    DeadlineExceededError,
+    EmptyImageError,
     FaceMatchClient,
     FaceMatchError,
     ImageError,
+    ImageTooLargeError,
+    InternalServerError,
     NoFaceFoundError,
     RateLimitError,
+    UnsupportedFileFormatError,
 )
+
+T = TypeVar("T")
+logger = logging.getLogger("kyc")
+
+DEADLINE = float(os.environ.get("KYC_DEADLINE", "10"))  # seconds for a whole match
+FIELDS = {"file_a": "selfie", "file_b": "id_document"}  # the client's names -> the form's
+MB = 1024 * 1024
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that went away; nobody reads it
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    async with FaceMatchClient(max_retries=2, timeout=20) as client:
+    async with FaceMatchClient(max_retries=2, timeout=5, deadline=DEADLINE) as client:
+        try:
+            # Fails the start-up on wrong credentials or an unreachable API.
+            await client.verify_credentials()
+        except FaceMatchError as error:
+            logger.error("start-up check of the Deepvue credentials failed: %r", error)
+            raise
         app.state.facematch = client
         yield
 
@@ -39,29 +115,220 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 app = FastAPI(title="KYC face match", lifespan=lifespan)
 
 
+class Answer(JSONResponse):
+    """The one shape every answer of this service has; ``code`` is kept for the log."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        action: str,
+        message: str,
+        *,
+        field: str | None = None,
+        transaction_id: str | None = None,
+        retry_after: float | None = None,
+        **extra: Any,
+    ) -> None:
+        seconds = None if retry_after is None else max(1, math.ceil(retry_after))
+        body = {
+            "code": code,
+            "action": action,
+            "message": message,
+            "field": field,
+            "transaction_id": transaction_id,
+            "retry_after": seconds,
+            **extra,
+        }
+        headers = {} if seconds is None else {"Retry-After": str(seconds)}
+        super().__init__(body, status_code=status, headers=headers)
+        self.code = code
+
+
+def human_size(size: int) -> str:
+    """``15.0 MB``, ``850 KB``."""
+    return f"{size / MB:.1f} MB" if size >= MB else f"{math.ceil(size / 1024)} KB"
+
+
+def upload_size(upload: UploadFile) -> int:
+    if upload.size is not None:
+        return upload.size
+    upload.file.seek(0, os.SEEK_END)
+    return upload.file.tell()
+
+
+def image_answer(error: ImageError, uploads: dict[str, UploadFile], limit: int | None) -> Answer:
+    """A retake answer naming the form field, in words a customer can act on."""
+    field = FIELDS.get(error.field or "")
+    name = (field or "photo").replace("_", " ")
+    transaction_id = error.transaction_id
+    if isinstance(error, NoFaceFoundError):
+        # The API does not say which of the two photos it was.
+        message = "No face was found in the selfie or the ID document: retake both photos."
+        return Answer(422, "no_face", "retake", message, transaction_id=transaction_id)
+    if isinstance(error, ImageTooLargeError) and field is not None and limit is not None:
+        size = human_size(upload_size(uploads[field]))
+        message = f"The {name} is {size}, over the {limit / MB:g} MB limit."
+        return Answer(422, "image_too_large", "retake", message, field=field)
+    if isinstance(error, UnsupportedFileFormatError):
+        code, message = "unsupported_format", f"The {name} must be a JPEG or PNG photo."
+    elif isinstance(error, EmptyImageError):
+        code, message = "image_empty", f"The {name} is an empty file."
+    elif isinstance(error, CorruptImageError):
+        code, message = "image_corrupt", f"The {name} is damaged or cut short."
+    else:
+        code, message = "image_invalid", f"The {name} cannot be used: {error.message}"
+    return Answer(422, code, "retake", message, field=field, transaction_id=transaction_id)
+
+
+def failure_answer(error: FaceMatchError) -> Answer:
+    """Outage (503, with a true ``Retry-After`` when known) or misconfiguration (500)."""
+    transaction_id = error.transaction_id
+    if isinstance(error, RateLimitError):
+        message = "Face matching is busy: try again shortly."
+        return Answer(
+            503,
+            "rate_limited",
+            "retry_later",
+            message,
+            transaction_id=transaction_id,
+            retry_after=error.retry_after,
+        )
+    if isinstance(error, DeadlineExceededError | APITimeoutError):
+        last = error.last_error if isinstance(error, DeadlineExceededError) else None
+        message = "Face matching did not answer in time: try again shortly."
+        return Answer(
+            503,
+            "upstream_timeout",
+            "retry_later",
+            message,
+            transaction_id=transaction_id,
+            retry_after=getattr(last, "retry_after", None),
+        )
+    if isinstance(error, InternalServerError | APIConnectionError | APIResponseValidationError):
+        message = "Face matching is unavailable: try again later."
+        return Answer(
+            503,
+            "upstream_unavailable",
+            "retry_later",
+            message,
+            transaction_id=transaction_id,
+            retry_after=getattr(error, "retry_after", None),
+        )
+    if isinstance(error, ClientClosedError):
+        return Answer(503, "shutting_down", "retry_later", "The service is restarting.")
+    # Refused credentials, an inactive client, an IP allow-list, a request the API calls
+    # malformed: nothing the customer can change, and retrying will not help.
+    message = "Face matching is not available: the service is misconfigured."
+    return Answer(500, "misconfigured", "none", message, transaction_id=transaction_id)
+
+
+def log_failure(code: str, error: BaseException, elapsed: float) -> None:
+    """One line per failed call: what an on-call engineer needs, never a secret."""
+    level = logging.ERROR if code == "misconfigured" else logging.WARNING
+    logger.log(
+        level,
+        "face match failed: code=%s error=%s sub_code=%s status=%s transaction_id=%s "
+        "attempts=%s elapsed_ms=%.0f",
+        code,
+        type(error).__name__,
+        getattr(error, "sub_code", None),
+        getattr(error, "status_code", None),
+        getattr(error, "transaction_id", None),
+        getattr(error, "attempts", None),
+        elapsed * 1000,
+    )
+
+
+async def until_disconnected(request: Request) -> None:
+    """Return when the HTTP client has gone away.
+
+    Once the endpoint runs, the body has been read, so the next ASGI message is
+    ``http.disconnect``: it arrives when the connection closes (or after the response).
+    Waiting for it costs nothing, unlike polling ``request.is_disconnected()``.
+    """
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
+    """Await ``work``, cancelling it if the HTTP client goes away first (then ``None``)."""
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(until_disconnected(request))
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:  # also when this handler itself is cancelled
+        watch.cancel()
+        task.cancel()  # nothing happens if it is done
+        await asyncio.wait({task, watch})
+    return None if task.cancelled() else task.result()
+
+
 @app.post("/kyc/face-match")
-async def face_match(
-    request: Request, selfie: UploadFile, id_document: UploadFile
-) -> dict[str, Any]:
+async def face_match(request: Request, selfie: UploadFile, id_document: UploadFile) -> Response:
     """Compare a selfie with an ID document and return the decision."""
     client: FaceMatchClient = request.app.state.facematch
+    started = time.monotonic()
     try:
         # UploadFile.file is a binary file object: the client reads it off the event loop.
-        result = await client.match(selfie.file, id_document.file)
-    except NoFaceFoundError as error:
-        raise HTTPException(422, {"action": "retake", "reason": "no face found"}) from error
-    except ImageError as error:
-        raise HTTPException(422, {"action": "retake", "reason": error.message}) from error
-    except RateLimitError as error:
-        retry_after = str(int(error.retry_after or 1))
-        raise HTTPException(503, "busy, try again", headers={"Retry-After": retry_after}) from error
+        result = await unless_disconnected(request, client.match(selfie.file, id_document.file))
     except FaceMatchError as error:
-        # transaction_id lets support find the call in Deepvue's logs.
-        raise HTTPException(
-            502, {"reason": "face match unavailable", "transaction_id": error.transaction_id}
-        ) from error
-    return {
-        "match": result.match,
-        "confidence": result.confidence,
-        "transaction_id": result.transaction_id,
-    }
+        if isinstance(error, ImageError):
+            uploads = {"selfie": selfie, "id_document": id_document}
+            response = image_answer(error, uploads, client.max_image_bytes)
+        else:
+            response = failure_answer(error)
+        log_failure(response.code, error, time.monotonic() - started)
+        return response
+    if result is None:
+        elapsed_ms = (time.monotonic() - started) * 1000
+        logger.info("the client went away after %.0f ms: match cancelled", elapsed_ms)
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+    return Answer(
+        200,
+        "match" if result.match else "no_match",
+        "none",
+        "Same person." if result.match else "Not the same person.",
+        transaction_id=result.transaction_id,
+        match=result.match,
+        confidence=result.confidence,
+    )
+
+
+@app.get("/readyz")
+async def readyz(request: Request) -> Response:
+    """200 while the credentials hold: no network call while the token is fresh."""
+    client: FaceMatchClient = request.app.state.facematch
+    try:
+        await client.verify_credentials(deadline=2)
+    except FaceMatchError as error:
+        response = failure_answer(error)
+        log_failure(response.code, error, 0.0)
+        return response
+    return Answer(200, "ready", "none", "Ready.")
+
+
+@app.exception_handler(InvalidRequest)
+async def invalid_request(request: Request, exc: InvalidRequest) -> Answer:
+    """FastAPI's own validation errors, in the service's one shape."""
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    location = first.get("loc", ())
+    field = str(location[-1]) if len(location) > 1 else None
+    if first.get("type") == "missing" and field is not None:
+        message = f"The {field.replace('_', ' ')} is missing."
+    else:
+        message = str(first.get("msg", "The request is not valid."))
+    logger.warning("face match failed: code=invalid_request field=%s", field)
+    return Answer(422, "invalid_request", "fix_request", message, field=field)
+
+
+@app.exception_handler(StarletteHTTPException)
+async def http_error(request: Request, exc: StarletteHTTPException) -> Answer:
+    """Routing errors (404, 405, ...) in the same shape."""
+    codes = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+    code = codes.get(exc.status_code, f"http_{exc.status_code}")
+    response = Answer(exc.status_code, code, "fix_request", str(exc.detail))
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
