@@ -252,16 +252,32 @@ async def until_disconnected(request: Request) -> None:
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
-    """Await ``work``, cancelling it if the HTTP client goes away first (then ``None``)."""
-    task = asyncio.ensure_future(work)
-    watch = asyncio.ensure_future(until_disconnected(request))
+    """Await ``work``, cancelling it if the HTTP client goes away first (then ``None``).
+
+    One watcher task: on disconnect it cancels this task (the handler, awaiting ``work``),
+    and that cancellation, and only that one, is turned into ``None`` here.
+    """
+    handler = asyncio.current_task()
+    assert handler is not None
+    waiting, gone = True, False
+
+    async def watch() -> None:
+        nonlocal gone
+        await until_disconnected(request)
+        if waiting:
+            gone = True
+            handler.cancel()
+
+    watcher = asyncio.ensure_future(watch())
     try:
-        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
-    finally:  # also when this handler itself is cancelled
-        watch.cancel()
-        task.cancel()  # nothing happens if it is done
-        await asyncio.wait({task, watch})
-    return None if task.cancelled() else task.result()
+        return await work
+    except asyncio.CancelledError:
+        if gone and handler.uncancel() == 0:
+            return None
+        raise  # the server is cancelling the handler itself
+    finally:
+        waiting = False
+        watcher.cancel()
 
 
 @app.post("/kyc/face-match")
