@@ -1,14 +1,15 @@
 """The onboarding example (examples/fastapi_kyc.py) under load, before and after.
 
-Runs the example under uvicorn in a subprocess, against a sandbox in another (200 ms of
-API latency, then also 20% of 503s), and fires N onboarding requests with C in flight
-from this process. "before" is the example and client of a git ref (``main`` by default,
-exported to a temporary folder); "after" is this working tree. Prints, per scenario,
-p50/p95/p99 and the longest request (ms), the error share, throughput, and the answers
-by status (and by ``code`` where the example gives one).
+Runs the example under uvicorn in a subprocess, against a sandbox in another with 200 ms
+of API latency; then also 20% of 503s; then 5% of requests stalled 30 s. Fires N
+onboarding requests with C in flight from this process, alternating "before" (the example
+and client of a git ref, ``main`` by default, exported to a temporary folder) and "after"
+(this working tree). Prints, per scenario, p50/p95/p99 and the longest request (ms), the
+error share, throughput, the service's CPU per request, and the answers by status (and
+by ``code`` where the example gives one).
 
-    python benchmarks/bench_onboarding.py                  # main vs this tree, ~2 minutes
-    python benchmarks/bench_onboarding.py --before HEAD~3 --requests 200
+    python benchmarks/bench_onboarding.py                  # main vs this tree, ~3 minutes
+    python benchmarks/bench_onboarding.py --before HEAD~3 --requests 200 --no-stalls
 """
 
 from __future__ import annotations
@@ -192,9 +193,18 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2, help="runs per row (%(default)s)")
     parser.add_argument("--concurrency", default="50,200", help="(%(default)s)")
     parser.add_argument("--latency", type=float, default=0.2, help="API latency, s")
+    parser.add_argument(
+        "--no-stalls",
+        dest="stalls",
+        action="store_false",
+        help="skip the stall scenario (first concurrency level, one run: ~1 minute)",
+    )
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     faults = {"200 ms": [], "200 ms + 20% 503": ["--error-rate-503", "0.2"]}
+    if args.stalls:
+        # 5% of requests stall 30 s: what a per-attempt timeout alone lets through.
+        faults["200 ms + 5% stalls"] = ["--stall-rate", "0.05", "--stall-seconds", "30"]
 
     print(
         f"{'scenario':<36} {'p50':>7} {'p95':>7} {'p99':>7} {'longest':>8} {'errors':>7} "
@@ -211,9 +221,10 @@ def main() -> None:
                 service(HERE, sandbox_url) as after_service,
             ):
                 services = dict(zip(versions, (before_service, after_service), strict=True))
-                for concurrency in levels:
+                stalls = "stalls" in fault_name
+                for concurrency in levels[:1] if stalls else levels:
                     pooled: dict[str, Figures] = {}
-                    for repeat in range(args.repeat):
+                    for repeat in range(1 if stalls else args.repeat):
                         # Alternate the order, so that neither always runs on a warmer machine.
                         names = list(services)[:: 1 if repeat % 2 == 0 else -1]
                         for name in names:

@@ -414,7 +414,7 @@ class FaceMatchClient:
         ``deadline``: the call's budget, already running; ``None`` for none (the batch
         runner's default: it keeps its own rules).
         """
-        call = _MatchCall(self, MultipartBody(images), CALL_SCOPE.get())
+        call = _MatchCall(self, MultipartBody(images), CALL_SCOPE.get(), deadline)
         try:
             return await call_with_retries(
                 call.attempt,
@@ -431,14 +431,21 @@ class _MatchCall:
     """One ``match`` call's state across its attempts: an object rather than a closure,
     whose cells, function and counter would cost the garbage collector more per call."""
 
-    __slots__ = ("attempts", "body", "client", "refreshed", "request_id", "scope")
+    __slots__ = ("attempts", "body", "client", "deadline", "refreshed", "request_id", "scope")
 
     def __init__(
-        self, client: FaceMatchClient, body: MultipartBody, scope: CallScope | None
+        self,
+        client: FaceMatchClient,
+        body: MultipartBody,
+        scope: CallScope | None,
+        deadline: Deadline | None = None,
     ) -> None:
         self.client = client
         self.body = body  # immutable: every attempt sends the same body
         self.scope = scope
+        # The call's budget: call_with_retries cuts each attempt to it; a wait inside an
+        # attempt (client-side pacing) can ask it what is left, and fail early with check().
+        self.deadline = deadline
         self.request_id = (scope and scope.request_id) or os.urandom(8).hex()
         self.attempts = 0
         self.refreshed = False
