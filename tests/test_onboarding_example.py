@@ -25,8 +25,8 @@ from facematch_async.sandbox import (
 from .conftest import CLIENT_ID, CLIENT_SECRET
 from .test_examples import load_example, upload
 
-uvicorn = pytest.importorskip("uvicorn", reason="the disconnect test needs uvicorn")
-from fastapi.testclient import TestClient  # noqa: E402 (after the skip: an optional extra)
+pytest.importorskip("fastapi", reason="the FastAPI example needs the 'examples' extra")
+from fastapi.testclient import TestClient
 
 FACEMATCH = "/v1/facematch"
 SHAPE = {"code", "action", "message", "field", "transaction_id", "retry_after"}
@@ -264,6 +264,7 @@ async def test_an_abandoned_request_cancels_its_match_in_flight(
     """uvicorn serves the example; a raw socket posts the photos and hangs up while the
     sandbox holds the match (5 s). The service cancels it: the sandbox sees the match
     request abandoned (status 0) within a second, and never answers it."""
+    uvicorn = pytest.importorskip("uvicorn", reason="a real server: the 'examples' extra")
     caplog.set_level(logging.INFO, logger="kyc")
     config = SandboxConfig(client_id=CLIENT_ID, client_secret=CLIENT_SECRET)
     async with SandboxServer(config) as sandbox:
