@@ -347,9 +347,13 @@ class FaceMatchClient:
 
     async def _match_images(self, images: tuple[UploadImage, UploadImage]) -> FaceMatchResult:
         """``match`` for images already read and checked (the batch runner reads ahead)."""
-        call = _MatchCall(self, MultipartBody(images), CALL_SCOPE.get())
+        scope = CALL_SCOPE.get()
+        call = _MatchCall(self, MultipartBody(images), scope)
         return await call_with_retries(
-            call.attempt, max_retries=self.max_retries, policy=self.retry_policy
+            call.attempt,
+            max_retries=self.max_retries,
+            policy=self.retry_policy,
+            sleep=None if scope is None else scope.sleep,
         )
 
 

@@ -75,9 +75,15 @@ def _wait_before(attempt_number: int, error: BaseException, policy: RetryPolicy)
 
 
 async def call_with_retries(
-    attempt: Callable[[], Awaitable[T]], *, max_retries: int, policy: RetryPolicy
+    attempt: Callable[[], Awaitable[T]],
+    *,
+    max_retries: int,
+    policy: RetryPolicy,
+    sleep: Callable[[float], Awaitable[None]] | None = None,
 ) -> T:
     """Await ``attempt()`` until it succeeds, fails for good, or ``max_retries`` are spent.
+
+    ``sleep`` (default ``anyio.sleep``) waits between attempts.
 
     A plain loop rather than a retry library: the first attempt, which almost always
     succeeds, then costs nothing beyond the call itself.
@@ -97,5 +103,5 @@ async def call_with_retries(
                 max_retries + 1,
                 error,
             )
-        await anyio.sleep(wait_for)
+        await (sleep or anyio.sleep)(wait_for)
         attempt_number += 1

@@ -11,6 +11,9 @@ Exit codes (``batch``; ``match`` uses 0, 1 and 2):
 * 3: the batch stopped because every further pair would fail: the credentials were
   refused, or the API looks down (many pairs in a row without a connection or with 5xx);
   resume once fixed
+* 74: a disk problem stopped the batch: the results file or the on-disk pair index
+  cannot be written (a full disk, a file-size limit); every line written is intact, resume
+  once fixed
 * 75: ``--stop-at-quota`` stopped at the daily quota (resume tomorrow)
 * 130: interrupted (Ctrl-C / SIGTERM); resume with the printed command
 """
@@ -31,6 +34,7 @@ from facematch_async import __version__
 __all__ = [
     "EXIT_ABORTED",
     "EXIT_CREDENTIALS",
+    "EXIT_IO",
     "EXIT_OK",
     "EXIT_PAIRS_FAILED",
     "EXIT_QUOTA",
@@ -45,6 +49,7 @@ EXIT_OK = 0
 EXIT_PAIRS_FAILED = 1
 EXIT_USAGE = 2
 EXIT_CREDENTIALS = 3
+EXIT_IO = 74  # EX_IOERR: the results file or the index cannot be written
 EXIT_QUOTA = 75  # EX_TEMPFAIL: try again later
 EXIT_ABORTED = 130  # 128 + SIGINT, as shells report it
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shlex
 import signal
@@ -16,15 +17,16 @@ from typing import Any
 
 from facematch_async._images import detect_format
 from facematch_async._ratelimit import RateLimiter, Window, parse_rate_limit
-from facematch_async.batch._index import KeyIndex, key_hash
+from facematch_async.batch._index import IndexStorageError, KeyIndex, key_hash
 from facematch_async.batch._manifest import ManifestProblem, PairSpec, read_manifest
 from facematch_async.batch._progress import Progress, format_duration
 from facematch_async.batch._runner import BatchRunner
-from facematch_async.batch._sink import ResultsFile
+from facematch_async.batch._sink import ResultsFile, ResultsFileError
 from facematch_async.batch._summary import BatchSummary
 from facematch_async.cli import (
     EXIT_ABORTED,
     EXIT_CREDENTIALS,
+    EXIT_IO,
     EXIT_OK,
     EXIT_PAIRS_FAILED,
     EXIT_QUOTA,
@@ -50,7 +52,8 @@ def add_batch_parser(
             "Match every pair of a manifest (CSV or JSONL with pair_id,file_a,file_b, or a "
             "folder of <pair_id>/ folders holding two images). One line per pair is appended "
             "to --out as it finishes. Exit codes: 0 all decided, 1 some pairs errored, "
-            "2 usage, 3 stopped: credentials refused or API unavailable, 75 stopped at quota, "
+            "2 usage, 3 stopped: credentials refused or API unavailable, 74 stopped: the "
+            "results file or the index cannot be written (disk full), 75 stopped at quota, "
             "130 interrupted."
         ),
     )
@@ -94,6 +97,12 @@ def add_batch_parser(
         help="only the pairs whose pair_id hashes to shard K of N (1-based)",
     )
     parser.add_argument("--root", help="every image must lie inside this folder")
+    parser.add_argument(
+        "--index-dir",
+        metavar="DIR",
+        help="where the on-disk pair index goes (a few bytes per pair; default: the temp "
+        "folder, $TMPDIR)",
+    )
     parser.add_argument(
         "--grace",
         type=float,
@@ -197,7 +206,7 @@ def _dry_run(
     windows: tuple[Window, ...],
 ) -> int:
     skip = _skip_rule(results, args)
-    seen = KeyIndex()
+    seen = KeyIndex(args.index_dir)
     codes: Counter[str] = Counter()
     examples: list[str] = []
     ready = skipped = 0
@@ -237,6 +246,21 @@ def _dry_run(
     return EXIT_PAIRS_FAILED if failing else EXIT_OK
 
 
+def _fatal(what: str, args: argparse.Namespace, left: str) -> None:
+    """Say why the batch stopped, in one line, and how to resume it."""
+    print(f"\nfacematch-async batch: {what}; stopped", file=sys.stderr)
+    print(f"{left} Resume with:", file=sys.stderr)
+    print(f"  {_resume_command(args)}", file=sys.stderr)
+
+
+def _check_out_folder(path: str) -> None:
+    folder = Path(path).parent
+    if not folder.is_dir():
+        raise UsageError(f"--out {path}: the folder {folder} does not exist")
+    if Path(path).is_dir():
+        raise UsageError(f"--out {path}: is a directory, not a file")
+
+
 def run_batch(args: argparse.Namespace) -> int:
     """``facematch-async batch``; returns the exit code (see :mod:`facematch_async.cli`)."""
     shard = _parse_shard(args.shard)
@@ -248,29 +272,53 @@ def run_batch(args: argparse.Namespace) -> int:
         raise UsageError("--concurrency must be at least 1")
     if not args.out and not args.dry_run:
         raise UsageError("--out is required (or use --dry-run)")
+    if args.index_dir is not None and not Path(args.index_dir).is_dir():
+        raise UsageError(f"--index-dir {args.index_dir}: no such folder")
     try:
         specs = shard_filter(read_manifest(args.manifest, root=args.root), shard)
     except (OSError, ValueError) as exc:
         raise UsageError(str(exc)) from None
 
-    if args.dry_run:
-        known = ResultsFile(args.out, args.format) if args.out else None
-        try:
-            if known is not None:
-                known.load()  # read only: a dry run changes nothing on disk
-            return _dry_run(args, specs, known, windows)
-        except ValueError as exc:  # a CSV without its header
-            raise UsageError(str(exc)) from None
-        finally:
-            if known is not None:
-                known.close(compact=False)
+    try:
+        if args.dry_run:
+            return _dry_run_with_results(args, specs, windows)
+        return _run_with_results(args, specs, windows, shard)
+    except IndexStorageError as exc:
+        # Before any pair was sent (the index of an existing results file), or a dry run.
+        print(f"facematch-async batch: {exc}", file=sys.stderr)
+        return EXIT_IO
 
+
+def _dry_run_with_results(
+    args: argparse.Namespace, specs: Iterator[PairSpec], windows: tuple[Window, ...]
+) -> int:
+    if args.out:
+        _check_out_folder(args.out)
+    known = ResultsFile(args.out, args.format, index_dir=args.index_dir) if args.out else None
+    try:
+        if known is not None:
+            known.load()  # read only: a dry run changes nothing on disk
+        return _dry_run(args, specs, known, windows)
+    except (ValueError, ResultsFileError) as exc:  # a CSV without its header, an unreadable --out
+        raise UsageError(str(exc)) from None
+    finally:
+        if known is not None:
+            known.close(compact=False)
+
+
+def _run_with_results(
+    args: argparse.Namespace,
+    specs: Iterator[PairSpec],
+    windows: tuple[Window, ...],
+    shard: tuple[int, int] | None,
+) -> int:
     options = client_options(args)
-    results = ResultsFile(args.out, args.format)
+    _check_out_folder(args.out)
+    results = ResultsFile(args.out, args.format, index_dir=args.index_dir)
     try:
         seed = max((w.limit for w in windows), default=0)
         results.open(resume=args.resume or args.retry_failed, seed_limit=seed)
-    except ValueError as exc:
+    except (ValueError, ResultsFileError) as exc:
         results.close(compact=False)
         raise UsageError(str(exc)) from None
     except FileExistsError:
@@ -279,16 +327,36 @@ def run_batch(args: argparse.Namespace) -> int:
             f"{args.out} already holds results: pass --resume to continue it, "
             "--retry-failed to re-run its errors, or choose another --out"
         ) from None
+    except BaseException:
+        results.close(compact=False)
+        raise
     if results.repaired:
-        print(f"{args.out}: cut off a torn last line (its pair runs again)", file=sys.stderr)
+        print(
+            f"{args.out}: cut off a torn last line (its pair runs again; the bytes are kept in "
+            f"{results.removed_path})",
+            file=sys.stderr,
+        )
     if results.unreadable:
-        print(f"{args.out}: ignored {results.unreadable} unreadable line(s)", file=sys.stderr)
+        print(
+            f"{args.out}: skipped {results.unreadable} line(s) that are not results (their "
+            f"pairs run again); they move to {results.removed_path} at the end",
+            file=sys.stderr,
+        )
+    code = EXIT_OK
     try:
-        return asyncio.run(_run(args, specs, results, windows, options, shard))
+        code = asyncio.run(_run(args, specs, results, windows, options, shard))
     except ValueError as exc:  # a CSV without its header, found on first read
         raise UsageError(str(exc)) from None
     finally:
-        results.close()
+        try:
+            results.close()
+        except ResultsFileError as exc:
+            print(
+                f"facematch-async batch: {exc}; the file is complete as it is (a later line "
+                "supersedes an earlier one) and the next run compacts it",
+                file=sys.stderr,
+            )
+    return code
 
 
 async def _run(
@@ -322,6 +390,7 @@ async def _run(
     interrupted = 0
     loop = asyncio.get_running_loop()
     code = EXIT_OK
+    disk_error: OSError | None = None
 
     async with FaceMatchClient(**options) as client:
         runner = BatchRunner(
@@ -329,6 +398,7 @@ async def _run(
             concurrency=args.concurrency,
             rate_limit=limiter,
             stop_at_quota=args.stop_at_quota,
+            index_dir=args.index_dir,
         )
 
         def on_signal() -> None:
@@ -357,23 +427,33 @@ async def _run(
         async def report() -> None:
             while True:
                 await asyncio.sleep(progress.interval)
-                paused = limiter.wait_time()
-                progress.note = (
-                    f"waiting {format_duration(paused)} for the rate limit" if paused > 5 else ""
-                )
+                progress.note = runner.waiting_reason() or ""
                 progress.tick()
 
         reporter = asyncio.create_task(report())
         try:
-            async for outcome in runner.run(specs, skip=_skip_rule(results, args)):
-                results.write(outcome)
-                summary.add(outcome)
-                progress.tick()
+            outcomes = runner.run(specs, skip=_skip_rule(results, args))
+            async with contextlib.aclosing(outcomes):
+                async for outcome in outcomes:
+                    try:
+                        results.write(outcome)
+                    except ResultsFileError as exc:
+                        # Nothing more can be recorded: stop now, so that no further pair
+                        # is sent only to be lost; the pairs in flight run again on resume.
+                        disk_error = exc
+                        runner.cancel()
+                        break
+                    summary.add(outcome)
+                    progress.tick()
         except AuthenticationError as error:
             print(
                 f"\nfacematch-async batch: credentials refused, stopped: {error}", file=sys.stderr
             )
             code = EXIT_CREDENTIALS
+        except IndexStorageError as exc:
+            disk_error = exc
+        except OSError as exc:  # the manifest became unreadable mid-run (a lost mount)
+            disk_error = OSError(exc.errno, f"cannot read {args.manifest}: {exc.strerror}")
         finally:
             reporter.cancel()
             for sig in handled:
@@ -382,6 +462,13 @@ async def _run(
 
     summary.skipped = runner.skipped
     print(summary.format())
+    if disk_error is not None:
+        _fatal(
+            str(disk_error),
+            args,
+            f"Every line in {args.out} is intact; pairs without a line run again.",
+        )
+        return EXIT_IO
     if summary.statuses.get("error"):
         code = code or EXIT_PAIRS_FAILED
     if interrupted:

@@ -24,10 +24,18 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Iterable,
+)
 from pathlib import Path
-from typing import Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 from facematch_async._client import FaceMatchClient
 from facematch_async._images import UploadImage, start_load
@@ -38,6 +46,7 @@ from facematch_async._scope import CALL_SCOPE, CallScope
 from facematch_async.batch._index import KeyIndex
 from facematch_async.batch._manifest import ManifestProblem, PairSpec
 from facematch_async.batch._outcome import PairError, PairOutcome
+from facematch_async.batch._progress import format_duration
 from facematch_async.errors import (
     AuthenticationError,
     ClientClosedError,
@@ -57,6 +66,7 @@ PairInput: TypeAlias = PairSpec | tuple[str, str | Path, str | Path]
 StopReason: TypeAlias = Literal["stopped", "quota", "credentials", "unavailable"]
 
 _MAX_BACKOFF = 60.0
+_DAY = 86400.0
 _READ_AHEAD = 16
 """Pairs whose images are read in one worker-thread hop, ahead of a free slot."""
 
@@ -123,6 +133,11 @@ class BatchRunner:
             pair that tripped it unrecorded, rather than marking the rest of the manifest as
             errors. ``None`` never stops.
         index_dir: Where the duplicate-id index file goes (default: the temp folder).
+        max_pause: The longest batch-wide pause a 429's ``Retry-After`` may impose
+            (default: the client's ``retry_policy.max_retry_after``, 60 s). A longer one
+            (``999999``, ``inf``) is taken as the daily quota: with ``stop_at_quota`` the run
+            stops; else it waits, at most the plan's day window, logging why and until when
+            (:meth:`waiting_reason`).
 
     Attributes:
         limiter: The rate limiter in use.
@@ -130,8 +145,9 @@ class BatchRunner:
             (:meth:`stop`), ``"quota"``, ``"credentials"`` or ``"unavailable"`` when the
             run ended early.
         unrecorded: Pairs started but left without an outcome (see above); once stopping,
-            a pair in flight sends no further attempt (a retry waiting for its turn is
-            abandoned), so a stop never waits on a long rate-limit pause.
+            a pair in flight sends no further attempt: a pair waiting for the rate limiter
+            or for a retry's backoff is released at once, so a stop never waits on a
+            rate-limit pause.
         skipped: Pairs the ``skip`` predicate of :meth:`run` passed over.
         rate_limited: 429 answers met, all pairs together.
     """
@@ -146,6 +162,7 @@ class BatchRunner:
         rate_limit_rounds: int = 5,
         outage_threshold: int | None = 20,
         index_dir: str | Path | None = None,
+        max_pause: float | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, not {concurrency}")
@@ -158,6 +175,8 @@ class BatchRunner:
         self.rate_limit_rounds = rate_limit_rounds
         self.outage_threshold = outage_threshold
         self.index_dir = index_dir
+        self.max_pause = client.retry_policy.max_retry_after if max_pause is None else max_pause
+        self._quota_wait_until: float | None = None  # wall clock: a long Retry-After's end
         self._transient_streak = 0
         self.stop_reason: StopReason | None = None
         self.fatal_error: FaceMatchError | None = None
@@ -167,12 +186,52 @@ class BatchRunner:
         self.in_flight = 0
         self._backoff = 1.0
         self._tasks: set[asyncio.Task[bool]] = set()
+        self._waiting: set[asyncio.Task[object]] = set()  # pairs that send nothing now
         self._crash: BaseException | None = None
 
     def stop(self) -> None:
-        """Stop dispatching new pairs; those in flight finish and are reported."""
+        """Stop dispatching new pairs; those in flight finish and are reported.
+
+        Pairs that are only waiting (for the rate limiter, or a retry's backoff) can send
+        nothing before the wait ends: they are released at once and stay unrecorded.
+        """
         if self.stop_reason is None:
             self.stop_reason = "stopped"
+        self._release_waiting()
+
+    def _release_waiting(self) -> None:
+        for task in self._waiting:
+            task.cancel()
+
+    def waiting_reason(self) -> str | None:
+        """Why the batch sends nothing now, for a progress line (``None`` when it sends)."""
+        if self._quota_wait_until is not None:
+            left = self._quota_wait_until - time.time()
+            if left > 0:
+                until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self._quota_wait_until))
+                return (
+                    "the API answered 429 with a long Retry-After: waiting until "
+                    f"{until} ({format_duration(left)})"
+                )
+            self._quota_wait_until = None
+        paused = self.limiter.wait_time()
+        if paused > 5:
+            return f"waiting {format_duration(paused)} for the rate limit"
+        return None
+
+    async def _idle(self, wait: Coroutine[Any, Any, None]) -> None:
+        """Await ``wait`` (a limiter slot, a backoff) as a pair that sends nothing meanwhile:
+        a stop releases it at once (see :meth:`stop`)."""
+        if self.stop_reason is not None:
+            wait.close()
+            raise _Abandoned
+        task = asyncio.current_task()
+        assert task is not None
+        self._waiting.add(task)
+        try:
+            await wait
+        finally:
+            self._waiting.discard(task)
 
     def cancel(self) -> None:
         """Stop dispatching and abandon the pairs in flight (they stay unrecorded)."""
@@ -183,6 +242,7 @@ class BatchRunner:
     def _halt(self, reason: StopReason) -> None:
         if self.stop_reason in (None, "stopped"):
             self.stop_reason = reason
+        self._release_waiting()
 
     async def run(
         self,
@@ -244,36 +304,15 @@ class BatchRunner:
         # images are read in one worker-thread hop; an async source may be slow to yield
         # its next pair, so each of its pairs goes as soon as it comes.
         read_ahead = 1 if isinstance(pairs, AsyncIterable) else min(_READ_AHEAD, self.concurrency)
+        source_error: Exception | None = None
+        ready: list[PairSpec] = []  # pairs read from the source, not yet dispatched
         try:
-            ready: list[PairSpec] = []
-            async for pair in _aiter(pairs):
-                if self.stop_reason is not None:
-                    break
-                spec = _as_spec(pair)
-                # Problem rows register their id too: one outcome per id, whatever happens.
-                if spec.pair_id and not seen.add(spec.pair_id, spec.line):
-                    first = seen.get(spec.pair_id)
-                    where = f" (first on line {first[0]})" if first and first[0] else ""
-                    problem = ManifestProblem(
-                        "DUPLICATE_PAIR_ID", f"pair_id {spec.pair_id!r} seen before{where}"
-                    )
-                    spec = PairSpec(spec.pair_id, None, None, spec.line, spec.extra, problem)
-                key = spec.key
-                if skip is not None and skip(key):
-                    self.skipped += 1
-                    continue
-                if spec.problem is not None:
-                    await slots.acquire()  # its outcome holds a slot like any other
-                    error = PairError.from_problem(spec.problem)
-                    outcomes.put_nowait(self._outcome(spec, "error", error))
-                    continue
-                ready.append(spec)
-                if len(ready) >= read_ahead:
-                    if not await self._dispatch(ready, slots, outcomes):
-                        break
-                    ready = []
-            else:
-                await self._dispatch(ready, slots, outcomes)
+            try:
+                await self._pull(pairs, seen, read_ahead, ready, outcomes, slots, skip)
+            except Exception as error:  # the source (or the index) broke: no further pair
+                source_error = error
+                if ready and self.stop_reason is None:
+                    await self._dispatch(ready, slots, outcomes)  # those read ahead still run
             while self._tasks:  # the pairs in flight
                 await asyncio.wait(self._tasks)
         finally:
@@ -284,6 +323,51 @@ class BatchRunner:
                 await asyncio.wait(self._tasks)
             seen.close()
             outcomes.put_nowait(None)
+        if source_error is not None:
+            raise source_error
+
+    async def _pull(
+        self,
+        pairs: Iterable[PairInput] | AsyncIterable[PairInput],
+        seen: KeyIndex,
+        read_ahead: int,
+        ready: list[PairSpec],
+        outcomes: asyncio.Queue[PairOutcome | None],
+        slots: asyncio.Semaphore,
+        skip: Callable[[str], bool] | None,
+    ) -> None:
+        """Take pairs from the source and dispatch them ``read_ahead`` at a time; ``ready``
+        holds those taken but not yet dispatched."""
+        async for pair in _aiter(pairs):
+            if self.stop_reason is not None:
+                return
+            spec = _as_spec(pair)
+            # Problem rows register their id too: one outcome per id, whatever happens.
+            if spec.pair_id and not seen.add(spec.pair_id, spec.line):
+                first = seen.get(spec.pair_id)
+                where = f" (first on line {first[0]})" if first and first[0] else ""
+                problem = ManifestProblem(
+                    "DUPLICATE_PAIR_ID", f"pair_id {spec.pair_id!r} seen before{where}"
+                )
+                spec = PairSpec(spec.pair_id, None, None, spec.line, spec.extra, problem)
+            key = spec.key
+            if skip is not None and skip(key):
+                self.skipped += 1
+                continue
+            if spec.problem is not None:
+                await slots.acquire()  # its outcome holds a slot like any other
+                error = PairError.from_problem(spec.problem)
+                outcomes.put_nowait(self._outcome(spec, "error", error))
+                continue
+            ready.append(spec)
+            if len(ready) >= read_ahead:
+                batch = ready.copy()
+                ready.clear()
+                if not await self._dispatch(batch, slots, outcomes):
+                    return
+        batch = ready.copy()
+        ready.clear()
+        await self._dispatch(batch, slots, outcomes)
 
     async def _dispatch(
         self,
@@ -392,10 +476,40 @@ class BatchRunner:
         self._halt("unavailable")
         return True
 
+    def _beyond_cap(self, retry_after: float | None) -> bool:
+        """Whether a 429's wait is too long to be a rate window: a daily quota, or nonsense."""
+        return retry_after is not None and not retry_after <= self.max_pause  # inf, nan too
+
+    def _quota_window(self) -> float:
+        """The longest the batch waits on one long ``Retry-After``: the plan's day window."""
+        return max((w.period for w in self.limiter.windows), default=_DAY) + self.limiter.margin
+
     def _on_rate_limited(self, retry_after: float | None) -> None:
         """A 429: hold the whole batch back, not just this pair."""
         self.rate_limited += 1
-        if retry_after is not None:
+        if self._beyond_cap(retry_after):
+            if self.stop_at_quota:
+                self._halt("quota")
+                return
+            assert retry_after is not None
+            wait = (
+                min(retry_after, self._quota_window())
+                if math.isfinite(retry_after)
+                else (self._quota_window())
+            )
+            if self.limiter.paused_for < wait - 1:  # the first pair to meet it says so
+                self._quota_wait_until = time.time() + wait
+                until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self._quota_wait_until))
+                logger.warning(
+                    "the API asked to wait %s s (Retry-After), longer than %g s: taken as the "
+                    "daily quota; the batch waits until %s (stop with Ctrl-C and resume later, "
+                    "or run with --stop-at-quota)",
+                    retry_after,
+                    self.max_pause,
+                    until,
+                )
+            self.limiter.pause(wait)
+        elif retry_after is not None:
             self.limiter.pause(retry_after)
         elif self.limiter.paused_for <= 0:
             # Many pairs in flight meet the same 429: only the first one doubles the wait.
@@ -411,16 +525,25 @@ class BatchRunner:
 
         async def before_attempt() -> None:
             nonlocal waited
-            if self.stop_reason is not None:
-                raise _Abandoned  # stopping: send nothing more, leave the pair for a resume
             started = time.perf_counter()
-            await self.limiter.acquire(stop_at_quota=self.stop_at_quota)
+            # Stopping: send nothing more, leave the pair for a resume.
+            await self._idle(self.limiter.acquire(stop_at_quota=self.stop_at_quota))
             waited += time.perf_counter() - started
             if self.stop_reason is not None:
                 raise _Abandoned  # the batch began stopping while this pair waited its turn
 
+        async def backoff(seconds: float) -> None:
+            nonlocal waited
+            started = time.perf_counter()
+            await self._idle(asyncio.sleep(seconds))
+            waited += time.perf_counter() - started
+
         # Each task runs in its own copy of the context, so this scope is this pair's alone.
-        scope = CallScope(before_attempt=before_attempt, on_rate_limited=self._on_rate_limited)
+        scope = CallScope(
+            before_attempt=before_attempt,
+            on_rate_limited=self._on_rate_limited,
+            sleep=backoff,
+        )
         CALL_SCOPE.set(scope)
         started = time.perf_counter()
         rounds = 0
@@ -439,10 +562,9 @@ class BatchRunner:
                 status: Literal["no_face", "error"] = "no_face"
                 pair_error = PairError.from_exception(error)
             except RateLimitError as error:
-                if (
-                    self.stop_at_quota
-                    and error.retry_after is not None
-                    and error.retry_after >= QUOTA_PERIOD
+                if self.stop_at_quota and (
+                    self._beyond_cap(error.retry_after)
+                    or (error.retry_after is not None and error.retry_after >= QUOTA_PERIOD)
                 ):
                     self._halt("quota")
                     return None
