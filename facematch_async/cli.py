@@ -210,4 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # `python -m facematch_async.cli` runs this file as __main__, a second copy of the
+    # module whose UsageError the subcommands do not raise: run the package's own copy.
+    from facematch_async.cli import main as package_main
+
+    sys.exit(package_main())

@@ -100,8 +100,12 @@ class ResultsFileError(OSError):
     written are intact."""
 
     def __init__(self, path: Path, action: str, exc: OSError) -> None:
-        super().__init__(exc.errno, f"cannot {action} {path}: {exc.strerror or exc}")
+        self.message = f"cannot {action} {path}: {exc.strerror or exc}"
+        super().__init__(exc.errno, self.message)
         self.path = path
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def _cell(value: Any) -> str:
