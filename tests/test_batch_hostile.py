@@ -99,7 +99,7 @@ def test_undecodable_bytes_and_oversized_fields_are_their_rows_errors(tmp_path: 
         + good_rows(2, start=2).encode()
     )
     specs = list(read_manifest(manifest))
-    problems = {spec.line: spec.problem for spec in specs if spec.problem is not None}
+    problems = {spec.line or 0: spec.problem for spec in specs if spec.problem is not None}
     assert sorted(problems) == [4, 5]
     assert problems[4] is not None and "not UTF-8" in problems[4].message
     assert "0xe9" in problems[4].message
