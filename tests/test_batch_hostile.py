@@ -17,8 +17,7 @@ from typing import Any
 import pytest
 
 from facematch_async import BatchRunner, read_manifest
-from facematch_async.batch import PairOutcome, ResultsFile
-from facematch_async.batch._sink import ResultsFileError
+from facematch_async.batch import PairOutcome, ResultsFile, ResultsFileError
 from facematch_async.sandbox import SandboxServer, ScriptedResponse, make_test_image
 
 from .conftest import CLIENT_ID, CLIENT_SECRET, Faces, MakeClient
