@@ -41,9 +41,10 @@ class MultipartBody(aiohttp.payload.Payload):
     part headers, which are the client's own names (``file_a``, ``file_a.jpg``,
     ``image/jpeg``) and need no quoting, and the images themselves. Immutable, so every
     attempt of a call can send it again.
-    """
 
-    _autoclose = True  # nothing to close: the chunks are bytes
+    Only aiohttp's public ``Payload`` API is used (``size``, ``autoclose``, ``decode``,
+    ``write``, ``write_with_length``): the chunks live in this class's own attribute.
+    """
 
     def __init__(self, images: Iterable[UploadImage]) -> None:
         boundary = os.urandom(16).hex()  # as random as aiohttp's uuid4().hex boundary
@@ -58,14 +59,25 @@ class MultipartBody(aiohttp.payload.Payload):
             chunks.append(image.data)
             lead = "\r\n"
         chunks.append(f"{lead}--{boundary}--\r\n".encode("ascii"))
-        super().__init__(tuple(chunks), content_type=f"multipart/form-data; boundary={boundary}")
-        self._size = sum(map(len, chunks))
+        self.chunks = tuple(chunks)
+        self.length = sum(map(len, chunks))
+        super().__init__(self.chunks, content_type=f"multipart/form-data; boundary={boundary}")
+
+    @property
+    def size(self) -> int:
+        """The body's length in bytes (sent as ``Content-Length``)."""
+        return self.length
+
+    @property
+    def autoclose(self) -> bool:
+        """Nothing to close: the chunks are bytes in memory."""
+        return True
 
     def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
-        return b"".join(self._value).decode(encoding, errors)
+        return b"".join(self.chunks).decode(encoding, errors)
 
     async def write(self, writer: AbstractStreamWriter) -> None:
-        for chunk in self._value:
+        for chunk in self.chunks:
             await writer.write(chunk)
 
     async def write_with_length(
@@ -74,7 +86,7 @@ class MultipartBody(aiohttp.payload.Payload):
         if content_length is None:
             await self.write(writer)
             return
-        for chunk in self._value:
+        for chunk in self.chunks:
             if content_length <= 0:
                 break
             await writer.write(chunk[:content_length])

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import shlex
 import signal
 import sys
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -156,21 +154,6 @@ def _count_rows(path: Path) -> int | None:
     return rows - (0 if path.suffix.lower() in (".jsonl", ".ndjson", ".json") else 1)
 
 
-def _skip_rule(
-    results: ResultsFile | None, args: argparse.Namespace
-) -> Callable[[str], bool] | None:
-    if results is None or not (args.resume or args.retry_failed):
-        return None
-
-    def skip(key: str) -> bool:
-        status = results.status(key)
-        if status is None:
-            return not args.resume  # --retry-failed alone touches only failed pairs
-        return not (status == "error" and args.retry_failed)
-
-    return skip
-
-
 def _resume_command(args: argparse.Namespace) -> str:
     argv = list(args.argv)
     if "--resume" not in argv:
@@ -205,7 +188,11 @@ def _dry_run(
     results: ResultsFile | None,
     windows: tuple[Window, ...],
 ) -> int:
-    skip = _skip_rule(results, args)
+    skip = (
+        None
+        if results is None
+        else results.skip_rule(resume=args.resume, retry_failed=args.retry_failed)
+    )
     seen = KeyIndex(args.index_dir)
     codes: Counter[str] = Counter()
     examples: list[str] = []
@@ -314,72 +301,25 @@ def _run_with_results(
 ) -> int:
     options = client_options(args)
     _check_out_folder(args.out)
-    results = ResultsFile(args.out, args.format, index_dir=args.index_dir)
     try:
-        seed = max((w.limit for w in windows), default=0)
-        results.open(resume=args.resume or args.retry_failed, seed_limit=seed)
-    except (ValueError, ResultsFileError) as exc:
-        results.close(compact=False)
+        return asyncio.run(_run(args, specs, windows, options, shard))
+    except ValueError as exc:  # a CSV without its header; not a results file of --format
         raise UsageError(str(exc)) from None
-    except FileExistsError:
-        results.close(compact=False)
-        raise UsageError(
-            f"{args.out} already holds results: pass --resume to continue it, "
-            "--retry-failed to re-run its errors, or choose another --out"
-        ) from None
-    except BaseException:
-        results.close(compact=False)
-        raise
-    if results.repaired:
-        print(
-            f"{args.out}: cut off a torn last line (its pair runs again; the bytes are kept in "
-            f"{results.removed_path})",
-            file=sys.stderr,
-        )
-    if results.unreadable:
-        print(
-            f"{args.out}: skipped {results.unreadable} line(s) that are not results (their "
-            f"pairs run again); they move to {results.removed_path} at the end",
-            file=sys.stderr,
-        )
-    code = EXIT_OK
-    try:
-        code = asyncio.run(_run(args, specs, results, windows, options, shard))
-    except ValueError as exc:  # a CSV without its header, found on first read
-        raise UsageError(str(exc)) from None
-    finally:
-        try:
-            results.close()
-        except ResultsFileError as exc:
-            print(
-                f"facematch-async batch: {exc}; the file is complete as it is (a later line "
-                "supersedes an earlier one) and the next run compacts it",
-                file=sys.stderr,
-            )
-    return code
 
 
 async def _run(
     args: argparse.Namespace,
     specs: Iterator[PairSpec],
-    results: ResultsFile,
     windows: tuple[Window, ...],
     options: dict[str, Any],
     shard: tuple[int, int] | None,
 ) -> int:
     from facematch_async import AuthenticationError, FaceMatchClient
 
-    limiter = RateLimiter(windows)
-    # Requests an earlier run made in the last day still count against today's quota.
-    offset = time.monotonic() - time.time()
-    limiter.seed(sorted(stamp + offset for stamp in results.recent))
-
     summary = BatchSummary()
     total = _count_rows(Path(args.manifest))
     if total is not None and shard is not None:
         total = total // shard[1]
-    if total is not None:
-        total = max(0, total - results.recorded)
     progress = Progress(
         summary,
         total,
@@ -396,7 +336,7 @@ async def _run(
         runner = BatchRunner(
             client,
             concurrency=args.concurrency,
-            rate_limit=limiter,
+            rate_limit=RateLimiter(windows),
             stop_at_quota=args.stop_at_quota,
             index_dir=args.index_dir,
         )
@@ -405,14 +345,13 @@ async def _run(
             nonlocal interrupted
             interrupted += 1
             if interrupted == 1:
-                runner.stop()
+                runner.stop(grace=args.grace)
                 print(
                     f"\nstopping: {runner.in_flight} pair(s) in flight get up to {args.grace:g} s "
                     "to finish (interrupt again to abandon them)",
                     file=sys.stderr,
                     flush=True,
                 )
-                loop.call_later(args.grace, runner.cancel)
             else:
                 runner.cancel()
 
@@ -427,24 +366,30 @@ async def _run(
         async def report() -> None:
             while True:
                 await asyncio.sleep(progress.interval)
+                summary.skipped = runner.skipped
                 progress.note = runner.waiting_reason() or ""
                 progress.tick()
 
         reporter = asyncio.create_task(report())
         try:
-            outcomes = runner.run(specs, skip=_skip_rule(results, args))
-            async with contextlib.aclosing(outcomes):
-                async for outcome in outcomes:
-                    try:
-                        results.write(outcome)
-                    except ResultsFileError as exc:
-                        # Nothing more can be recorded: stop now, so that no further pair
-                        # is sent only to be lost; the pairs in flight run again on resume.
-                        disk_error = exc
-                        runner.cancel()
-                        break
-                    summary.add(outcome)
-                    progress.tick()
+            await runner.run_to_file(
+                specs,
+                args.out,
+                resume=args.resume,
+                retry_failed=args.retry_failed,
+                fmt=args.format,
+                on_outcome=lambda _: progress.tick(),
+                summary=summary,
+            )
+        except FileExistsError:
+            raise UsageError(
+                f"{args.out} already holds results: pass --resume to continue it, "
+                "--retry-failed to re-run its errors, or choose another --out"
+            ) from None
+        except ResultsFileError as exc:
+            if runner.summary is None:  # refused on opening: nothing was sent
+                raise UsageError(str(exc)) from None
+            disk_error = exc
         except AuthenticationError as error:
             print(
                 f"\nfacematch-async batch: credentials refused, stopped: {error}", file=sys.stderr

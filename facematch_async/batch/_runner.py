@@ -47,6 +47,8 @@ from facematch_async.batch._index import KeyIndex
 from facematch_async.batch._manifest import ManifestProblem, PairSpec
 from facematch_async.batch._outcome import PairError, PairOutcome
 from facematch_async.batch._progress import format_duration
+from facematch_async.batch._sink import ResultFormat, ResultsFile, ResultsFileError
+from facematch_async.batch._summary import BatchSummary
 from facematch_async.errors import (
     AuthenticationError,
     ClientClosedError,
@@ -187,17 +189,25 @@ class BatchRunner:
         self._backoff = 1.0
         self._tasks: set[asyncio.Task[bool]] = set()
         self._waiting: set[asyncio.Task[object]] = set()  # pairs that send nothing now
+        self.summary: BatchSummary | None = None
         self._crash: BaseException | None = None
 
-    def stop(self) -> None:
+    def stop(self, grace: float | None = None) -> None:
         """Stop dispatching new pairs; those in flight finish and are reported.
 
         Pairs that are only waiting (for the rate limiter, or a retry's backoff) can send
         nothing before the wait ends: they are released at once and stay unrecorded.
+
+        Args:
+            grace: Seconds the pairs still sending may take before they are abandoned
+                (:meth:`cancel`); ``None`` waits for them. What the CLI does on Ctrl-C or
+                SIGTERM: ``loop.add_signal_handler(signal.SIGTERM, runner.stop, 30)``.
         """
         if self.stop_reason is None:
             self.stop_reason = "stopped"
         self._release_waiting()
+        if grace is not None:
+            asyncio.get_running_loop().call_later(grace, self.cancel)
 
     def _release_waiting(self) -> None:
         for task in self._waiting:
@@ -291,6 +301,106 @@ class BatchRunner:
             raise self._crash
         if self.fatal_error is not None:
             raise self.fatal_error
+
+    async def run_to_file(
+        self,
+        pairs: Iterable[PairInput] | AsyncIterable[PairInput],
+        path: str | Path,
+        *,
+        resume: bool = False,
+        retry_failed: bool = False,
+        fmt: ResultFormat | None = None,
+        on_outcome: Callable[[PairOutcome], object] | None = None,
+        summary: BatchSummary | None = None,
+    ) -> BatchSummary:
+        """Match ``pairs`` into a results file, resumably: ``batch --out PATH`` in Python.
+
+        Each outcome is appended and flushed as one line when it completes, so a crash
+        (even ``kill -9``) loses only the pairs in flight. With ``resume`` a torn last line
+        is cut off (its bytes kept in ``PATH.removed``), pairs that already have a line are
+        skipped, and the requests of the last day count against the daily window; with
+        ``retry_failed`` pairs whose last line is an ``error`` run again. At the end the file
+        is compacted to one line per pair (atomically). The summary so far is also in
+        :attr:`summary`, for a run that raised.
+
+        ```python
+        runner = BatchRunner(client, rate_limit="growth", stop_at_quota=True)
+        summary = await runner.run_to_file(read_manifest("pairs.csv"), "out.jsonl", resume=True)
+        print(summary.format(), runner.stop_reason)  # "quota": run it again tomorrow
+        ```
+
+        Args:
+            pairs: As for :meth:`run`.
+            path: The results file (``.csv`` for CSV, else JSONL; or ``fmt``).
+            resume: Continue the file; without it (or ``retry_failed``) the file must be
+                absent or empty.
+            retry_failed: Run again the pairs whose last outcome is an error.
+            fmt: ``"jsonl"`` or ``"csv"`` (default: by the suffix).
+            on_outcome: Called with each outcome after its line is written (progress).
+            summary: Count into this summary (one a progress display reads, say) rather
+                than a new one.
+
+        Returns:
+            Counts per status and ``sub_code``, latency quantiles, pairs skipped.
+
+        Raises:
+            FileExistsError: the file holds results and neither ``resume`` nor
+                ``retry_failed`` was given.
+            ResultsFileError: the file cannot be opened, read or written (a directory, a
+                missing folder, a full disk). Lines written before are intact; the run
+                stops at once and a resume runs the rest.
+            IndexStorageError: the on-disk index cannot be written (``index_dir`` full).
+            AuthenticationError: the credentials were refused (after the pairs in flight).
+            ValueError: the file is not a results file of that format.
+        """
+        self.summary = None
+        results = ResultsFile(path, fmt, index_dir=self.index_dir)
+        # The longest window's worth of the last day's requests seeds the limiter.
+        seed = max((window.limit for window in self.limiter.windows), default=0)
+        results.open(resume=resume or retry_failed, seed_limit=seed)
+        try:
+            if results.repaired:
+                logger.warning(
+                    "%s: cut off a torn last line (its pair runs again; the bytes are kept in %s)",
+                    path,
+                    results.removed_path,
+                )
+            if results.unreadable:
+                logger.warning(
+                    "%s: skipped %d line(s) that are not results (their pairs run again); "
+                    "they move to %s at the end",
+                    path,
+                    results.unreadable,
+                    results.removed_path,
+                )
+            offset = time.monotonic() - time.time()  # the file holds wall-clock times
+            self.limiter.seed(sorted(stamp + offset for stamp in results.recent))
+            summary = self.summary = BatchSummary() if summary is None else summary
+            outcomes = self.run(
+                pairs, skip=results.skip_rule(resume=resume, retry_failed=retry_failed)
+            )
+            async with contextlib.aclosing(outcomes):
+                async for outcome in outcomes:
+                    try:
+                        results.write(outcome)
+                    except ResultsFileError:
+                        # Nothing more can be recorded: stop now, so that no further pair is
+                        # sent only to be lost; the pairs in flight run again on resume.
+                        self.cancel()
+                        raise
+                    summary.add(outcome)
+                    summary.skipped = self.skipped
+                    if on_outcome is not None:
+                        on_outcome(outcome)
+            summary.skipped = self.skipped
+            return summary
+        finally:
+            if self.summary is not None:
+                self.summary.skipped = self.skipped
+            try:
+                results.close()
+            except ResultsFileError as exc:  # complete as it is: readers take the last line
+                logger.warning("%s; the next run compacts it", exc)
 
     async def _produce(
         self,

@@ -36,7 +36,7 @@ import json
 import os
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeAlias
 
@@ -303,6 +303,23 @@ class ResultsFile:
                 out.writelines(lines)
         except OSError as exc:
             raise ResultsFileError(self.removed_path, "write", exc) from None
+
+    def skip_rule(self, *, resume: bool, retry_failed: bool) -> Callable[[str], bool] | None:
+        """The ``skip`` predicate for :meth:`BatchRunner.run`: which pairs a run passes over.
+
+        ``resume`` skips every pair with a line; ``retry_failed`` runs again the pairs whose
+        last line is an ``error`` (alone, it runs nothing else); neither skips nothing.
+        """
+        if not (resume or retry_failed):
+            return None
+
+        def skip(key: str) -> bool:
+            status = self.status(key)
+            if status is None:
+                return not resume  # --retry-failed alone touches only failed pairs
+            return not (status == "error" and retry_failed)
+
+        return skip
 
     def status(self, key: str) -> str | None:
         """The status of ``key``'s last line, or ``None`` if it has none."""
