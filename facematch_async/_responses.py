@@ -207,13 +207,13 @@ def _redirect_target(location: str | None, secrets: tuple[str, ...]) -> str:
         return "an unnamed location"
     try:
         parts = urlsplit(location)
-        host, port = parts.hostname, parts.port
     except ValueError:
         return "an unparseable location"
+    # netloc, not hostname: hostname is lower-cased, and a lower-cased echo would not match.
+    host = parts.netloc.rpartition("@")[2]  # user info dropped
     if not parts.scheme or not host:
         return "a relative location"
-    where = f"{parts.scheme}://{host}" + ("" if port is None else f":{port}")
-    return redact(where, secrets)
+    return redact(f"{parts.scheme}://{host}", secrets)
 
 
 def _status_error(
