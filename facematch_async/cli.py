@@ -144,6 +144,7 @@ def _add_match_parser(
 def run_match(args: argparse.Namespace) -> int:
     """``facematch-async match``: 0 with a decision, 1 on an error (printed as JSON)."""
     from facematch_async import FaceMatchClient, FaceMatchError
+    from facematch_async._responses import redact
 
     options = client_options(args)
 
@@ -151,18 +152,23 @@ def run_match(args: argparse.Namespace) -> int:
         async with FaceMatchClient(api_version=args.api_version, **options) as client:
             try:
                 result = await client.match(args.file_a, args.file_b)
-            except FaceMatchError as error:
+            except Exception as error:  # a JSON error and one line, never a traceback
+                if isinstance(error, FaceMatchError):
+                    message, line = error.message, str(error)
+                else:  # a bug: still no traceback, and no secret its text might quote
+                    message = redact(str(error), client._secrets())
+                    line = f"{message} (unexpected; please report it)"
                 body: dict[str, Any] = {
                     "error": {
                         "type": type(error).__name__,
-                        "message": error.message,
-                        "sub_code": error.sub_code,
-                        "status_code": error.status_code,
-                        "transaction_id": error.transaction_id,
+                        "message": message,
+                        "sub_code": getattr(error, "sub_code", None),
+                        "status_code": getattr(error, "status_code", None),
+                        "transaction_id": getattr(error, "transaction_id", None),
                     }
                 }
                 print(json.dumps(body, indent=2))
-                print(f"facematch-async match: {type(error).__name__}: {error}", file=sys.stderr)
+                print(f"facematch-async match: {type(error).__name__}: {line}", file=sys.stderr)
                 return EXIT_PAIRS_FAILED
         body = {  # the same name: a decision or the error above, never both
             "match": result.match,
