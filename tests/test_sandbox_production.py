@@ -460,7 +460,7 @@ def test_cli_flags_build_the_config() -> None:
     assert faults.drop_rate == 0.05 and faults.burst_length == 5 and faults.seed == 9
     assert "/v1/authorize" in faults.paths
     assert _faults(build_parser().parse_args(["sandbox"])) is None
-    assert build_parser().parse_args(["sandbox"]).engine == "test"
+    assert build_parser().parse_args(["sandbox"]).engine == "auto"  # real faces when installed
 
 
 @pytest.mark.parametrize(
