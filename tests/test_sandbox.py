@@ -119,11 +119,20 @@ def valid_claims(**overrides: Any) -> dict[str, Any]:
     return claims
 
 
-def assert_verdict_body(body: Any, sub_code: str, message: str, detail: str) -> None:
-    """The shape of Deepvue's documented NO_FACE_FOUND / UNSUPPORTED_FILE_FORMAT bodies."""
-    assert set(body) == {"code", "timestamp", "transaction_id", "sub_code", "message", "detail"}
-    assert body["code"] is None
-    assert isinstance(body["timestamp"], int)
+def assert_verdict_body(
+    body: Any, sub_code: str, message: str, detail: str, version: int = 1, status: int = 400
+) -> None:
+    """The shape of Deepvue's documented NO_FACE_FOUND / UNSUPPORTED_FILE_FORMAT bodies.
+
+    v2 takes v2's envelope, as its success does: ``code`` is the status, no ``timestamp``.
+    """
+    if version == 1:
+        assert set(body) == {"code", "timestamp", "transaction_id", "sub_code", "message", "detail"}
+        assert body["code"] is None
+        assert isinstance(body["timestamp"], int)
+    else:
+        assert set(body) == {"code", "transaction_id", "sub_code", "message", "detail"}
+        assert body["code"] == status
     assert isinstance(body["transaction_id"], str)
     assert (body["sub_code"], body["message"], body["detail"]) == (sub_code, message, detail)
 
@@ -317,6 +326,8 @@ async def test_no_face_found_body(
         "NO_FACE_FOUND",
         "Unable to detect face",
         "Not able to locate any faces in at least one of the images. Check the image files.",
+        version,
+        verdict_status,
     )
 
 
@@ -334,6 +345,8 @@ async def test_unsupported_file_format_body(
         "UNSUPPORTED_FILE_FORMAT",
         "File format not supported",
         "Unsupported file type, only .jpeg, .jpg, .png file formats are supported",
+        version,
+        verdict_status,
     )
 
 

@@ -460,7 +460,7 @@ def test_cli_flags_build_the_config() -> None:
     assert faults.drop_rate == 0.05 and faults.burst_length == 5 and faults.seed == 9
     assert "/v1/authorize" in faults.paths
     assert _faults(build_parser().parse_args(["sandbox"])) is None
-    assert build_parser().parse_args(["sandbox"]).engine == "test"
+    assert build_parser().parse_args(["sandbox"]).engine == "auto"  # real faces when installed
 
 
 @pytest.mark.parametrize(
@@ -505,7 +505,11 @@ async def test_cli_prints_the_url_first_and_the_engine_on_stderr() -> None:
         assert process.stdout is not None and process.stderr is not None
         line = (await asyncio.wait_for(process.stdout.readline(), timeout=20)).decode()
         assert line.startswith("Sandbox listening on http://127.0.0.1:"), line
-        described = (await asyncio.wait_for(process.stderr.readline(), timeout=5)).decode()
+        # The test engine's warning comes first (tests/test_sandbox_fidelity.py checks it).
+        lines = [(await asyncio.wait_for(process.stderr.readline(), timeout=5)).decode()]
+        while not lines[-1].startswith("Sandbox engine="):
+            lines.append((await asyncio.wait_for(process.stderr.readline(), timeout=5)).decode())
+        described = lines[-1]
         assert "engine=test" in described and "rate-limit=1/s,30/min,1000/day" in described
         assert "error_rate_503=0.5" in described and "seed=3" in described
     finally:

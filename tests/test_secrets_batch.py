@@ -80,6 +80,8 @@ def test_cli_batch_leaks_nothing(tmp_path: Path) -> None:
             "sandbox",
             "--port",
             "0",
+            "--engine",
+            "test",  # the tagged images are judged by tag; the CLI's default is auto
             "--error-rate-500",
             "0.1",
             "--token-ttl",
