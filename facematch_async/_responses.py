@@ -39,6 +39,12 @@ _REDACTED = "[REDACTED]"
 MIN_REDACTED_LENGTH = 8
 _SNIPPET = 200  # characters of a non-JSON body kept in an error message
 _INVALID_TOKEN_DETAILS = ("not a valid token", "not authenticated")
+# The contract's other 401 details: the credentials themselves, whatever status carries them.
+_CREDENTIAL_DETAILS = (
+    "could not validate credentials",
+    "invalid client_id",
+    "authorization failure",
+)
 
 
 class RawResponse:
@@ -245,6 +251,8 @@ def _status_error(
         return InactiveClientError(message, **kwargs)
     if any(phrase in lowered for phrase in _INVALID_TOKEN_DETAILS):
         return InvalidTokenError(message, **kwargs)
+    if any(phrase in lowered for phrase in _CREDENTIAL_DETAILS):
+        return AuthenticationError(message, **kwargs)
     if 300 <= status < 400:
         target = _redirect_target(response.headers.get("location"), secrets)
         return APIStatusError(f"redirect to {target} not followed", **kwargs)
