@@ -16,7 +16,13 @@ import aiohttp
 from facematch_async._auth import AccessToken, StaticTokenSource, TokenManager, token_from_response
 from facematch_async._downscale import require_pillow
 from facematch_async._events import RequestEvent, RequestHook
-from facematch_async._images import ImageInput, UploadImage, load_pair
+from facematch_async._images import (
+    DEFAULT_IMAGE_READ_TIMEOUT,
+    DEFAULT_MAX_IMAGE_BYTES,
+    ImageInput,
+    UploadImage,
+    load_pair,
+)
 from facematch_async._models import FaceMatchResult
 from facematch_async._responses import RawResponse, parse_authorize, parse_facematch
 from facematch_async._retry import RetryPolicy, call_with_retries
@@ -36,7 +42,6 @@ T = TypeVar("T")
 logger = logging.getLogger("facematch_async")
 
 PRODUCTION_BASE_URL = "https://production.deepvue.tech"
-DEFAULT_MAX_IMAGE_BYTES = 10 * 1024 * 1024
 DEFAULT_TIMEOUT = 30.0
 
 
@@ -71,6 +76,9 @@ class FaceMatchClient:
         max_image_side: Opt-in (extra ``images``): downscale JPEG/PNG images whose longer
             side exceeds this many pixels before upload, upright by their EXIF orientation
             and in their own format. Smaller images are sent untouched.
+        image_read_timeout: Seconds a pair's image files may take to read (a stuck network
+            mount, a pipe given as a file object) before the call raises ``ImageReadError``;
+            ``None`` for no limit. Only that call waits: other calls' reads go on.
         retry_policy: Backoff and ``Retry-After`` limits (see :class:`RetryPolicy`).
         on_request_start: Called with a :class:`RequestEvent` before each HTTP attempt.
         on_request_end: Called with the completed :class:`RequestEvent` after each attempt
@@ -97,6 +105,7 @@ class FaceMatchClient:
         api_version: Literal["v1", "v2"] = "v1",
         max_image_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES,
         max_image_side: int | None = None,
+        image_read_timeout: float | None = DEFAULT_IMAGE_READ_TIMEOUT,
         retry_policy: RetryPolicy | None = None,
         on_request_start: RequestHook | None = None,
         on_request_end: RequestHook | None = None,
@@ -125,6 +134,8 @@ class FaceMatchClient:
             if max_image_side < 64:
                 raise ValueError("max_image_side must be at least 64 pixels")
             require_pillow()
+        if image_read_timeout is not None and not image_read_timeout > 0:
+            raise ValueError("image_read_timeout must be more than 0 seconds, or None")
         if not isinstance(timeout, aiohttp.ClientTimeout):
             timeout = aiohttp.ClientTimeout(total=timeout)
 
@@ -133,6 +144,7 @@ class FaceMatchClient:
         self.max_retries = max_retries
         self.max_image_bytes = max_image_bytes
         self.max_image_side = max_image_side
+        self.image_read_timeout = image_read_timeout
         self.retry_policy = retry_policy or RetryPolicy()
         self._client_secret = client_secret
         self._on_request_start = on_request_start
@@ -319,7 +331,8 @@ class FaceMatchClient:
         """Ask the API whether two images show the same person.
 
         Both images are read and checked (JPEG or PNG by magic bytes, not empty, within
-        ``max_image_bytes``) before any network call.
+        ``max_image_bytes``, a path only if it is a regular file) before any network call,
+        within ``image_read_timeout``.
 
         Args:
             file_a: A path, bytes, or a binary file object: an ID document or a selfie.
@@ -342,6 +355,7 @@ class FaceMatchClient:
             max_bytes=self.max_image_bytes,
             allow_pdf=self.api_version == "v2",
             max_side=self.max_image_side,
+            read_timeout=self.image_read_timeout,
         )
         return await self._match_images(images)
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from facematch_async._images import detect_format
+from facematch_async._images import DEFAULT_MAX_IMAGE_BYTES, check_image_file
 from facematch_async._ratelimit import RateLimiter, Window, parse_rate_limit
 from facematch_async.batch._index import IndexStorageError, KeyIndex, key_hash
 from facematch_async.batch._manifest import ManifestProblem, PairSpec, read_manifest
@@ -32,10 +32,9 @@ from facematch_async.cli import (
     add_connection_arguments,
     client_options,
 )
+from facematch_async.errors import ImageError
 
 __all__ = ["add_batch_parser", "run_batch", "shard_filter"]
-
-DEFAULT_MAX_IMAGE_BYTES = 10 * 1024 * 1024
 
 
 def add_batch_parser(
@@ -162,23 +161,15 @@ def _resume_command(args: argparse.Namespace) -> str:
 
 
 def _check_locally(spec: PairSpec, max_bytes: int) -> ManifestProblem | None:
-    """What ``match`` would refuse before any network call (stat + 8 bytes per image)."""
+    """What a run would refuse before any network call: the very checks ``match`` makes
+    (regular files only, size, magic bytes, end marker), so the two cannot disagree. The
+    code is the one the run's summary counts the error under (``sub_code``, else its type)."""
     for name, path in (("file_a", spec.file_a), ("file_b", spec.file_b)):
         assert path is not None
         try:
-            size = path.stat().st_size
-            with open(path, "rb") as file:
-                head = file.read(8)
-        except FileNotFoundError:
-            return ManifestProblem("IMAGE_NOT_FOUND", f"{name}: no such file")
-        except OSError as exc:
-            return ManifestProblem("IMAGE_UNREADABLE", f"{name}: {exc.strerror}")
-        if size == 0:
-            return ManifestProblem("EMPTY_IMAGE", f"{name} is empty")
-        if size > max_bytes:
-            return ManifestProblem("IMAGE_TOO_LARGE", f"{name} is {size} bytes")
-        if detect_format(head) not in ("JPEG", "PNG"):
-            return ManifestProblem("UNSUPPORTED_FILE_FORMAT", f"{name} is not JPEG or PNG")
+            check_image_file(name, path, max_bytes=max_bytes)
+        except ImageError as error:
+            return ManifestProblem(error.sub_code or type(error).__name__, error.message)
     return None
 
 

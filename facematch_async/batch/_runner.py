@@ -533,7 +533,11 @@ class BatchRunner:
             return None
         allow_pdf = client.api_version == "v2"
         return start_load(
-            spec.file_a, spec.file_b, max_bytes=client.max_image_bytes, allow_pdf=allow_pdf
+            spec.file_a,
+            spec.file_b,
+            max_bytes=client.max_image_bytes,
+            allow_pdf=allow_pdf,
+            read_timeout=client.image_read_timeout,
         )
 
     def _outcome(
