@@ -81,6 +81,14 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
         "--timeout", type=float, default=30.0, help="seconds per attempt (%(default)s)"
     )
     group.add_argument("--max-retries", type=int, default=2, help="retries per call (%(default)s)")
+    group.add_argument(
+        "--image-read-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="an image file not read within this long (a stuck network mount) is that pair's "
+        "ImageReadError (%(default)s)",
+    )
 
 
 def read_secret(args: argparse.Namespace) -> str:
@@ -114,14 +122,15 @@ def client_options(args: argparse.Namespace) -> dict[str, Any]:
     """Keyword arguments for ``FaceMatchClient`` from the connection arguments."""
     if not args.client_id:
         raise UsageError("no client id: set DEEPVUE_CLIENT_ID or pass --client-id")
-    if args.max_retries < 0 or args.timeout <= 0:
-        raise UsageError("--max-retries must be >= 0 and --timeout > 0")
+    if args.max_retries < 0 or args.timeout <= 0 or not args.image_read_timeout > 0:
+        raise UsageError("--max-retries must be >= 0, --timeout and --image-read-timeout > 0")
     return {
         "client_id": args.client_id,
         "client_secret": read_secret(args),
         "base_url": args.base_url,
         "timeout": args.timeout,
         "max_retries": args.max_retries,
+        "image_read_timeout": args.image_read_timeout,
     }
 
 

@@ -160,14 +160,14 @@ def _resume_command(args: argparse.Namespace) -> str:
     return shlex.join(["facematch-async", *argv])
 
 
-def _check_locally(spec: PairSpec, max_bytes: int) -> ManifestProblem | None:
+def _check_locally(spec: PairSpec, max_bytes: int, read_timeout: float) -> ManifestProblem | None:
     """What a run would refuse before any network call: the very checks ``match`` makes
     (regular files only, size, magic bytes, end marker), so the two cannot disagree. The
     code is the one the run's summary counts the error under (``sub_code``, else its type)."""
     for name, path in (("file_a", spec.file_a), ("file_b", spec.file_b)):
         assert path is not None
         try:
-            check_image_file(name, path, max_bytes=max_bytes)
+            check_image_file(name, path, max_bytes=max_bytes, read_timeout=read_timeout)
         except ImageError as error:
             return ManifestProblem(error.sub_code or type(error).__name__, error.message)
     return None
@@ -198,7 +198,7 @@ def _dry_run(
                 skipped += 1
                 continue
             if problem is None:
-                problem = _check_locally(spec, DEFAULT_MAX_IMAGE_BYTES)
+                problem = _check_locally(spec, DEFAULT_MAX_IMAGE_BYTES, args.image_read_timeout)
             if problem is None:
                 ready += 1
                 continue
