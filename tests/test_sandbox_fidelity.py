@@ -40,7 +40,7 @@ from facematch_async.sandbox import (
     make_test_image,
     sandbox_process,
 )
-from facematch_async.sandbox._cli import run_sandbox
+from facematch_async.cli._sandbox import run_sandbox
 from facematch_async.sandbox._server import TEST_ENGINE_WARNING, describe
 
 from .conftest import FAST_RETRIES, fetch_token
@@ -782,7 +782,7 @@ def test_cli_turns_every_mode_into_the_config(monkeypatch: pytest.MonkeyPatch) -
     async def fake_serve(config: SandboxConfig, host: str, port: int) -> None:
         seen.append(config)
 
-    monkeypatch.setattr("facematch_async.sandbox._cli.serve", fake_serve)
+    monkeypatch.setattr("facematch_async.cli._sandbox.serve", fake_serve)
     argv = ["sandbox", "--null-confidence", "--strict-uploads", "--read-timeout", "7"]
     args = build_parser().parse_args(argv)
     assert run_sandbox(args) == 0

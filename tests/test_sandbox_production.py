@@ -443,7 +443,7 @@ async def test_engine_by_name_in_config() -> None:
 
 def test_cli_flags_build_the_config() -> None:
     """Engine, rate-limit and fault flags parse to what SandboxConfig and FaultConfig take."""
-    from facematch_async.sandbox._cli import _faults
+    from facematch_async.cli._sandbox import _faults
 
     args = build_parser().parse_args(
         [

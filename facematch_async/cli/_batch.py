@@ -21,7 +21,7 @@ from facematch_async.batch._progress import Progress, format_duration
 from facematch_async.batch._runner import BatchRunner
 from facematch_async.batch._sink import ResultsFile, ResultsFileError
 from facematch_async.batch._summary import BatchSummary
-from facematch_async.cli import (
+from facematch_async.cli._common import (
     EXIT_ABORTED,
     EXIT_CREDENTIALS,
     EXIT_IO,
