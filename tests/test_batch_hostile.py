@@ -227,7 +227,7 @@ async def test_a_huge_retry_after_stops_at_quota_at_once(
     make_client: MakeClient, faces: Faces, sandbox: SandboxServer, retry_after: str
 ) -> None:
     """With stop_at_quota, a Retry-After past the cap stops the batch as the daily quota."""
-    sandbox.faults.add(
+    sandbox.scripted.add(
         ScriptedResponse(
             path="/v1/facematch",
             status=429,
@@ -256,7 +256,7 @@ async def test_a_huge_retry_after_is_a_bounded_visible_wait_that_a_stop_releases
 ) -> None:
     """Without stop_at_quota the batch waits at most the plan's day window, says why and until
     when; a stop then releases every waiting pair at once."""
-    sandbox.faults.add(
+    sandbox.scripted.add(
         ScriptedResponse(
             path="/v1/facematch",
             status=429,
@@ -292,7 +292,7 @@ async def test_a_stop_releases_pairs_waiting_out_a_retry_after_backoff(
 ) -> None:
     """A 429 with Retry-After 30 (within the cap): pairs sleep in the client's backoff or wait
     for the limiter; a stop ends the run at once, leaving them for the resume."""
-    sandbox.faults.add(
+    sandbox.scripted.add(
         ScriptedResponse(
             path="/v1/facematch",
             status=429,

@@ -116,7 +116,7 @@ async def test_an_existing_file_needs_resume_and_retry_failed_reruns_only_errors
     file ends with one line per pair."""
     pairs = [(f"p{i}", faces.alice_png, faces.alice_jpg) for i in range(6)]
     out = tmp_path / "out.jsonl"
-    sandbox.faults.add(
+    sandbox.scripted.add(
         ScriptedResponse(path="/v1/facematch", status=400, json={"detail": "bad"}, times=2)
     )
     runner = BatchRunner(make_client(), concurrency=1, rate_limit=None)
@@ -137,7 +137,7 @@ async def test_stop_with_grace_abandons_pairs_still_sending(
     make_client: MakeClient, faces: Faces, tmp_path: Path, sandbox: SandboxServer
 ) -> None:
     """stop(grace=...) lets pairs in flight finish for that long, then abandons them."""
-    sandbox.faults.add(ScriptedResponse(path="/v1/facematch", delay=30, times=2))
+    sandbox.scripted.add(ScriptedResponse(path="/v1/facematch", delay=30, times=2))
     runner = BatchRunner(make_client(timeout=60), concurrency=2, rate_limit=None)
     pairs = [(f"p{i}", faces.alice_png, faces.alice_jpg) for i in range(10)]
     started = time.monotonic()

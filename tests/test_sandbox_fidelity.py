@@ -30,6 +30,7 @@ from facematch_async import (
     UnsupportedFileFormatError,
 )
 from facematch_async.cli import build_parser
+from facematch_async.cli._sandbox import run_sandbox
 from facematch_async.sandbox import (
     EngineVerdict,
     SandboxConfig,
@@ -40,7 +41,6 @@ from facematch_async.sandbox import (
     make_test_image,
     sandbox_process,
 )
-from facematch_async.cli._sandbox import run_sandbox
 from facematch_async.sandbox._server import TEST_ENGINE_WARNING, describe
 
 from .conftest import FAST_RETRIES, fetch_token
@@ -285,7 +285,7 @@ async def test_verdict_errors_are_typed_by_sub_code_whatever_the_status(status: 
         async with client_for(server) as client:
             with pytest.raises(NoFaceFoundError) as no_face:
                 await client.match(make_test_image("none"), PNG)
-            server.faults.add(
+            server.scripted.add(
                 ScriptedResponse(
                     path="/v1/facematch",
                     status=status,
@@ -315,7 +315,7 @@ async def test_token_refusals_are_typed_by_detail_whatever_the_status(
         refusal = ScriptedResponse(
             path="/v1/facematch", status=status, json={"detail": detail}, times=2
         )
-        server.faults.add(refusal)
+        server.scripted.add(refusal)
         async with client_for(server) as client:
             with pytest.raises(InvalidTokenError) as refused:
                 await client.match(JPEG, PNG)
@@ -330,7 +330,7 @@ async def test_a_wrong_api_key_is_an_authentication_error_whatever_the_status(
 ) -> None:
     """A wrong x-api-key: 401 here (assumed); production's status should not matter."""
     async with SandboxServer(config()) as server:
-        server.faults.add(
+        server.scripted.add(
             ScriptedResponse(
                 path="/v1/facematch",
                 status=status,

@@ -35,7 +35,7 @@ from facematch_async.sandbox import (
     make_test_image,
     parse_rate_limit,
 )
-from facematch_async.sandbox._chaos import FaultInjector
+from facematch_async.sandbox._random_faults import FaultInjector
 from facematch_async.sandbox._ratelimit import SlidingWindowLimiter
 
 from .conftest import fetch_token
@@ -392,7 +392,7 @@ async def test_scripted_responses_still_come_first(session: aiohttp.ClientSessio
     server_config = config(rate_limit="1/min", faults=FaultConfig(error_rate_500=1.0))
     async with SandboxServer(server_config) as server:
         token = await authorize(session, server)
-        server.faults.add(ScriptedResponse(path="/v1/facematch", status=418, times=2))
+        server.scripted.add(ScriptedResponse(path="/v1/facematch", status=418, times=2))
         assert [(await post_match(session, server, token))[0] for _ in range(3)] == [418, 418, 500]
         assert server.counters.faults_injected == {"500": 1}
 

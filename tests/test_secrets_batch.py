@@ -47,7 +47,7 @@ async def test_python_batch_leaks_nothing_at_debug(
 
     async with SandboxServer(config) as sandbox:
         # An error body that echoes the credentials back.
-        sandbox.faults.add(
+        sandbox.scripted.add(
             ScriptedResponse(path="/v1/facematch", status=400, json={"detail": f"bad {SECRET}"})
         )
         async with FaceMatchClient(

@@ -8,9 +8,9 @@ import contextlib
 import os
 import sys
 
-from facematch_async.sandbox._chaos import FaultConfig
 from facematch_async.sandbox._choice import ENGINE_NAMES
 from facematch_async.sandbox._config import SandboxConfig
+from facematch_async.sandbox._random_faults import FaultConfig
 from facematch_async.sandbox._ratelimit import PLANS
 from facematch_async.sandbox._server import serve
 

@@ -23,13 +23,13 @@ from typing import Any, Literal
 from aiohttp import BodyPartReader, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from facematch_async.sandbox._chaos import FaultInjector, FaultKind, FaultPlan
 from facematch_async.sandbox._choice import choose_engine
 from facematch_async.sandbox._config import SandboxConfig
 from facematch_async.sandbox._counters import SandboxCounters
 from facematch_async.sandbox._engines import FaceEngine, TestEngine
-from facematch_async.sandbox._faults import FaultScript
+from facematch_async.sandbox._random_faults import FaultInjector, FaultKind, FaultPlan
 from facematch_async.sandbox._ratelimit import SlidingWindowLimiter, retry_after_header
+from facematch_async.sandbox._scripted import ResponseScript
 from facematch_async.sandbox._tokens import TokenAuthority
 
 __all__ = ["SANDBOX_STATE", "SandboxState", "create_app"]
@@ -75,10 +75,10 @@ class SandboxState:
     config: SandboxConfig
     engine: FaceEngine
     tokens: TokenAuthority
-    faults: FaultScript
+    scripted: ResponseScript
     counters: SandboxCounters
     limiter: SlidingWindowLimiter
-    chaos: FaultInjector | None = None
+    random_faults: FaultInjector | None = None
 
 
 SANDBOX_STATE = web.AppKey("sandbox_state", SandboxState)
@@ -98,10 +98,10 @@ def create_app(config: SandboxConfig) -> web.Application:
         config=config,
         engine=_engine(config.engine),
         tokens=TokenAuthority(config.client_id, config.token_ttl, config.jwt_secret),
-        faults=FaultScript(),
+        scripted=ResponseScript(),
         counters=SandboxCounters(),
         limiter=SlidingWindowLimiter(config.rate_windows),
-        chaos=FaultInjector(config.faults) if config.faults is not None else None,
+        random_faults=FaultInjector(config.faults) if config.faults is not None else None,
     )
     app.router.add_post(_AUTHORIZE_PATH, _authorize)
     app.router.add_post("/v1/facematch", _facematch_v1)
@@ -130,7 +130,7 @@ async def _observe(request: web.Request, handler: _Handler) -> web.StreamRespons
     status = 0  # stays 0 when the connection is dropped or the client goes away
     response: web.StreamResponse | None
     try:
-        scripted = state.faults.take(request.path)
+        scripted = state.scripted.take(request.path)
         if scripted is not None:
             if scripted.delay:
                 await asyncio.sleep(scripted.delay)
@@ -140,7 +140,7 @@ async def _observe(request: web.Request, handler: _Handler) -> web.StreamRespons
                 response = scripted.to_response()
                 status = response.status
                 return response
-        plan = state.chaos.plan(request.path) if state.chaos is not None else None
+        plan = state.random_faults.plan(request.path) if state.random_faults is not None else None
         response = await _production_conditions(request, state, plan)
         if response is None:
             try:

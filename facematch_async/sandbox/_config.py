@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from facematch_async.sandbox._chaos import FaultConfig
 from facematch_async.sandbox._choice import ENGINE_NAMES
 from facematch_async.sandbox._engines import FaceEngine
+from facematch_async.sandbox._random_faults import FaultConfig
 from facematch_async.sandbox._ratelimit import RateWindow, parse_rate_limit
 
 __all__ = ["SandboxConfig"]

@@ -11,11 +11,11 @@ from typing import Self
 from aiohttp import web
 
 from facematch_async.sandbox._app import SANDBOX_STATE, SandboxState, create_app
-from facematch_async.sandbox._chaos import FaultConfig, FaultInjector
 from facematch_async.sandbox._config import SandboxConfig
 from facematch_async.sandbox._counters import SandboxCounters
 from facematch_async.sandbox._engines import FaceEngine, TestEngine
-from facematch_async.sandbox._faults import FaultScript
+from facematch_async.sandbox._random_faults import FaultConfig, FaultInjector
+from facematch_async.sandbox._scripted import ResponseScript
 
 __all__ = ["TEST_ENGINE_WARNING", "SandboxServer", "describe", "serve"]
 
@@ -130,9 +130,16 @@ class SandboxServer:
         return self._state.counters
 
     @property
-    def faults(self) -> FaultScript:
-        """The queue of scripted responses; ``add`` and ``clear`` it."""
-        return self._state.faults
+    def scripted(self) -> ResponseScript:
+        """The queue of scripted responses (:class:`ScriptedResponse`): exact answers for
+        the next requests to a path; ``add`` and ``clear`` it. Random faults at set rates
+        are another thing: :class:`FaultConfig` and :meth:`set_random_faults`."""
+        return self._state.scripted
+
+    @property
+    def faults(self) -> ResponseScript:
+        """The same queue as :attr:`scripted`, by its older name."""
+        return self._state.scripted
 
     @property
     def engine(self) -> FaceEngine:
@@ -142,14 +149,14 @@ class SandboxServer:
     @property
     def random_faults(self) -> FaultConfig | None:
         """The random faults in force (see :meth:`set_random_faults`)."""
-        return self._state.chaos.config if self._state.chaos is not None else None
+        return self._state.random_faults.config if self._state.random_faults is not None else None
 
     def set_random_faults(self, faults: FaultConfig | None) -> None:
         """Inject ``faults`` from now on, replacing the configured ones; ``None`` stops them.
 
         A new seeded :class:`FaultConfig` starts its random sequence afresh.
         """
-        self._state.chaos = FaultInjector(faults) if faults is not None else None
+        self._state.random_faults = FaultInjector(faults) if faults is not None else None
 
     def reset_rate_limit(self) -> None:
         """Empty every rate-limit window, as if no request had been made."""
