@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-slow lint typecheck unit clean
+.PHONY: demo test test-slow test-lowest lint typecheck unit clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,19 @@ test: lint typecheck unit
 test-slow: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -m slow
 
+# The client's tests against the lowest aiohttp that pyproject.toml allows (CI runs it).
+AIOHTTP_LOWEST := $(shell sed -n 's/.*"aiohttp>=\([0-9.]*\),.*/\1/p' pyproject.toml)
+LOWEST := .venv-lowest
+$(LOWEST)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(LOWEST)
+	$(LOWEST)/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test]" "aiohttp==$(AIOHTTP_LOWEST).*"
+	$(LOWEST)/bin/python -m pip install --quiet --disable-pip-version-check "aiohttp==$(AIOHTTP_LOWEST).0"
+	touch $@
+
+test-lowest: $(LOWEST)/.installed
+	$(LOWEST)/bin/python -c "import aiohttp; print('aiohttp', aiohttp.__version__)"
+	$(LOWEST)/bin/python -m pytest -p no:cacheprovider tests/client
+
 # The benchmark of this SDK against hand-written peers (several minutes); rewrites the
 # results in benchmarks/ (results.json, results.md, results.png, README.md's table).
 .PHONY: bench
@@ -44,4 +57,4 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench.py --readme
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(LOWEST) .mypy_cache .pytest_cache .ruff_cache *.egg-info

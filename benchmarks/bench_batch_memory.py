@@ -113,7 +113,10 @@ def main() -> int:
 
     env = {**os.environ, "DEEPVUE_CLIENT_ID": CLIENT_ID, "DEEPVUE_CLIENT_SECRET": CLIENT_SECRET}
     rows = []
-    with sandbox_process(env=env) as base_url, tempfile.TemporaryDirectory() as tmp:
+    with (
+        sandbox_process("--engine", "test", env=env) as base_url,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         for size in sizes:
             manifest = write_inputs(Path(tmp), size)
             out = Path(tmp) / f"results-{size}.jsonl"

@@ -3,9 +3,10 @@
 Run with `make demo`. Nothing leaves the machine: the sandbox runs as a separate process on
 loopback. With the `demo` extra installed (as `make demo` does) it recognises faces with
 dlib, on photos made offline from the public-domain NASA portrait of Eileen Collins that
-ships inside scikit-image (crops, resizes, a rotation, re-encodings), with photos of things
-for NO_FACE_FOUND. Without the extra it falls back to the deterministic test engine and
-tagged test images. The demo
+ships inside scikit-image (crops, resizes, a rotation, re-encodings), the public-domain US
+Navy portrait of Grace Hopper that ships inside matplotlib (a different person: no_match),
+and photos of things for NO_FACE_FOUND. Without the extra it falls back to the
+deterministic test engine and tagged test images. The demo
 
 1. writes the images (plus a GIF renamed .jpg) and a manifest of pairs (one of them a
    repeated pair_id, one a row with a missing column);
@@ -32,6 +33,7 @@ CLIENT_SECRET = "demo-secret"  # only ever passed through the environment
 def write_photo_inputs(folder: Path) -> Path | None:
     """Real photos and a manifest for the dlib engine, or None without the demo extra."""
     try:
+        import matplotlib
         import skimage
         from PIL import Image
 
@@ -53,12 +55,17 @@ def write_photo_inputs(folder: Path) -> Path | None:
     }
     for name, image in variants.items():
         image.save(images / name)
+    # A second person, so the demo shows a no_match (dlib: 0.70-0.71 apart from Collins).
+    hopper = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    (images / "hopper_selfie.jpg").write_bytes(hopper.read_bytes())
     for name in ("coffee.png", "rocket.jpg"):  # photos without a face
         (images / name).write_bytes((data / name).read_bytes())
     (images / "animated.jpg").write_bytes((data / "no_time_for_that_tiny.gif").read_bytes())
     rows = ["pair_id,file_a,file_b,case_ref"]
     for i, name in enumerate(variants):
         rows.append(f"KYC-{i:03d},images/{name},images/collins_id.png,C{i}")
+    rows.append("KYC-050,images/hopper_selfie.jpg,images/collins_id.png,C50")  # no_match
+    rows.append("KYC-051,images/hopper_selfie.jpg,images/collins_selfie.jpg,C51")  # no_match
     rows.append("KYC-100,images/coffee.png,images/collins_id.png,C100")  # no face
     rows.append("KYC-101,images/rocket.jpg,images/collins_selfie.jpg,C101")  # no face
     rows.append("KYC-102,images/animated.jpg,images/collins_id.png,C102")  # a GIF: refused

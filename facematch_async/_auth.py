@@ -12,10 +12,13 @@ import base64
 import binascii
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+
+from facematch_async.errors import APIResponseValidationError
 
 __all__ = ["AccessToken", "StaticTokenSource", "TokenManager", "token_from_response"]
 
@@ -49,7 +52,7 @@ def _jwt_claims(token: str) -> dict[str, object]:
     segment = parts[1] + "=" * (-len(parts[1]) % 4)
     try:
         claims = json.loads(base64.urlsafe_b64decode(segment))
-    except (ValueError, binascii.Error):
+    except (ValueError, binascii.Error, RecursionError):  # nested too deep: unreadable too
         return {}
     return claims if isinstance(claims, dict) else {}
 
@@ -67,8 +70,29 @@ def _parse_expiry(expiry: str | None) -> float | None:
     return when.timestamp()
 
 
+def _claim_seconds(claims: dict[str, object], name: str) -> float | None:
+    """A numeric time claim as float seconds, ``None`` when absent or not a number.
+
+    Raises:
+        ValueError: the number is out of a float's range (``10**400``) or not finite.
+    """
+    value = claims.get(name)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:
+        raise ValueError(f"the token's {name!r} claim is out of range") from None
+    if not math.isfinite(seconds):
+        raise ValueError(f"the token's {name!r} claim is not a finite number")
+    return seconds
+
+
 def token_lifetime(token: str, expiry: str | None, now_wall: float) -> float | None:
     """Seconds the token has left, or ``None`` when it cannot be told.
+
+    Raises:
+        ValueError: ``exp``, ``iat`` or the lifetime they give is out of range.
 
     The ``expiry`` field (else the JWT's ``exp``) is compared with the local clock. When
     the JWT also has ``iat``, ``exp - iat`` (both from the server's clock) bounds the
@@ -76,26 +100,36 @@ def token_lifetime(token: str, expiry: str | None, now_wall: float) -> float | N
     (the token looks expired on arrival) cannot make every call renew it.
     """
     claims = _jwt_claims(token)
-    exp, iat = claims.get("exp"), claims.get("iat")
-    numbers = (int, float)
+    exp, iat = _claim_seconds(claims, "exp"), _claim_seconds(claims, "iat")
     expires_at = _parse_expiry(expiry)
-    if expires_at is None and isinstance(exp, numbers):
-        expires_at = float(exp)
-    issued_for = float(exp - iat) if isinstance(exp, numbers) and isinstance(iat, numbers) else None
     if expires_at is None:
-        return issued_for
-    remaining = expires_at - now_wall
-    if issued_for is None:
-        return remaining
-    if remaining <= 0:
+        expires_at = exp
+    issued_for = exp - iat if exp is not None and iat is not None else None
+    if expires_at is None:
+        lifetime = issued_for
+    elif issued_for is None:
+        lifetime = expires_at - now_wall
+    elif expires_at - now_wall <= 0:
         # ``iat`` is whole seconds, so up to a second of the lifetime may already be gone.
-        return issued_for - 1.0
-    return min(remaining, issued_for)
+        lifetime = issued_for - 1.0
+    else:
+        lifetime = min(expires_at - now_wall, issued_for)
+    if not all(math.isfinite(value) for value in (issued_for, lifetime) if value is not None):
+        raise ValueError("the token's lifetime is out of range")  # e.g. exp 1e308, iat -1e308
+    return lifetime
 
 
 def token_from_response(token: str, expiry: str | None, requested_at: float) -> AccessToken:
-    """Build an :class:`AccessToken`; ``requested_at`` is the monotonic time of the request."""
-    lifetime = token_lifetime(token, expiry, time.time())
+    """Build an :class:`AccessToken`; ``requested_at`` is the monotonic time of the request.
+
+    Raises:
+        APIResponseValidationError: the token's ``exp`` or ``iat`` is out of range
+            (``10**400``, not finite).
+    """
+    try:
+        lifetime = token_lifetime(token, expiry, time.time())
+    except ValueError as exc:  # its text names the claim, never the token
+        raise APIResponseValidationError(f"authorize response: {exc}") from None
     if lifetime is None:
         return AccessToken(token, None)
     if lifetime <= 0:

@@ -18,7 +18,13 @@ from facematch_async._auth import AccessToken, StaticTokenSource, TokenManager, 
 from facematch_async._deadline import Deadline, validate_deadline
 from facematch_async._downscale import require_pillow
 from facematch_async._events import RequestEvent, RequestHook
-from facematch_async._images import ImageInput, UploadImage, load_pair
+from facematch_async._images import (
+    DEFAULT_IMAGE_READ_TIMEOUT,
+    DEFAULT_MAX_IMAGE_BYTES,
+    ImageInput,
+    UploadImage,
+    load_pair,
+)
 from facematch_async._models import FaceMatchResult
 from facematch_async._responses import RawResponse, parse_authorize, parse_facematch
 from facematch_async._retry import RetryPolicy, call_with_retries
@@ -39,7 +45,6 @@ T = TypeVar("T")
 logger = logging.getLogger("facematch_async")
 
 PRODUCTION_BASE_URL = "https://production.deepvue.tech"
-DEFAULT_MAX_IMAGE_BYTES = 10 * 1024 * 1024
 DEFAULT_TIMEOUT = 30.0
 
 
@@ -80,6 +85,9 @@ class FaceMatchClient:
         max_image_side: Opt-in (extra ``images``): downscale JPEG/PNG images whose longer
             side exceeds this many pixels before upload, upright by their EXIF orientation
             and in their own format. Smaller images are sent untouched.
+        image_read_timeout: Seconds a pair's image files may take to read (a stuck network
+            mount, a pipe given as a file object) before the call raises ``ImageReadError``;
+            ``None`` for no limit. Only that call waits: other calls' reads go on.
         retry_policy: Backoff and ``Retry-After`` limits (see :class:`RetryPolicy`).
         on_request_start: Called with a :class:`RequestEvent` before each HTTP attempt.
         on_request_end: Called with the completed :class:`RequestEvent` after each attempt
@@ -107,6 +115,7 @@ class FaceMatchClient:
         api_version: Literal["v1", "v2"] = "v1",
         max_image_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES,
         max_image_side: int | None = None,
+        image_read_timeout: float | None = DEFAULT_IMAGE_READ_TIMEOUT,
         retry_policy: RetryPolicy | None = None,
         on_request_start: RequestHook | None = None,
         on_request_end: RequestHook | None = None,
@@ -136,6 +145,8 @@ class FaceMatchClient:
             if max_image_side < 64:
                 raise ValueError("max_image_side must be at least 64 pixels")
             require_pillow()
+        if image_read_timeout is not None and not image_read_timeout > 0:
+            raise ValueError("image_read_timeout must be more than 0 seconds, or None")
         if not isinstance(timeout, aiohttp.ClientTimeout):
             timeout = aiohttp.ClientTimeout(total=timeout)
 
@@ -144,6 +155,7 @@ class FaceMatchClient:
         self.max_retries = max_retries
         self.max_image_bytes = max_image_bytes
         self.max_image_side = max_image_side
+        self.image_read_timeout = image_read_timeout
         self.retry_policy = retry_policy or RetryPolicy()
         self._client_secret = client_secret
         self._on_request_start = on_request_start
@@ -368,7 +380,8 @@ class FaceMatchClient:
         """Ask the API whether two images show the same person.
 
         Both images are read and checked (JPEG or PNG by magic bytes, not empty, within
-        ``max_image_bytes``) before any network call.
+        ``max_image_bytes``, a path only if it is a regular file) before any network call,
+        within ``image_read_timeout``.
 
         Args:
             file_a: A path, bytes, or a binary file object: an ID document or a selfie.
@@ -398,6 +411,7 @@ class FaceMatchClient:
             max_bytes=self.max_image_bytes,
             allow_pdf=self.api_version == "v2",
             max_side=self.max_image_side,
+            read_timeout=self.image_read_timeout,
         )
         try:
             images = await (load() if budget is None else budget.run(load))
@@ -414,13 +428,15 @@ class FaceMatchClient:
         ``deadline``: the call's budget, already running; ``None`` for none (the batch
         runner's default: it keeps its own rules).
         """
-        call = _MatchCall(self, MultipartBody(images), CALL_SCOPE.get(), deadline)
+        scope = CALL_SCOPE.get()
+        call = _MatchCall(self, MultipartBody(images), scope, deadline)
         try:
             return await call_with_retries(
                 call.attempt,
                 max_retries=self.max_retries,
                 policy=self.retry_policy,
                 deadline=deadline,
+                sleep=None if scope is None else scope.sleep,
             )
         except FaceMatchError as error:
             error.attempts = call.attempts

@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import os
 import stat
+import threading
+import time
 import weakref
 from dataclasses import dataclass, replace
 from typing import IO, TypeAlias
@@ -28,7 +30,16 @@ from facematch_async.errors import (
     UnsupportedFileFormatError,
 )
 
-__all__ = ["ImageInput", "UploadImage", "detect_format", "load_pair", "start_load"]
+__all__ = [
+    "DEFAULT_IMAGE_READ_TIMEOUT",
+    "DEFAULT_MAX_IMAGE_BYTES",
+    "ImageInput",
+    "UploadImage",
+    "check_image_file",
+    "detect_format",
+    "load_pair",
+    "start_load",
+]
 
 ImageInput: TypeAlias = str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]
 """What ``match`` accepts for each image: a path, the bytes themselves, or a binary file."""
@@ -95,6 +106,8 @@ def _read_source(field: str, source: ImageInput, max_bytes: int | None) -> bytes
             return _read_path(field, source, max_bytes)
         except ImageError:
             raise
+        except ValueError:  # os.open refuses a path holding a NUL byte
+            raise ImageReadError(f"{field}: the path holds a NUL byte", field=field) from None
         except FileNotFoundError:
             raise ImageReadError(f"{field}: no such file", field=field) from None
         except IsADirectoryError:
@@ -115,23 +128,45 @@ def _read_source(field: str, source: ImageInput, max_bytes: int | None) -> bytes
     return bytes(data)
 
 
-_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0)  # O_BINARY: Windows only
+# O_NONBLOCK: opening a FIFO that has no writer returns at once instead of waiting for one
+# (it is then refused by its fstat); reads of regular files ignore the flag. O_NOCTTY: a
+# terminal device named as an image must not become our controlling terminal.
+_OPEN_FLAGS = (
+    os.O_RDONLY
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_NOCTTY", 0)
+    | getattr(os, "O_BINARY", 0)  # O_BINARY: Windows only
+)
 _CHUNK = 64 * 1024
+_NOT_REGULAR = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
 
 
 def _read_path(field: str, path: str | os.PathLike[str], max_bytes: int | None) -> bytes:
-    """Read a file whole, refusing one over ``max_bytes`` before reading it.
+    """Read a regular file whole, refusing anything else, or one over ``max_bytes``, before
+    reading a byte.
 
-    ``os.read`` of exactly the size ``fstat`` gave: no buffered file object per image, and
-    the bytes are not reallocated to fit (asking for the limit would allocate 10 MiB per
-    image). A file that grew since, or that has no size (a pipe), is read on in chunks,
-    never past ``max_bytes + 1`` bytes, so that ``_check`` refuses it.
+    Only regular files: a FIFO or a socket can block a read for ever, and a device such as
+    ``/dev/zero`` never ends. ``os.read`` of exactly the size ``fstat`` gave: no buffered
+    file object per image, and the bytes are not reallocated to fit (asking for the limit
+    would allocate 10 MiB per image). A file that grew since is read on in chunks, never
+    past ``max_bytes + 1`` bytes, so that ``_check`` refuses it.
     """
     fd = os.open(path, _OPEN_FLAGS)
     try:
         info = os.fstat(fd)
-        if stat.S_ISDIR(info.st_mode):
-            raise IsADirectoryError
+        mode = info.st_mode
+        if not stat.S_ISREG(mode):
+            if stat.S_ISDIR(mode):
+                raise IsADirectoryError
+            kind = next(
+                (name for test, name in _NOT_REGULAR if test(mode)), "an unusual kind of file"
+            )
+            raise ImageReadError(f"{field}: is {kind}, not a regular file", field=field)
         size = info.st_size
         if max_bytes is not None and size > max_bytes:
             raise ImageTooLargeError(
@@ -183,68 +218,185 @@ MAX_SOURCE_BYTES = 64 * 1024 * 1024
 to what is sent, after downscaling)."""
 
 
-def _prepare(
-    field: str,
-    source: ImageInput,
-    max_bytes: int | None,
-    allow_pdf: bool,
-    max_side: int | None,
-) -> UploadImage:
-    """Read, check and (when ``max_side`` is set) downscale one image."""
-    read_limit = max_bytes
-    if max_side is not None and max_bytes is not None:
-        read_limit = max(max_bytes, MAX_SOURCE_BYTES)
-    image = _check(field, _read_source(field, source, read_limit), read_limit, allow_pdf)
-    if max_side is None or image.format == "PDF":
-        return image
-    data = downscale(field, image.data, image.format, max_side, max_bytes)
-    return image if data is image.data else replace(image, data=data)
+def _prepare(field: str, source: ImageInput, max_bytes: int | None, allow_pdf: bool) -> UploadImage:
+    """Read and check one image: what ``match`` and the batch dry run both refuse."""
+    return _check(field, _read_source(field, source, max_bytes), max_bytes, allow_pdf)
 
 
 def _load_pair_blocking(
-    file_a: ImageInput,
-    file_b: ImageInput,
-    max_bytes: int | None,
-    allow_pdf: bool,
-    max_side: int | None,
+    file_a: ImageInput, file_b: ImageInput, max_bytes: int | None, allow_pdf: bool
 ) -> tuple[UploadImage, UploadImage]:
     return (
-        _prepare("file_a", file_a, max_bytes, allow_pdf, max_side),
-        _prepare("file_b", file_b, max_bytes, allow_pdf, max_side),
+        _prepare("file_a", file_a, max_bytes, allow_pdf),
+        _prepare("file_b", file_b, max_bytes, allow_pdf),
     )
 
+
+DEFAULT_MAX_IMAGE_BYTES = 10 * 1024 * 1024
+"""Images larger than this are refused locally, by the client and the batch dry run alike."""
+
+DEFAULT_IMAGE_READ_TIMEOUT = 30.0
+"""Seconds a pair's images may take to read before the read is given up as stuck."""
 
 _BATCH_LIMIT = 16
 """The most pairs one worker-thread hop reads, so a slow disk delays few calls at once."""
 
-_Job: TypeAlias = tuple["asyncio.Future[tuple[UploadImage, UploadImage]]", ImageInput, ImageInput]
-_Batch: TypeAlias = tuple[list[_Job], int | None, bool]
-# Weak keys: a loop closed before its dispatch ran is not kept alive by its pending batch.
-_open_batches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[_Batch]] = (
-    weakref.WeakKeyDictionary()
-)
+_STALL = 0.5
+"""Seconds a hop may spend on one pair before the pairs queued behind it in the hop are
+handed to another reader thread: long enough that a busy machine does not start threads for
+nothing (each costs page faults), short enough that a stuck file delays only its own pair."""
+
+_PairFuture: TypeAlias = "asyncio.Future[tuple[UploadImage, UploadImage]]"
+_Job: TypeAlias = tuple[_PairFuture, ImageInput, ImageInput]
+_Result: TypeAlias = tuple[_PairFuture, object, bool]
 
 
-def _read_batch(loop: asyncio.AbstractEventLoop, batch: _Batch) -> None:
-    """In a worker thread: read and check every pair, then hand all results back at once."""
-    jobs, max_bytes, allow_pdf = batch
-    results: list[tuple[asyncio.Future[tuple[UploadImage, UploadImage]], object, bool]] = []
-    for future, file_a, file_b in jobs:
-        try:
-            pair = _load_pair_blocking(file_a, file_b, max_bytes, allow_pdf, None)
-        except BaseException as error:  # delivered to the caller, as a direct call would raise
-            results.append((future, error, False))
-        else:
-            results.append((future, pair, True))
-    with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody is waiting
-        loop.call_soon_threadsafe(_deliver, results)
+class _Hop:
+    """Pairs read one after the other by one reader thread, then handed back in one wake-up.
+
+    The reader thread and the event loop share it under ``lock``: the thread claims pairs
+    one at a time (``next``), so that the loop can take the unclaimed rest away from a hop
+    stuck on one file and give it to another thread. Everything else is the loop's alone.
+    """
+
+    __slots__ = (
+        "allow_pdf",
+        "current",
+        "done",
+        "field",
+        "jobs",
+        "lock",
+        "loop",
+        "max_bytes",
+        "moved",
+        "next",
+        "queued_at",
+        "started",
+        "timeout",
+        "timer",
+    )
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        jobs: list[_Job],
+        max_bytes: int | None,
+        allow_pdf: bool,
+        timeout: float | None,
+        queued_at: float,
+    ) -> None:
+        self.loop = loop
+        self.jobs = jobs
+        self.max_bytes = max_bytes
+        self.allow_pdf = allow_pdf
+        self.timeout = timeout
+        self.queued_at = queued_at  # time.monotonic() when its first pair was queued
+        self.moved = False  # moved out of the queue once already, never begun
+        self.lock = threading.Lock()
+        self.next = 0  # the first pair no reader has claimed
+        self.current: _PairFuture | None = None  # the pair being read
+        self.field = "file_a"  # which of its images
+        self.started = 0.0  # time.monotonic() when its read began
+        self.done: list[_Result] = []  # read, not yet handed back
+        self.timer: asyncio.TimerHandle | None = None
+
+    def read(self) -> None:
+        """In a reader thread: read and check each pair, then wake the loop once."""
+        jobs = self.jobs
+        while True:
+            with self.lock:
+                index = self.next
+                if index >= len(jobs):
+                    break
+                self.next = index + 1
+                future, file_a, file_b = jobs[index]
+                self.current, self.field, self.started = future, "file_a", time.monotonic()
+            try:
+                image_a = _prepare("file_a", file_a, self.max_bytes, self.allow_pdf)
+                self.field = "file_b"
+                image_b = _prepare("file_b", file_b, self.max_bytes, self.allow_pdf)
+            except BaseException as error:  # delivered to the caller, as a direct call would raise
+                result: _Result = (future, error, False)
+            else:
+                result = (future, (image_a, image_b), True)
+            with self.lock:
+                self.current = None
+                self.done.append(result)
+        with self.lock:
+            if not self.done:  # all handed back by ``watch`` already: no wake-up needed
+                return
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody is waiting
+            self.loop.call_soon_threadsafe(self.deliver)
+
+    def deliver(self) -> None:
+        """On the loop: hand back what was read; stop watching once nothing is left."""
+        with self.lock:
+            done, self.done = self.done, []
+            finished = self.current is None and self.next >= len(self.jobs)
+        if finished and self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        _hand_back(done)
+
+    def submit(self) -> None:
+        """Queue the hop on the reader pool and start watching it (on the loop)."""
+        delay = _STALL if self.timeout is None else min(_STALL, self.timeout)
+        self.timer = self.loop.call_later(delay, self.watch)
+        reader_pool().submit(self.read)
+
+    def watch(self) -> None:
+        """On the loop, when the hop has taken long: hand back what is read, move the pairs
+        not yet begun to a new hop (the pool starts a thread for it if every one is busy),
+        and fail a read past its deadline."""
+        self.timer = None
+        with self.lock:
+            done, self.done = self.done, []
+            begun = self.next > 0
+            # A hop still queued is moved once, to make the pool grow past busy readers;
+            # after that moving it again would only fill the queue with empty hops.
+            movable = begun or not self.moved
+            rest = self.jobs[self.next :] if movable else []
+            if movable:
+                self.next = len(self.jobs)  # the reader claims no more of them
+            current, field, started = self.current, self.field, self.started
+        _hand_back(done)
+        if rest:
+            hop = _Hop(
+                self.loop, rest, self.max_bytes, self.allow_pdf, self.timeout, self.queued_at
+            )
+            hop.moved = not begun
+            hop.submit()
+        timeout = self.timeout
+        if timeout is None:
+            return  # no deadline: wait for the read, however long
+        now = time.monotonic()
+        if not movable:
+            # Queued past the stall time, even after a move: every reader is stuck on
+            # another file. Its pairs wait ``timeout`` for one, then fail.
+            left = self.queued_at + timeout - now
+            if left > 0:
+                self.timer = self.loop.call_later(left, self.watch)
+                return
+            with self.lock:
+                rest, self.next = self.jobs[self.next :], len(self.jobs)
+            message = f"file_a: not read within {timeout:g} s: every image reader is stuck"
+            _hand_back([(f, ImageReadError(message, field="file_a"), False) for f, _, _ in rest])
+            return
+        if current is None or current.done():
+            return  # read meanwhile (its result is on its way to ``deliver``), or cancelled
+        left = started + timeout - now
+        if left > 0:
+            self.timer = self.loop.call_later(left, self.watch)
+            return
+        current.set_exception(
+            ImageReadError(f"{field}: read did not finish within {timeout:g} s", field=field)
+        )
 
 
-def _deliver(
-    results: list[tuple[asyncio.Future[tuple[UploadImage, UploadImage]], object, bool]],
-) -> None:
+def _hand_back(results: list[_Result]) -> None:
+    """On the loop: settle each future that is still waiting (a cancelled call is not)."""
     for future, value, ok in results:
-        if future.done():  # the call was cancelled while its images were being read
+        if future.done():  # cancelled while being read, or given up at its deadline
             continue
         if ok:
             future.set_result(value)  # type: ignore[arg-type]
@@ -252,36 +404,72 @@ def _deliver(
             future.set_exception(value)  # type: ignore[arg-type]
 
 
+# Weak keys: a loop closed before its dispatch ran is not kept alive by its pending hops.
+_open_batches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[_Hop]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def _dispatch(loop: asyncio.AbstractEventLoop) -> None:
-    # Straight to the pool, not loop.run_in_executor: _read_batch wakes the loop itself,
-    # so an asyncio future (and the second wake-up it would cost) is not needed.
-    pool = reader_pool()
-    for batch in _open_batches.pop(loop, ()):
-        pool.submit(_read_batch, loop, batch)
+    # Straight to the pool, not loop.run_in_executor: the hop wakes the loop itself, so an
+    # asyncio future (and the second wake-up it would cost) is not needed.
+    for hop in _open_batches.pop(loop, ()):
+        hop.submit()
 
 
 def start_load(
-    file_a: ImageInput, file_b: ImageInput, *, max_bytes: int | None, allow_pdf: bool = False
+    file_a: ImageInput,
+    file_b: ImageInput,
+    *,
+    max_bytes: int | None,
+    allow_pdf: bool = False,
+    read_timeout: float | None = DEFAULT_IMAGE_READ_TIMEOUT,
 ) -> asyncio.Future[tuple[UploadImage, UploadImage]]:
     """Queue both images of a pair for reading and checking; the future holds the result.
 
     Pairs queued in the same turn of the event loop are read one after the other by one
     worker thread (at most ``_BATCH_LIMIT`` pairs per hop), which then wakes the loop once
     for all of them: waking a thread and being woken back costs more CPU than reading a few
-    hundred kilobytes from the page cache. Cancelling the future drops the pair's bytes.
+    hundred kilobytes from the page cache. A hop that spends over ``_STALL`` seconds on one
+    pair gives the pairs behind it to another thread; a pair whose read has not finished
+    ``read_timeout`` seconds after it began (or has found no free reader in that time)
+    fails with :class:`ImageReadError`, its worker thread left to finish or hang on its
+    own. ``None``: no deadline. Cancelling the future drops the pair's bytes.
     """
     loop = asyncio.get_running_loop()
     future: asyncio.Future[tuple[UploadImage, UploadImage]] = loop.create_future()
-    batches = _open_batches.get(loop)
-    if batches is None:
-        batches = _open_batches[loop] = []
+    hops = _open_batches.get(loop)
+    if hops is None:
+        hops = _open_batches[loop] = []
         loop.call_soon(_dispatch, loop)
-    batch = batches[-1] if batches else None
-    if batch is None or len(batch[0]) >= _BATCH_LIMIT or batch[1:] != (max_bytes, allow_pdf):
-        batch = ([], max_bytes, allow_pdf)
-        batches.append(batch)
-    batch[0].append((future, file_a, file_b))
+    hop = hops[-1] if hops else None
+    if (
+        hop is None
+        or len(hop.jobs) >= _BATCH_LIMIT
+        or hop.max_bytes != max_bytes
+        or hop.allow_pdf != allow_pdf
+        or hop.timeout != read_timeout
+    ):
+        hop = _Hop(loop, [], max_bytes, allow_pdf, read_timeout, time.monotonic())
+        hops.append(hop)
+    hop.jobs.append((future, file_a, file_b))
     return future
+
+
+def _downscale_pair(
+    images: tuple[UploadImage, UploadImage], max_bytes: int | None, max_side: int
+) -> tuple[UploadImage, UploadImage]:
+    return (
+        _shrink(images[0], max_bytes, max_side),
+        _shrink(images[1], max_bytes, max_side),
+    )
+
+
+def _shrink(image: UploadImage, max_bytes: int | None, max_side: int) -> UploadImage:
+    if image.format == "PDF":  # a document, not a photo: sent as it is
+        return image
+    data = downscale(image.field, image.data, image.format, max_side, max_bytes)
+    return image if data is image.data else replace(image, data=data)
 
 
 async def load_pair(
@@ -291,22 +479,69 @@ async def load_pair(
     max_bytes: int | None,
     allow_pdf: bool = False,
     max_side: int | None = None,
+    read_timeout: float | None = DEFAULT_IMAGE_READ_TIMEOUT,
 ) -> tuple[UploadImage, UploadImage]:
-    """Read and check both images; disk reads and any downscaling share one thread hop.
+    """Read and check both images; disk reads share one thread hop.
 
     Calls that start in the same turn of the event loop share their hop too (see
-    :func:`start_load`). A call cancelled while its images are being read is cancelled at
-    once; the worker finishes the read and the bytes are dropped.
+    :func:`start_load`, which also explains ``read_timeout``). A call cancelled while its
+    images are being read is cancelled at once; the worker finishes the read and the bytes
+    are dropped. With ``max_side`` the images are then downscaled in a thread of their own
+    (CPU work: pairs in parallel).
 
     Raises:
-        ImageError: a subclass naming the image (``field``) and what is wrong with it.
+        ImageError: a subclass naming the image (``field``) and what is wrong with it;
+            ``ImageReadError`` for a read past ``read_timeout``.
         TypeError: a source of a type ``match`` does not take.
     """
     in_memory = (bytes, bytearray, memoryview)
     if max_side is None and isinstance(file_a, in_memory) and isinstance(file_b, in_memory):
-        return _load_pair_blocking(file_a, file_b, max_bytes, allow_pdf, None)
-    if max_side is not None:  # downscaling is CPU work: one hop per pair, in parallel
-        return await anyio.to_thread.run_sync(
-            _load_pair_blocking, file_a, file_b, max_bytes, allow_pdf, max_side
+        return _load_pair_blocking(file_a, file_b, max_bytes, allow_pdf)
+    if max_side is None:
+        return await start_load(
+            file_a, file_b, max_bytes=max_bytes, allow_pdf=allow_pdf, read_timeout=read_timeout
         )
-    return await start_load(file_a, file_b, max_bytes=max_bytes, allow_pdf=allow_pdf)
+    read_limit = max_bytes
+    if max_bytes is not None:  # max_bytes applies to what is sent, after downscaling
+        read_limit = max(max_bytes, MAX_SOURCE_BYTES)
+    images = await start_load(
+        file_a, file_b, max_bytes=read_limit, allow_pdf=allow_pdf, read_timeout=read_timeout
+    )
+    return await anyio.to_thread.run_sync(_downscale_pair, images, max_bytes, max_side)
+
+
+def check_image_file(
+    field: str,
+    path: str | os.PathLike[str],
+    *,
+    max_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES,
+    allow_pdf: bool = False,
+    read_timeout: float | None = DEFAULT_IMAGE_READ_TIMEOUT,
+) -> UploadImage:
+    """Read and check one image file exactly as ``match`` does, from synchronous code.
+
+    The batch dry run calls this so that it refuses what a run refuses, and nothing else:
+    the same regular-file rule, size limit, magic bytes and end marker. The read runs in a
+    reader thread, so a file that blocks (a stuck network mount) costs at most
+    ``read_timeout`` seconds.
+
+    Raises:
+        ImageError: what ``match`` would raise for this image (``field`` names it).
+    """
+    done = threading.Event()
+    outcome: list[UploadImage | BaseException] = []
+
+    def read() -> None:
+        try:
+            outcome.append(_prepare(field, path, max_bytes, allow_pdf))
+        except BaseException as error:  # raised in the caller's thread below
+            outcome.append(error)
+        done.set()
+
+    reader_pool().submit(read)
+    if not done.wait(read_timeout):
+        raise ImageReadError(f"{field}: read did not finish within {read_timeout:g} s", field=field)
+    result = outcome[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result

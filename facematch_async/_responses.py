@@ -7,11 +7,14 @@ then by the ``detail`` strings the contract names, then by status.
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 import time
 from collections.abc import Iterable, Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from facematch_async._models import FaceMatchResult
 from facematch_async.errors import (
@@ -30,12 +33,18 @@ from facematch_async.errors import (
     UnsupportedFileFormatError,
 )
 
-__all__ = ["RawResponse", "parse_authorize", "parse_facematch", "parse_retry_after"]
+__all__ = ["RawResponse", "parse_authorize", "parse_facematch", "parse_retry_after", "redact"]
 
 _REDACTED = "[REDACTED]"
 MIN_REDACTED_LENGTH = 8
 _SNIPPET = 200  # characters of a non-JSON body kept in an error message
 _INVALID_TOKEN_DETAILS = ("not a valid token", "not authenticated")
+# The contract's other 401 details: the credentials themselves, whatever status carries them.
+_CREDENTIAL_DETAILS = (
+    "could not validate credentials",
+    "invalid client_id",
+    "authorization failure",
+)
 
 
 class RawResponse:
@@ -49,24 +58,112 @@ class RawResponse:
         self.body = body
 
 
-def _redact(text: str, secrets: Iterable[str]) -> str:
-    # A hostile or buggy server may echo what we sent; nothing we copy out may carry it.
-    # Values too short to be real secrets are skipped: replacing every "t" in a body
-    # would garble it.
-    for secret in secrets:
-        if len(secret) >= MIN_REDACTED_LENGTH:
-            text = text.replace(secret, _REDACTED)
-            text = text.replace(json.dumps(secret)[1:-1], _REDACTED)
-    return text
+# Characters that start an encoded form of a character (JSON ``\\u002d``, URL ``%2D``, HTML
+# ``&#45;``) or a line fold: a text with none of them can hold a secret only verbatim.
+_ENCODINGS = re.compile(r"[\\%&\r\n]")
+_FOLD = r"(?:\r?\n[ \t]*)?"  # a line fold (a wrapped header or page) may split an echo
+
+
+def _char_pattern(char: str) -> str:
+    """A regex for ``char`` as itself or in any escaped form a server may echo it in."""
+    # Backslash escapes may come doubled: a JSON escape quoted again by a repr.
+    code = ord(char)
+    forms = [re.escape(char)]
+    if code <= 0xFFFF:
+        forms.append(rf"\\+u(?i:{code:04x})")
+    else:  # JSON writes a character outside the BMP as a surrogate pair
+        high, low = 0xD800 + ((code - 0x10000) >> 10), 0xDC00 + ((code - 0x10000) & 0x3FF)
+        forms.append(rf"\\+u(?i:{high:04x})\\+u(?i:{low:04x})")
+    if code < 0x100:
+        forms.append(rf"\\+x(?i:{code:02x})")  # Python's repr of bytes, as aiohttp quotes them
+    short = json.dumps(char)[1:-1]
+    if short.startswith("\\") and not short.startswith("\\u"):
+        forms.append(r"\\+" + re.escape(short[1:]))  # JSON's \", \\, \n ...
+    forms.append("".join(rf"%(?i:{byte:02x})" for byte in char.encode()))  # URL-encoded
+    forms.append(rf"&#(?:0*{code}|(?i:x0*{code:x}));")  # HTML character references
+    return "(?:" + "|".join(forms) + ")"
+
+
+@functools.lru_cache(maxsize=64)
+def _secret_pattern(secrets: tuple[str, ...]) -> re.Pattern[str] | None:
+    # Cached: a client sends the same secret and token on many calls in a row.
+    alternatives = [
+        _FOLD.join(_char_pattern(char) for char in secret)
+        for secret in sorted(set(secrets), key=len, reverse=True)
+        if len(secret) >= MIN_REDACTED_LENGTH
+    ]
+    return re.compile("|".join(alternatives)) if alternatives else None
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every secret replaced by ``[REDACTED]``, verbatim or encoded.
+
+    A hostile or buggy server may echo what we sent, escaped (``\\u002d``), URL-encoded,
+    as HTML character references or folded across lines; nothing we copy out may carry it.
+    Values too short to be real secrets are skipped: replacing every "t" in a body would
+    garble it.
+    """
+    secrets = tuple(secrets)
+    if _ENCODINGS.search(text) is None:  # the common case: a plain replace is enough
+        for secret in secrets:
+            if len(secret) >= MIN_REDACTED_LENGTH:
+                text = text.replace(secret, _REDACTED)
+        return text
+    pattern = _secret_pattern(secrets)
+    return text if pattern is None else pattern.sub(_REDACTED, text)
+
+
+def _redact_payload(payload: Any, secrets: tuple[str, ...]) -> Any:
+    """Redact every string (keys included) of a decoded JSON value, in place.
+
+    A loop, not recursion: a body nested just under the decoder's limit must not overflow
+    the stack here.
+    """
+    if isinstance(payload, str):
+        return redact(payload, secrets)
+    stack = [payload]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            for index, item in enumerate(node):
+                if isinstance(item, str):
+                    node[index] = redact(item, secrets)
+                elif isinstance(item, list | dict):
+                    stack.append(item)
+        elif isinstance(node, dict):
+            items = list(node.items())
+            node.clear()
+            for key, value in items:
+                if isinstance(value, str):
+                    value = redact(value, secrets)
+                elif isinstance(value, list | dict):
+                    stack.append(value)
+                node[redact(key, secrets)] = value
+    return payload
 
 
 def _decode(response: RawResponse, secrets: Iterable[str]) -> tuple[Any, str]:
-    """Return ``(payload, text)``: the JSON value (``None`` if not JSON) and the redacted text."""
-    text = _redact(response.body.decode("utf-8", errors="replace"), secrets)
+    """Return ``(payload, text)``: the JSON value (``None`` if not JSON) and the redacted text.
+
+    Both are redacted: the text as it came, the payload after decoding, since JSON may
+    escape an echoed secret in ways the text does not show.
+
+    Raises:
+        APIResponseValidationError: the JSON is nested too deeply to decode.
+    """
+    secrets = tuple(secrets)
+    text = redact(response.body.decode("utf-8", errors="replace"), secrets)
     try:
-        return json.loads(text), text
+        payload = json.loads(text)
+    except RecursionError:
+        raise APIResponseValidationError(
+            "response JSON is nested too deeply", status_code=response.status
+        ) from None
     except ValueError:
         return None, text
+    if "\\" in text:  # decoding changes a string only through backslash escapes
+        payload = _redact_payload(payload, secrets)
+    return payload, text
 
 
 def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
@@ -106,7 +203,28 @@ def _field_errors(detail: list[Any]) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-def _status_error(response: RawResponse, payload: Any, text: str) -> FaceMatchError:
+def _redirect_target(location: str | None, secrets: tuple[str, ...]) -> str:
+    """Where a redirect pointed: scheme and host only, redacted.
+
+    The rest of a ``Location`` (user info, path, query) is the server's to fill and may
+    echo what we sent; the host is enough to tell a misconfigured base URL.
+    """
+    if not location:
+        return "an unnamed location"
+    try:
+        parts = urlsplit(location)
+    except ValueError:
+        return "an unparseable location"
+    # netloc, not hostname: hostname is lower-cased, and a lower-cased echo would not match.
+    host = parts.netloc.rpartition("@")[2]  # user info dropped
+    if not parts.scheme or not host:
+        return "a relative location"
+    return redact(f"{parts.scheme}://{host}", secrets)
+
+
+def _status_error(
+    response: RawResponse, payload: Any, text: str, secrets: tuple[str, ...]
+) -> FaceMatchError:
     """The error for a non-2xx response (after sub_code classification found nothing)."""
     status = response.status
     body = payload if isinstance(payload, dict) else {}
@@ -133,9 +251,11 @@ def _status_error(response: RawResponse, payload: Any, text: str) -> FaceMatchEr
         return InactiveClientError(message, **kwargs)
     if any(phrase in lowered for phrase in _INVALID_TOKEN_DETAILS):
         return InvalidTokenError(message, **kwargs)
+    if any(phrase in lowered for phrase in _CREDENTIAL_DETAILS):
+        return AuthenticationError(message, **kwargs)
     if 300 <= status < 400:
-        location = response.headers.get("location", "?")
-        return APIStatusError(f"redirect to {location} not followed", **kwargs)
+        target = _redirect_target(response.headers.get("location"), secrets)
+        return APIStatusError(f"redirect to {target} not followed", **kwargs)
     error_types: dict[int, type[APIStatusError]] = {
         400: BadRequestError,
         401: AuthenticationError,
@@ -169,11 +289,12 @@ def _verdict_error(response: RawResponse, body: Mapping[str, Any]) -> FaceMatchE
 
 def parse_facematch(response: RawResponse, secrets: Iterable[str]) -> FaceMatchResult:
     """Return the result a face-match response carries, or raise its typed error."""
+    secrets = tuple(secrets)
     payload, text = _decode(response, secrets)
     if isinstance(payload, dict) and (error := _verdict_error(response, payload)) is not None:
         raise error
     if not 200 <= response.status < 300:
-        raise _status_error(response, payload, text)
+        raise _status_error(response, payload, text, secrets)
     if not isinstance(payload, dict):
         raise APIResponseValidationError(
             f"expected a JSON object, got: {' '.join(text.split())[:_SNIPPET]!r}",
@@ -212,9 +333,10 @@ def parse_authorize(response: RawResponse, secrets: Iterable[str]) -> tuple[str,
     A refused authorize is always an :class:`AuthenticationError` (or its subclass
     :class:`InactiveClientError`), whatever status the server chose for it.
     """
+    secrets = tuple(secrets)
     payload, text = _decode(response, secrets)
     if not 200 <= response.status < 300:
-        error = _status_error(response, payload, text)
+        error = _status_error(response, payload, text, secrets)
         # Whatever status the server chose, a refused authorize is an AuthenticationError.
         if response.status in (400, 401, 403) and not isinstance(error, AuthenticationError):
             error = AuthenticationError(

@@ -105,11 +105,13 @@ async def call_with_retries(
     max_retries: int,
     policy: RetryPolicy,
     deadline: Deadline | None = None,
+    sleep: Callable[[float], Awaitable[None]] | None = None,
 ) -> T:
     """Await ``attempt()`` until it succeeds, fails for good, or ``max_retries`` are spent.
 
     With a ``deadline``, each attempt is cut off (cancelled) when the deadline passes, and
     a wait that does not fit in what is left is not started (see the module's docstring).
+    ``sleep`` (default ``anyio.sleep``) waits between attempts.
 
     A plain loop rather than a retry library: the first attempt, which almost always
     succeeds, then costs nothing beyond the call itself.
@@ -133,5 +135,5 @@ async def call_with_retries(
                 max_retries + 1,
                 error,
             )
-        await anyio.sleep(wait_for)
+        await (sleep or anyio.sleep)(wait_for)
         attempt_number += 1

@@ -24,12 +24,15 @@ class CallScope:
         before_attempt: Awaited before each face-match request (e.g. a rate limiter), so
             retries are paced like first attempts.
         on_rate_limited: Called with the server's ``retry_after`` (or ``None``) on each 429.
+        sleep: Awaited for the wait between two attempts (a backoff, a ``Retry-After``)
+            instead of a plain sleep, so the caller can release a pair that only waits.
     """
 
     request_id: str | None = None
     attempts: int = 0
     before_attempt: Callable[[], Awaitable[None]] | None = None
     on_rate_limited: Callable[[float | None], None] | None = None
+    sleep: Callable[[float], Awaitable[None]] | None = None
 
 
 CALL_SCOPE: ContextVar[CallScope | None] = ContextVar("facematch_async_call_scope", default=None)

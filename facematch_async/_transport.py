@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import platform
+import re
 import ssl
 from collections.abc import Iterable, Mapping
 
@@ -13,7 +14,7 @@ import aiohttp.payload
 from aiohttp.abc import AbstractStreamWriter
 
 from facematch_async._images import UploadImage
-from facematch_async._responses import RawResponse
+from facematch_async._responses import RawResponse, redact
 from facematch_async._version import __version__
 from facematch_async.errors import (
     APIConnectionError,
@@ -41,9 +42,10 @@ class MultipartBody(aiohttp.payload.Payload):
     part headers, which are the client's own names (``file_a``, ``file_a.jpg``,
     ``image/jpeg``) and need no quoting, and the images themselves. Immutable, so every
     attempt of a call can send it again.
-    """
 
-    _autoclose = True  # nothing to close: the chunks are bytes
+    Only aiohttp's public ``Payload`` API is used (``size``, ``autoclose``, ``decode``,
+    ``write``, ``write_with_length``): the chunks live in this class's own attribute.
+    """
 
     def __init__(self, images: Iterable[UploadImage]) -> None:
         boundary = os.urandom(16).hex()  # as random as aiohttp's uuid4().hex boundary
@@ -58,14 +60,25 @@ class MultipartBody(aiohttp.payload.Payload):
             chunks.append(image.data)
             lead = "\r\n"
         chunks.append(f"{lead}--{boundary}--\r\n".encode("ascii"))
-        super().__init__(tuple(chunks), content_type=f"multipart/form-data; boundary={boundary}")
-        self._size = sum(map(len, chunks))
+        self.chunks = tuple(chunks)
+        self.length = sum(map(len, chunks))
+        super().__init__(self.chunks, content_type=f"multipart/form-data; boundary={boundary}")
+
+    @property
+    def size(self) -> int:
+        """The body's length in bytes (sent as ``Content-Length``)."""
+        return self.length
+
+    @property
+    def autoclose(self) -> bool:
+        """Nothing to close: the chunks are bytes in memory."""
+        return True
 
     def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
-        return b"".join(self._value).decode(encoding, errors)
+        return b"".join(self.chunks).decode(encoding, errors)
 
     async def write(self, writer: AbstractStreamWriter) -> None:
-        for chunk in self._value:
+        for chunk in self.chunks:
             await writer.write(chunk)
 
     async def write_with_length(
@@ -74,7 +87,7 @@ class MultipartBody(aiohttp.payload.Payload):
         if content_length is None:
             await self.write(writer)
             return
-        for chunk in self._value:
+        for chunk in self.chunks:
             if content_length <= 0:
                 break
             await writer.write(chunk[:content_length])
@@ -151,8 +164,14 @@ class Transport:
                 raise ClientClosedError("the client was closed during the call") from None
             if isinstance(exc, RuntimeError):
                 raise
-            raise APIConnectionError(f"POST {path} failed: {type(exc).__name__}: {exc}") from exc
-        return RawResponse(status, response_headers, body)
+            # aiohttp's text for a malformed answer quotes the raw bytes, which a hostile
+            # server fills with what we sent; the exception also holds our request headers.
+            failure = _describe(exc, _sent_secrets(headers))
+        else:
+            return RawResponse(status, response_headers, body)
+        # Raised outside the except block, so that not even __context__ keeps the aiohttp
+        # exception (and the secrets in its text and request_info) alive.
+        raise APIConnectionError(f"POST {path} failed: {failure}")
 
     async def aclose(self) -> None:
         """Close the session and its connections; later calls raise ``ClientClosedError``."""
@@ -160,6 +179,34 @@ class Transport:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+# A Python bytes literal, as aiohttp quotes the raw bytes of a response it cannot parse.
+_BYTES_LITERAL = re.compile(r"""(?<!\w)b(['"])(?:\\.|(?!\1).)*\1""", re.DOTALL)
+_CARET_LINE = re.compile(r"^\s*\^\s*$", re.MULTILINE)  # aiohttp's pointer under the excerpt
+
+
+def _describe(exc: aiohttp.ClientError, secrets: tuple[str, ...]) -> str:
+    """``exc`` as one line that quotes nothing the server sent: its type and its text
+    with aiohttp's excerpts of the raw response left out, then redacted."""
+    # ClientResponseError's str() repeats the message through repr(); .message is plain.
+    text = exc.message if isinstance(exc, aiohttp.ClientResponseError) else str(exc)
+    text = _CARET_LINE.sub("", _BYTES_LITERAL.sub("<response bytes>", text))
+    text = redact(text, secrets)  # before whitespace is collapsed: it may fold an echo
+    return f"{type(exc).__name__}: {' '.join(text.split())}"
+
+
+def _sent_secrets(headers: Mapping[str, str]) -> tuple[str, ...]:
+    """The credentials a request carries (``x-api-key``, the bearer token): what a server
+    that echoes its input would hand back."""
+    secrets = []
+    for name, value in headers.items():
+        lowered = name.lower()
+        if lowered == "x-api-key":
+            secrets.append(value)
+        elif lowered == "authorization":
+            secrets.append(value.partition(" ")[2] or value)
+    return tuple(secrets)
 
 
 async def _read_capped(response: aiohttp.ClientResponse) -> bytes:

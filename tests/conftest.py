@@ -25,8 +25,14 @@ FAST_RETRIES = RetryPolicy(backoff_initial=0.01, backoff_max=0.05, backoff_jitte
 
 @pytest.fixture(scope="module")
 def cli_sandbox_url() -> Iterator[str]:
-    """A sandbox started from the CLI in its own process, as a user would start it."""
-    with sandbox_process("--client-id", CLIENT_ID, "--client-secret", CLIENT_SECRET) as url:
+    """A sandbox started from the CLI in its own process, as a user would start it.
+
+    With the test engine: the tests that use it send tagged images (the CLI's default is
+    ``auto``, real face recognition when the face extra is installed).
+    """
+    with sandbox_process(
+        "--engine", "test", "--client-id", CLIENT_ID, "--client-secret", CLIENT_SECRET
+    ) as url:
         yield url
 
 

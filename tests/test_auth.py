@@ -93,7 +93,7 @@ async def test_expired_token_rejected_by_the_api_is_refreshed(
 ) -> None:
     """A 401 'Not authenticated' (as for an expired token) leads to one refresh and success."""
     await client.match(faces.alice_png, faces.bob_jpg)
-    sandbox.faults.add(
+    sandbox.scripted.add(
         ScriptedResponse(path=FACEMATCH, status=401, json={"detail": "Not authenticated"})
     )
     assert (await client.match(faces.alice_png, faces.alice_jpg)).match is True
@@ -104,7 +104,7 @@ async def test_rejection_after_refresh_is_raised_not_looped(
     client, faces: Faces, sandbox: SandboxServer
 ) -> None:
     """If the fresh token is rejected too, the error is raised: one refresh per call, no loop."""
-    sandbox.faults.add(
+    sandbox.scripted.add(
         ScriptedResponse(path=FACEMATCH, status=403, json={"detail": "Not a valid token"}, times=10)
     )
     with pytest.raises(InvalidTokenError):
@@ -174,7 +174,7 @@ async def test_transient_authorize_failure_is_retried(
     client, faces: Faces, sandbox: SandboxServer
 ) -> None:
     """A 503 from authorize is retried like any transient failure."""
-    sandbox.faults.add(
+    sandbox.scripted.add(
         ScriptedResponse(path=AUTHORIZE, status=503, json={"detail": "Source Unavailable"})
     )
     assert (await client.match(faces.alice_png, faces.alice_jpg)).match is True
@@ -185,7 +185,7 @@ async def test_cancelled_caller_does_not_cancel_the_shared_authorize(
     client, faces: Faces, sandbox: SandboxServer
 ) -> None:
     """The first caller's cancellation leaves the authorize call running for the others."""
-    sandbox.faults.add(ScriptedResponse(path=AUTHORIZE, delay=0.3))
+    sandbox.scripted.add(ScriptedResponse(path=AUTHORIZE, delay=0.3))
     first = asyncio.ensure_future(client.match(faces.alice_png, faces.alice_jpg))
     await asyncio.sleep(0.1)
     second = asyncio.ensure_future(client.match(faces.alice_png, faces.alice_jpg))

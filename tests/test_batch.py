@@ -106,7 +106,7 @@ async def test_one_bad_pair_never_stops_the_batch(
 ) -> None:
     """A 500 that outlasts the retries, an unreadable file and an engine crash stay per-pair."""
     crash = faces.write("crash.png", make_test_image("crash"))
-    sandbox.faults.add(ScriptedResponse(path=FACEMATCH, status=500, json={"detail": "x"}, times=3))
+    sandbox.scripted.add(ScriptedResponse(path=FACEMATCH, status=500, json={"detail": "x"}, times=3))
     runner = BatchRunner(make_client(max_retries=2), concurrency=1, rate_limit=None)
     pairs = [("p0", faces.alice_png, faces.alice_jpg), ("crash", crash, faces.alice_png)]
     pairs += [(f"p{i}", faces.alice_png, faces.alice_jpg) for i in range(1, 6)]
@@ -180,7 +180,7 @@ async def test_a_429_pauses_the_whole_batch(
     make_client: MakeClient, faces: Faces, sandbox: SandboxServer, engine: RecordingEngine
 ) -> None:
     """After a 429 with Retry-After, no pair reaches the server until the pause is over."""
-    sandbox.faults.add(
+    sandbox.scripted.add(
         ScriptedResponse(
             path=FACEMATCH, status=429, json={"detail": "slow down"}, headers={"Retry-After": "0.5"}
         )
@@ -199,7 +199,7 @@ async def test_rate_limited_pairs_get_more_rounds_before_failing(
     make_client: MakeClient, faces: Faces, sandbox: SandboxServer
 ) -> None:
     """A pair still at 429 after the client's retries is tried again after the pause."""
-    sandbox.faults.add(
+    sandbox.scripted.add(
         ScriptedResponse(
             path=FACEMATCH,
             status=429,
@@ -274,7 +274,7 @@ async def test_endless_429s_stop_at_quota_instead_of_failing_pairs(
     make_client: MakeClient, faces: Faces, sandbox: SandboxServer
 ) -> None:
     """With stop_at_quota, a pair refused by 429 through every round stops the batch, unrecorded."""
-    sandbox.faults.add(
+    sandbox.scripted.add(
         ScriptedResponse(
             path=FACEMATCH, status=429, json={}, headers={"Retry-After": "0.01"}, times=100
         )
@@ -355,8 +355,8 @@ async def test_api_answers_reset_the_outage_count(
 ) -> None:
     """Transient failures separated by answers (even errors) never add up to an outage."""
     for _ in range(3):
-        sandbox.faults.add(ScriptedResponse(path=FACEMATCH, status=503, json={}, times=2))
-        sandbox.faults.add(ScriptedResponse(path=FACEMATCH, status=400, json={"detail": "x"}))
+        sandbox.scripted.add(ScriptedResponse(path=FACEMATCH, status=503, json={}, times=2))
+        sandbox.scripted.add(ScriptedResponse(path=FACEMATCH, status=400, json={"detail": "x"}))
     runner = BatchRunner(
         make_client(max_retries=0), concurrency=1, rate_limit=None, outage_threshold=3
     )

@@ -79,7 +79,7 @@ async def test_close_during_a_call_ends_it_with_client_closed(
     """A call in flight when the client closes ends with ClientClosedError, not a hang."""
     client = make_client()
     await client.match(faces.alice_png, faces.alice_jpg)
-    sandbox.faults.add(ScriptedResponse(path="/v1/facematch", delay=5.0))
+    sandbox.scripted.add(ScriptedResponse(path="/v1/facematch", delay=5.0))
     call = asyncio.ensure_future(client.match(faces.alice_png, faces.alice_jpg))
     await asyncio.sleep(0.2)
     await client.aclose()
@@ -92,7 +92,7 @@ async def test_cancelled_call_leaves_the_client_usable(
 ) -> None:
     """A match cancelled mid-flight frees its connection; the next match works."""
     await client.match(faces.alice_png, faces.alice_jpg)
-    sandbox.faults.add(ScriptedResponse(path="/v1/facematch", delay=5.0))
+    sandbox.scripted.add(ScriptedResponse(path="/v1/facematch", delay=5.0))
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(client.match(faces.alice_png, faces.alice_jpg), 0.3)
     assert (await client.match(faces.alice_png, faces.bob_jpg)).match is False

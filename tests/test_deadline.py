@@ -73,7 +73,7 @@ async def test_a_retry_after_longer_than_what_is_left_raises_at_once(
 ) -> None:
     """A 429 asking for 10 s with 3 s left: RateLimitError with retry_after 10, now,
     instead of waiting out 10 s (within max_retry_after) to answer after the deadline."""
-    sandbox.faults.add(
+    sandbox.scripted.add(
         ScriptedResponse(
             path=FACEMATCH,
             status=429,
@@ -95,7 +95,7 @@ async def test_a_retry_after_that_fits_is_waited_out(
     make_client: MakeClient, faces: Faces, sandbox: SandboxServer
 ) -> None:
     """A 429 asking for 1 s with 5 s left is waited out, and the retry answers."""
-    sandbox.faults.add(
+    sandbox.scripted.add(
         ScriptedResponse(
             path=FACEMATCH,
             status=429,
@@ -116,7 +116,7 @@ async def test_a_backoff_that_does_not_fit_raises_deadline_exceeded_at_once(
 ) -> None:
     """A 503 whose backoff (5 s) is longer than what is left (2 s): DeadlineExceededError
     now, carrying the 503 as its last_error and cause."""
-    sandbox.faults.add(unavailable())
+    sandbox.scripted.add(unavailable())
     slow = RetryPolicy(backoff_initial=5.0, backoff_jitter=0.0)
     client = make_client(retry_policy=slow, deadline=2)
     started = time.monotonic()
@@ -134,7 +134,7 @@ async def test_without_a_deadline_the_same_backoff_is_waited_out(
 ) -> None:
     """The control for the test above: no deadline, the 0.5 s backoff is waited and the
     retry succeeds (the default stays as it was)."""
-    sandbox.faults.add(unavailable())
+    sandbox.scripted.add(unavailable())
     client = make_client(retry_policy=RetryPolicy(backoff_initial=0.5, backoff_jitter=0.0))
     assert client.deadline is None
     started = time.monotonic()
@@ -148,7 +148,7 @@ async def test_the_per_call_deadline_overrides_the_clients(
     """A client default of 0.5 s fails a 1 s answer; the call's own deadline (5 s, or
     infinity for none) lets it through."""
     client = make_client(deadline=0.5)
-    sandbox.faults.add(ScriptedResponse(path=FACEMATCH, delay=1.0, times=3))
+    sandbox.scripted.add(ScriptedResponse(path=FACEMATCH, delay=1.0, times=3))
     with pytest.raises(DeadlineExceededError):
         await client.match(faces.alice_png, faces.alice_jpg)
     assert (await client.match(faces.alice_png, faces.alice_jpg, deadline=5)).match is True
@@ -161,7 +161,7 @@ async def test_the_token_fetch_draws_from_the_deadline(
 ) -> None:
     """Authorize stalls 5 s: a match with deadline=1 gives up after about 1 s, sending no
     face-match request."""
-    sandbox.faults.add(ScriptedResponse(path=AUTHORIZE, delay=5.0))
+    sandbox.scripted.add(ScriptedResponse(path=AUTHORIZE, delay=5.0))
     client = make_client()
     started = time.monotonic()
     with pytest.raises(DeadlineExceededError) as caught:
@@ -175,7 +175,7 @@ async def test_errors_tell_how_many_requests_the_call_sent(
     make_client: MakeClient, faces: Faces, sandbox: SandboxServer
 ) -> None:
     """Three 503s with max_retries=2: the error says 3 attempts; a local refusal says 0."""
-    sandbox.faults.add(
+    sandbox.scripted.add(
         ScriptedResponse(path=FACEMATCH, status=503, json={"detail": "down"}, times=3)
     )
     client = make_client(max_retries=2)
@@ -262,7 +262,7 @@ async def test_verify_credentials_reports_an_unreachable_api() -> None:
 async def test_verify_credentials_gives_up_at_its_deadline(
     client: FaceMatchClient, sandbox: SandboxServer
 ) -> None:
-    sandbox.faults.add(ScriptedResponse(path=AUTHORIZE, delay=5.0))
+    sandbox.scripted.add(ScriptedResponse(path=AUTHORIZE, delay=5.0))
     started = time.monotonic()
     with pytest.raises(DeadlineExceededError):
         await client.verify_credentials(deadline=0.5)

@@ -92,7 +92,7 @@ async def test_huge_body_is_refused_without_reading_it_all(
     client, faces: Faces, sandbox: SandboxServer
 ) -> None:
     """A body over the cap ends in APIResponseValidationError, not unbounded memory."""
-    sandbox.faults.add(
+    sandbox.scripted.add(
         ScriptedResponse(path="/v1/facematch", status=200, text="x" * (MAX_RESPONSE_BYTES + 10))
     )
     with pytest.raises(APIResponseValidationError, match="over"):
@@ -107,6 +107,6 @@ async def test_broken_success_bodies_over_the_wire(
     client, faces: Faces, sandbox: SandboxServer, text: str
 ) -> None:
     """Truncated JSON, HTML, an empty body or null with status 200 are typed errors."""
-    sandbox.faults.add(ScriptedResponse(path="/v1/facematch", status=200, text=text))
+    sandbox.scripted.add(ScriptedResponse(path="/v1/facematch", status=200, text=text))
     with pytest.raises(APIResponseValidationError):
         await client.match(faces.alice_png, faces.alice_jpg)

@@ -127,10 +127,12 @@ def _fifo_fed_with(tmp_path: Path, data: bytes) -> tuple[Path, threading.Thread]
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX only")
 async def test_a_source_without_a_size_is_read_to_its_end(tmp_path: Path) -> None:
-    """A pipe (fstat says 0 bytes) is read in chunks to its end: 300 KB, whole."""
+    """A pipe given as a file object (no size to ask for) is read to its end: 300 KB, whole.
+    (A pipe given by its path is refused: only regular files are read from paths.)"""
     image = make_test_image("piped", "jpeg", pad_to=300_000)
     fifo, writer = _fifo_fed_with(tmp_path, image)
-    first, _ = await load_pair(fifo, IMAGES[1].data, max_bytes=1_000_000)
+    with open(fifo, "rb") as stream:
+        first, _ = await load_pair(stream, IMAGES[1].data, max_bytes=1_000_000)
     writer.join(5)
     assert first.data == image
 
@@ -139,8 +141,11 @@ async def test_a_source_without_a_size_is_read_to_its_end(tmp_path: Path) -> Non
 async def test_a_source_without_a_size_is_cut_at_the_limit(tmp_path: Path) -> None:
     """A pipe longer than max_bytes is refused after reading max_bytes + 1, not all of it."""
     fifo, writer = _fifo_fed_with(tmp_path, make_test_image("big", "jpeg", pad_to=500_000))
-    with pytest.raises(ImageTooLargeError, match="100001 bytes, over the limit of 100000"):
-        await load_pair(fifo, IMAGES[1].data, max_bytes=100_000)
+    with (
+        open(fifo, "rb") as stream,
+        pytest.raises(ImageTooLargeError, match="100001 bytes, over the limit of 100000"),
+    ):
+        await load_pair(stream, IMAGES[1].data, max_bytes=100_000)
     writer.join(5)
 
 
@@ -155,21 +160,19 @@ async def test_files_are_read_exactly_at_and_refused_over_the_limit(tmp_path: Pa
         await load_pair(path, IMAGES[1].data, max_bytes=len(image) - 1)
 
 
-@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX only")
-async def test_a_stuck_read_holds_up_one_reader_not_all(faces: Faces, tmp_path: Path) -> None:
+async def test_a_stuck_read_holds_up_one_reader_not_all(faces: Faces) -> None:
     """A read that never ends (a pipe nobody writes to, like a hung network mount) delays
     the reads queued behind it by the pool's patience only: another reader starts."""
-    fifo = tmp_path / "stuck.jpg"
-    os.mkfifo(fifo)
-    stuck = asyncio.ensure_future(load_pair(fifo, faces.bob_jpg, max_bytes=None))
-    await asyncio.sleep(0.05)  # longer than the pool's patience (20 ms)
-    pair = await asyncio.wait_for(load_pair(faces.alice_png, faces.bob_jpg, max_bytes=None), 5)
-    assert pair[0].data == faces.alice_png.read_bytes()
-    assert not stuck.done()
-    with open(fifo, "wb") as pipe:  # let the stuck reader go: it reads an empty file
-        pipe.write(b"")
-    with pytest.raises(EmptyImageError):
-        await asyncio.wait_for(stuck, 5)
+    read_end, write_end = os.pipe()
+    with open(read_end, "rb", buffering=0) as pipe:
+        stuck = asyncio.ensure_future(load_pair(pipe, faces.bob_jpg, max_bytes=None))
+        await asyncio.sleep(0.05)  # longer than the pool's patience (20 ms)
+        pair = await asyncio.wait_for(load_pair(faces.alice_png, faces.bob_jpg, max_bytes=None), 5)
+        assert pair[0].data == faces.alice_png.read_bytes()
+        assert not stuck.done()
+        os.close(write_end)  # let the stuck reader go: it reads an empty file
+        with pytest.raises(EmptyImageError):
+            await asyncio.wait_for(stuck, 5)
 
 
 def test_the_reader_pool_keeps_to_one_thread_while_reads_are_fast() -> None:

@@ -175,11 +175,11 @@ def test_unreadable_file_is_refused_for_an_unprivileged_user(tmp_path: Path) -> 
     tmp_path.chmod(0o755)
     program = (
         "import os, sys\n"
-        "from facematch_async._images import _load_pair_blocking\n"
+        "from facematch_async._images import check_image_file\n"
         "from facematch_async import ImageReadError\n"
         "os.setgid(65534); os.setuid(65534)  # after the imports: /root is not theirs\n"
         "try:\n"
-        "    _load_pair_blocking(sys.argv[1], sys.argv[1], None, False, None)\n"
+        "    check_image_file('file_a', sys.argv[1], max_bytes=None)\n"
         "except ImageReadError as error:\n"
         "    print(type(error).__name__, error.field, error.message)\n"
     )

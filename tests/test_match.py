@@ -113,7 +113,7 @@ async def test_unsupported_format_from_the_api_is_typed(
     client, faces: Faces, sandbox: SandboxServer
 ) -> None:
     """An UNSUPPORTED_FILE_FORMAT answer (here scripted) raises UnsupportedFileFormatError."""
-    sandbox.faults.add(
+    sandbox.scripted.add(
         ScriptedResponse(
             path=FACEMATCH,
             status=200,
@@ -138,7 +138,7 @@ async def test_validation_error_422_is_not_retried(
 ) -> None:
     """A 422 raises RequestValidationError naming the field, after exactly one request."""
     detail = [{"loc": ["body", "file_a"], "msg": "field required", "type": "value_error.missing"}]
-    sandbox.faults.add(ScriptedResponse(path=FACEMATCH, status=422, json={"detail": detail}))
+    sandbox.scripted.add(ScriptedResponse(path=FACEMATCH, status=422, json={"detail": detail}))
     with pytest.raises(RequestValidationError) as caught:
         await client.match(faces.alice_png, faces.bob_jpg)
     assert caught.value.detail == detail
@@ -163,7 +163,7 @@ async def test_html_502_from_a_proxy_is_an_internal_server_error(
     make_client: MakeClient, faces: Faces, sandbox: SandboxServer
 ) -> None:
     """An HTML 502 page is classified by status, with a snippet of the page in the message."""
-    sandbox.faults.add(
+    sandbox.scripted.add(
         ScriptedResponse(
             path=FACEMATCH,
             status=502,
@@ -184,7 +184,7 @@ async def test_non_json_success_body_is_a_response_validation_error(
     client, faces: Faces, sandbox: SandboxServer
 ) -> None:
     """A 200 whose body is not the documented JSON raises APIResponseValidationError."""
-    sandbox.faults.add(ScriptedResponse(path=FACEMATCH, status=200, text="OK"))
+    sandbox.scripted.add(ScriptedResponse(path=FACEMATCH, status=200, text="OK"))
     with pytest.raises(APIResponseValidationError):
         await client.match(faces.alice_png, faces.bob_jpg)
 
@@ -203,7 +203,7 @@ async def test_malformed_success_bodies_are_rejected(
     client, faces: Faces, sandbox: SandboxServer, body: object
 ) -> None:
     """Wrongly typed or missing fields in a 200 raise APIResponseValidationError."""
-    sandbox.faults.add(ScriptedResponse(path=FACEMATCH, status=200, json=body))
+    sandbox.scripted.add(ScriptedResponse(path=FACEMATCH, status=200, json=body))
     with pytest.raises(APIResponseValidationError):
         await client.match(faces.alice_png, faces.bob_jpg)
 
@@ -239,7 +239,7 @@ async def test_inactive_client_on_face_match_is_not_refreshed(
     make_client: MakeClient, faces: Faces, sandbox: SandboxServer
 ) -> None:
     """An 'Inactive client_id' face-match answer is final: no token refresh, no retry."""
-    sandbox.faults.add(
+    sandbox.scripted.add(
         ScriptedResponse(path=FACEMATCH, status=400, json={"detail": "Inactive client_id"})
     )
     client = make_client()
@@ -254,7 +254,7 @@ async def test_redirects_are_not_followed(
 ) -> None:
     """A redirect raises APIStatusError; the key is never sent to the redirect's target."""
     async with SandboxServer(SandboxConfig(CLIENT_ID, CLIENT_SECRET)) as elsewhere:
-        sandbox.faults.add(
+        sandbox.scripted.add(
             ScriptedResponse(
                 path=FACEMATCH, status=307, headers={"Location": elsewhere.base_url + FACEMATCH}
             )

@@ -24,7 +24,7 @@ async def test_one_debug_line_per_attempt(
 ) -> None:
     """Each attempt logs path, request id, attempt, status, outcome, sub_code, id and latency."""
     caplog.set_level(logging.DEBUG, logger="facematch_async")
-    sandbox.faults.add(ScriptedResponse(path=FACEMATCH, status=503, json={"detail": "busy"}))
+    sandbox.scripted.add(ScriptedResponse(path=FACEMATCH, status=503, json={"detail": "busy"}))
     result = await client.match(faces.alice_png, faces.alice_jpg)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("POST /v1/face")]
     assert len(lines) == 2
@@ -45,7 +45,7 @@ async def test_request_hooks_see_start_and_end_of_every_attempt(
     starts: list[RequestEvent] = []
     ends: list[RequestEvent] = []
     client = make_client(on_request_start=starts.append, on_request_end=ends.append)
-    sandbox.faults.add(ScriptedResponse(path=FACEMATCH, status=429, json={"detail": "slow"}))
+    sandbox.scripted.add(ScriptedResponse(path=FACEMATCH, status=429, json={"detail": "slow"}))
     await client.match(faces.alice_png, faces.bob_jpg)
     assert [(e.path, e.attempt) for e in starts] == [
         ("/v1/authorize", 1),
@@ -82,7 +82,7 @@ async def test_cancelled_attempt_is_reported_as_cancelled(
     ends: list[RequestEvent] = []
     client = make_client(on_request_end=ends.append)
     await client.match(faces.alice_png, faces.alice_jpg)
-    sandbox.faults.add(ScriptedResponse(path=FACEMATCH, delay=5.0))
+    sandbox.scripted.add(ScriptedResponse(path=FACEMATCH, delay=5.0))
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(client.match(faces.alice_png, faces.alice_jpg), 0.3)
     assert ends[-1].outcome == "CancelledError"

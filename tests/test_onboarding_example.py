@@ -42,10 +42,10 @@ def background() -> Iterator[BackgroundSandbox]:
 @pytest.fixture
 def sandbox(background: BackgroundSandbox) -> Iterator[SandboxServer]:
     server = background.server
-    server.faults.clear()
+    server.scripted.clear()
     server.counters.reset()
     yield server
-    server.faults.clear()
+    server.scripted.clear()
 
 
 def example(monkeypatch: pytest.MonkeyPatch, base_url: str, **env: str) -> ModuleType:
@@ -167,7 +167,7 @@ def test_a_rate_limit_passes_on_the_true_retry_after(
     service: TestClient, sandbox: SandboxServer
 ) -> None:
     """429 with Retry-After: 30 and a 2 s deadline: answered at once, Retry-After 30."""
-    sandbox.faults.add(
+    sandbox.scripted.add(
         ScriptedResponse(
             path=FACEMATCH,
             status=429,
@@ -184,7 +184,7 @@ def test_a_rate_limit_passes_on_the_true_retry_after(
 
 def test_no_retry_after_is_invented(service: TestClient, sandbox: SandboxServer) -> None:
     """429s without Retry-After through every retry: 503 rate_limited, no Retry-After."""
-    sandbox.faults.add(
+    sandbox.scripted.add(
         ScriptedResponse(path=FACEMATCH, status=429, json={"detail": "Rate limited"}, times=3)
     )
     response = service.post("/kyc/face-match", files=SAME)
@@ -195,7 +195,7 @@ def test_no_retry_after_is_invented(service: TestClient, sandbox: SandboxServer)
 def test_an_outage_is_503_with_the_servers_retry_after(
     service: TestClient, sandbox: SandboxServer
 ) -> None:
-    sandbox.faults.add(
+    sandbox.scripted.add(
         ScriptedResponse(
             path=FACEMATCH,
             status=503,
@@ -211,7 +211,7 @@ def test_an_outage_is_503_with_the_servers_retry_after(
 def test_a_stalled_api_is_503_upstream_timeout_within_the_deadline(
     service: TestClient, sandbox: SandboxServer
 ) -> None:
-    sandbox.faults.add(ScriptedResponse(path=FACEMATCH, delay=10.0, times=3))
+    sandbox.scripted.add(ScriptedResponse(path=FACEMATCH, delay=10.0, times=3))
     started = time.monotonic()
     response = service.post("/kyc/face-match", files=SAME)
     assert time.monotonic() - started <= 2 + 1.5
@@ -223,7 +223,7 @@ def test_misconfiguration_is_500_and_logged_at_error(
     service: TestClient, sandbox: SandboxServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The client id was deactivated after start-up: 500 misconfigured, one ERROR line."""
-    sandbox.faults.add(
+    sandbox.scripted.add(
         ScriptedResponse(path=FACEMATCH, status=400, json={"detail": "Inactive client_id"})
     )
     with caplog.at_level(logging.WARNING, logger="kyc"):
@@ -239,7 +239,7 @@ def test_each_failure_is_logged_once_with_its_facts(
     service: TestClient, sandbox: SandboxServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Three 503s (max_retries=2): one WARNING with type, status, attempts and elapsed."""
-    sandbox.faults.add(
+    sandbox.scripted.add(
         ScriptedResponse(path=FACEMATCH, status=503, json={"detail": "down"}, times=3)
     )
     with caplog.at_level(logging.WARNING, logger="kyc"):
@@ -278,7 +278,7 @@ async def test_an_abandoned_request_cancels_its_match_in_flight(
                 assert not serving.done(), "uvicorn did not start"
                 await asyncio.sleep(0.02)
             port = server.servers[0].sockets[0].getsockname()[1]
-            sandbox.faults.add(ScriptedResponse(path=FACEMATCH, delay=5.0))
+            sandbox.scripted.add(ScriptedResponse(path=FACEMATCH, delay=5.0))
 
             _, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(raw_upload(port))

@@ -48,3 +48,12 @@ def test_public_callables_are_documented() -> None:
 def test_package_is_marked_typed() -> None:
     """py.typed ships with the package."""
     assert (Path(facematch_async.__file__).parent / "py.typed").is_file()
+
+
+def test_the_version_has_one_source() -> None:
+    """The installed distribution's version is the package's __version__ (pyproject reads it)."""
+    from importlib.metadata import version
+
+    assert version("facematch-async") == facematch_async.__version__
+    pyproject = (Path(__file__).parent.parent / "pyproject.toml").read_text()
+    assert facematch_async.__version__ not in pyproject

@@ -215,7 +215,7 @@ async def test_retries_are_paced_by_the_limiter_too(
     make_client: MakeClient, faces: Faces, sandbox: SandboxServer
 ) -> None:
     """Retried attempts acquire the limiter: 503s plus successes stay within 4 per second."""
-    sandbox.faults.add(ScriptedResponse(path="/v1/facematch", status=503, json={}, times=4))
+    sandbox.scripted.add(ScriptedResponse(path="/v1/facematch", status=503, json={}, times=4))
     runner = BatchRunner(make_client(), concurrency=8, rate_limit="4/0.5s")
     started = time.monotonic()
     async for outcome in runner.run(

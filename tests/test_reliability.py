@@ -121,7 +121,7 @@ async def test_a_token_rejected_after_renewal_does_not_stop_the_batch(tmp_path: 
     """Tokens revoked under load cost the pair another round, never the whole batch."""
     async with SandboxServer(SandboxConfig(CLIENT_ID, CLIENT_SECRET)) as sandbox:
         # The first pair's attempt and its one renewed attempt are both refused.
-        sandbox.faults.add(
+        sandbox.scripted.add(
             ScriptedResponse(
                 path="/v1/facematch", status=403, json={"detail": "Not a valid token"}, times=2
             )

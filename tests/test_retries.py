@@ -34,7 +34,7 @@ async def test_transient_statuses_are_retried_until_success(
     client, faces: Faces, sandbox: SandboxServer, status: int
 ) -> None:
     """429, 500, 502, 503 and 504 are retried; a fresh multipart body goes out each time."""
-    sandbox.faults.add(
+    sandbox.scripted.add(
         ScriptedResponse(path=FACEMATCH, status=status, json={"detail": "x"}, times=2)
     )
     assert (await client.match(faces.alice_png, faces.alice_jpg)).match is True
@@ -46,7 +46,7 @@ async def test_other_errors_are_not_retried(
     client, faces: Faces, sandbox: SandboxServer, status: int
 ) -> None:
     """Other 4xx (and 501) are final after one request."""
-    sandbox.faults.add(ScriptedResponse(path=FACEMATCH, status=status, json={"detail": "no"}))
+    sandbox.scripted.add(ScriptedResponse(path=FACEMATCH, status=status, json={"detail": "no"}))
     with pytest.raises(FaceMatchError) as caught:
         await client.match(faces.alice_png, faces.alice_jpg)
     assert getattr(caught.value, "status_code", None) == status
@@ -55,7 +55,7 @@ async def test_other_errors_are_not_retried(
 
 async def test_bad_request_is_typed(client, faces: Faces, sandbox: SandboxServer) -> None:
     """A 400 without a known detail raises BadRequestError."""
-    sandbox.faults.add(ScriptedResponse(path=FACEMATCH, status=400, json={"detail": "Bad"}))
+    sandbox.scripted.add(ScriptedResponse(path=FACEMATCH, status=400, json={"detail": "Bad"}))
     with pytest.raises(BadRequestError):
         await client.match(faces.alice_png, faces.alice_jpg)
 
@@ -64,7 +64,7 @@ async def test_max_retries_bounds_the_attempts(
     make_client: MakeClient, faces: Faces, sandbox: SandboxServer
 ) -> None:
     """max_retries=3 makes four attempts at most, then raises the last error."""
-    sandbox.faults.add(
+    sandbox.scripted.add(
         ScriptedResponse(
             path=FACEMATCH, status=503, json={"detail": "Source Unavailable"}, times=10
         )
@@ -79,7 +79,7 @@ async def test_zero_retries_makes_one_attempt(
     make_client: MakeClient, faces: Faces, sandbox: SandboxServer
 ) -> None:
     """max_retries=0 turns retries off."""
-    sandbox.faults.add(ScriptedResponse(path=FACEMATCH, status=429, json=RATE_LIMITED))
+    sandbox.scripted.add(ScriptedResponse(path=FACEMATCH, status=429, json=RATE_LIMITED))
     with pytest.raises(RateLimitError):
         await make_client(max_retries=0).match(faces.alice_png, faces.alice_jpg)
     assert facematch_requests(sandbox) == 1
@@ -93,7 +93,7 @@ async def test_retry_after_is_honoured(
     client, faces: Faces, sandbox: SandboxServer, headers: dict[str, str], wait: float
 ) -> None:
     """The client waits at least what Retry-After / retry-after-ms asks before retrying."""
-    sandbox.faults.add(
+    sandbox.scripted.add(
         ScriptedResponse(path=FACEMATCH, status=429, json=RATE_LIMITED, headers=headers)
     )
     started = time.monotonic()
@@ -106,7 +106,7 @@ async def test_retry_after_past_the_cap_is_raised_with_its_value(
     make_client: MakeClient, faces: Faces, sandbox: SandboxServer
 ) -> None:
     """A Retry-After longer than max_retry_after is not waited out: it is raised at once."""
-    sandbox.faults.add(
+    sandbox.scripted.add(
         ScriptedResponse(
             path=FACEMATCH, status=429, json=RATE_LIMITED, headers={"Retry-After": "3600"}
         )
@@ -122,7 +122,7 @@ async def test_retry_after_past_the_cap_is_raised_with_its_value(
 
 async def test_dropped_connection_is_retried(client, faces: Faces, sandbox: SandboxServer) -> None:
     """A connection closed before any response is retried and the call succeeds."""
-    sandbox.faults.add(ScriptedResponse(path=FACEMATCH, drop=True, times=2))
+    sandbox.scripted.add(ScriptedResponse(path=FACEMATCH, drop=True, times=2))
     assert (await client.match(faces.alice_png, faces.alice_jpg)).match is True
 
 
@@ -130,7 +130,7 @@ async def test_persistent_drops_raise_connection_error(
     make_client: MakeClient, faces: Faces, sandbox: SandboxServer
 ) -> None:
     """Drops on every attempt end in APIConnectionError."""
-    sandbox.faults.add(ScriptedResponse(path=FACEMATCH, drop=True, times=10))
+    sandbox.scripted.add(ScriptedResponse(path=FACEMATCH, drop=True, times=10))
     with pytest.raises(APIConnectionError):
         await make_client(max_retries=1).match(faces.alice_png, faces.alice_jpg)
 
@@ -139,10 +139,10 @@ async def test_stalled_response_times_out_then_retries(
     make_client: MakeClient, faces: Faces, sandbox: SandboxServer
 ) -> None:
     """A response slower than the timeout raises APITimeoutError per attempt, then is retried."""
-    sandbox.faults.add(ScriptedResponse(path=FACEMATCH, delay=3.0))
+    sandbox.scripted.add(ScriptedResponse(path=FACEMATCH, delay=3.0))
     client = make_client(timeout=0.5)
     assert (await client.match(faces.alice_png, faces.alice_jpg)).match is True
-    sandbox.faults.add(ScriptedResponse(path=FACEMATCH, delay=3.0, times=5))
+    sandbox.scripted.add(ScriptedResponse(path=FACEMATCH, delay=3.0, times=5))
     with pytest.raises(APITimeoutError):
         await make_client(timeout=0.3, max_retries=1).match(faces.alice_png, faces.alice_jpg)
 
@@ -180,12 +180,12 @@ async def test_call_scope_sees_every_attempt_and_each_429(
     """A CallScope counts attempts, is awaited before each one and hears every 429."""
     from facematch_async._scope import CALL_SCOPE, CallScope
 
-    sandbox.faults.add(
+    sandbox.scripted.add(
         ScriptedResponse(
             path=FACEMATCH, status=429, json=RATE_LIMITED, headers={"retry-after-ms": "10"}
         )
     )
-    sandbox.faults.add(ScriptedResponse(path=FACEMATCH, status=503, json={"detail": "x"}))
+    sandbox.scripted.add(ScriptedResponse(path=FACEMATCH, status=503, json={"detail": "x"}))
     waits: list[float | None] = []
     paced = 0
 

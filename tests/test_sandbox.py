@@ -119,11 +119,20 @@ def valid_claims(**overrides: Any) -> dict[str, Any]:
     return claims
 
 
-def assert_verdict_body(body: Any, sub_code: str, message: str, detail: str) -> None:
-    """The shape of Deepvue's documented NO_FACE_FOUND / UNSUPPORTED_FILE_FORMAT bodies."""
-    assert set(body) == {"code", "timestamp", "transaction_id", "sub_code", "message", "detail"}
-    assert body["code"] is None
-    assert isinstance(body["timestamp"], int)
+def assert_verdict_body(
+    body: Any, sub_code: str, message: str, detail: str, version: int = 1, status: int = 400
+) -> None:
+    """The shape of Deepvue's documented NO_FACE_FOUND / UNSUPPORTED_FILE_FORMAT bodies.
+
+    v2 takes v2's envelope, as its success does: ``code`` is the status, no ``timestamp``.
+    """
+    if version == 1:
+        assert set(body) == {"code", "timestamp", "transaction_id", "sub_code", "message", "detail"}
+        assert body["code"] is None
+        assert isinstance(body["timestamp"], int)
+    else:
+        assert set(body) == {"code", "transaction_id", "sub_code", "message", "detail"}
+        assert body["code"] == status
     assert isinstance(body["transaction_id"], str)
     assert (body["sub_code"], body["message"], body["detail"]) == (sub_code, message, detail)
 
@@ -317,6 +326,8 @@ async def test_no_face_found_body(
         "NO_FACE_FOUND",
         "Unable to detect face",
         "Not able to locate any faces in at least one of the images. Check the image files.",
+        version,
+        verdict_status,
     )
 
 
@@ -334,6 +345,8 @@ async def test_unsupported_file_format_body(
         "UNSUPPORTED_FILE_FORMAT",
         "File format not supported",
         "Unsupported file type, only .jpeg, .jpg, .png file formats are supported",
+        version,
+        verdict_status,
     )
 
 
@@ -517,12 +530,12 @@ async def test_scripted_status_and_headers_are_served_fifo(
 ) -> None:
     """Scripted responses answer the next requests in order, then normal handling resumes."""
     limited = {"detail": "Rate limit exceeded. Please retry after some time."}
-    server.faults.add(
+    server.scripted.add(
         ScriptedResponse(
             path="/v1/facematch", status=429, json=limited, headers={"Retry-After": "1"}, times=2
         )
     )
-    server.faults.add(ScriptedResponse(path="/v1/facematch", status=503, json={"detail": "x"}))
+    server.scripted.add(ScriptedResponse(path="/v1/facematch", status=503, json={"detail": "x"}))
     token = await authorize(session, server)
     url = f"{server.base_url}/v1/facematch"
     seen = []
@@ -539,7 +552,7 @@ async def test_scripted_responses_come_before_auth(
     server: SandboxServer, session: aiohttp.ClientSession
 ) -> None:
     """A scripted response answers even a request that would fail authentication."""
-    server.faults.add(ScriptedResponse(path="/v1/facematch", status=503, json={"detail": "x"}))
+    server.scripted.add(ScriptedResponse(path="/v1/facematch", status=503, json={"detail": "x"}))
     async with session.post(f"{server.base_url}/v1/facematch") as resp:
         assert resp.status == 503
 
@@ -548,7 +561,7 @@ async def test_scripted_html_error_page(
     server: SandboxServer, session: aiohttp.ClientSession
 ) -> None:
     """A scripted text body is served with its content type, like a proxy's error page."""
-    server.faults.add(
+    server.scripted.add(
         ScriptedResponse(
             path="/v1/facematch",
             status=502,
@@ -567,7 +580,7 @@ async def test_scripted_authorize_failure(
 ) -> None:
     """Authorize can be scripted to fail too, and still counts as an authorize call."""
     error = {"detail": "Internal Server Error"}
-    server.faults.add(ScriptedResponse(path="/v1/authorize", status=500, json=error))
+    server.scripted.add(ScriptedResponse(path="/v1/authorize", status=500, json=error))
     async with session.post(f"{server.base_url}/v1/authorize", data=credentials()) as resp:
         assert (resp.status, await resp.json()) == (500, error)
     await authorize(session, server)
@@ -579,7 +592,7 @@ async def test_scripted_drop_disconnects_the_client(
     server: SandboxServer, session: aiohttp.ClientSession
 ) -> None:
     """``drop=True`` closes the socket without answering; it counts under status 0."""
-    server.faults.add(ScriptedResponse(path="/v1/facematch", drop=True))
+    server.scripted.add(ScriptedResponse(path="/v1/facematch", drop=True))
     token = await authorize(session, server)
     with pytest.raises(aiohttp.ServerDisconnectedError):
         await facematch(session, server, token=token)
@@ -593,7 +606,7 @@ async def test_scripted_delay_stalls_then_handles_normally(
 ) -> None:
     """A delay without a status stalls the request, then answers normally."""
     token = await authorize(session, server)
-    server.faults.add(ScriptedResponse(path="/v1/facematch", delay=0.3))
+    server.scripted.add(ScriptedResponse(path="/v1/facematch", delay=0.3))
     started = time.monotonic()
     status, body = await facematch(session, server, token=token)
     assert time.monotonic() - started >= 0.3
@@ -605,7 +618,7 @@ async def test_scripted_delay_outlasts_a_client_timeout(session: aiohttp.ClientS
     server = sandbox()
     async with server:
         token = await authorize(session, server)
-        server.faults.add(ScriptedResponse(path="/v1/facematch", delay=30.0))
+        server.scripted.add(ScriptedResponse(path="/v1/facematch", delay=30.0))
         headers = {"Authorization": f"Bearer {token}", "x-api-key": SECRET}
         timeout = aiohttp.ClientTimeout(total=0.2)
         url = f"{server.base_url}/v1/facematch"
@@ -622,8 +635,8 @@ async def test_faults_clear_forgets_queued_responses(
     server: SandboxServer, session: aiohttp.ClientSession
 ) -> None:
     """faults.clear() drops everything queued."""
-    server.faults.add(ScriptedResponse(path="/v1/authorize", status=500, times=5))
-    server.faults.clear()
+    server.scripted.add(ScriptedResponse(path="/v1/authorize", status=500, times=5))
+    server.scripted.clear()
     await authorize(session, server)
 
 

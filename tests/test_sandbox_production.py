@@ -35,7 +35,7 @@ from facematch_async.sandbox import (
     make_test_image,
     parse_rate_limit,
 )
-from facematch_async.sandbox._chaos import FaultInjector
+from facematch_async.sandbox._random_faults import FaultInjector
 from facematch_async.sandbox._ratelimit import SlidingWindowLimiter
 
 from .conftest import fetch_token
@@ -392,7 +392,7 @@ async def test_scripted_responses_still_come_first(session: aiohttp.ClientSessio
     server_config = config(rate_limit="1/min", faults=FaultConfig(error_rate_500=1.0))
     async with SandboxServer(server_config) as server:
         token = await authorize(session, server)
-        server.faults.add(ScriptedResponse(path="/v1/facematch", status=418, times=2))
+        server.scripted.add(ScriptedResponse(path="/v1/facematch", status=418, times=2))
         assert [(await post_match(session, server, token))[0] for _ in range(3)] == [418, 418, 500]
         assert server.counters.faults_injected == {"500": 1}
 
@@ -443,7 +443,7 @@ async def test_engine_by_name_in_config() -> None:
 
 def test_cli_flags_build_the_config() -> None:
     """Engine, rate-limit and fault flags parse to what SandboxConfig and FaultConfig take."""
-    from facematch_async.sandbox._cli import _faults
+    from facematch_async.cli._sandbox import _faults
 
     args = build_parser().parse_args(
         [
@@ -460,7 +460,7 @@ def test_cli_flags_build_the_config() -> None:
     assert faults.drop_rate == 0.05 and faults.burst_length == 5 and faults.seed == 9
     assert "/v1/authorize" in faults.paths
     assert _faults(build_parser().parse_args(["sandbox"])) is None
-    assert build_parser().parse_args(["sandbox"]).engine == "test"
+    assert build_parser().parse_args(["sandbox"]).engine == "auto"  # real faces when installed
 
 
 @pytest.mark.parametrize(
@@ -505,7 +505,11 @@ async def test_cli_prints_the_url_first_and_the_engine_on_stderr() -> None:
         assert process.stdout is not None and process.stderr is not None
         line = (await asyncio.wait_for(process.stdout.readline(), timeout=20)).decode()
         assert line.startswith("Sandbox listening on http://127.0.0.1:"), line
-        described = (await asyncio.wait_for(process.stderr.readline(), timeout=5)).decode()
+        # The test engine's warning comes first (tests/test_sandbox_fidelity.py checks it).
+        lines = [(await asyncio.wait_for(process.stderr.readline(), timeout=5)).decode()]
+        while not lines[-1].startswith("Sandbox engine="):
+            lines.append((await asyncio.wait_for(process.stderr.readline(), timeout=5)).decode())
+        described = lines[-1]
         assert "engine=test" in described and "rate-limit=1/s,30/min,1000/day" in described
         assert "error_rate_503=0.5" in described and "seed=3" in described
     finally:

@@ -24,12 +24,12 @@ async def test_secret_and_token_never_leak(
     token = client._tokens.cached()
     assert token
     # A hostile server echoing our credentials back in its error body.
-    sandbox.faults.add(
+    sandbox.scripted.add(
         ScriptedResponse(
             path=FACEMATCH, status=400, json={"detail": f"bad key {CLIENT_SECRET} for {token}"}
         )
     )
-    sandbox.faults.add(
+    sandbox.scripted.add(
         ScriptedResponse(path=FACEMATCH, status=500, text=f"<p>{CLIENT_SECRET}</p>", times=2)
     )
     errors: list[FaceMatchError] = []

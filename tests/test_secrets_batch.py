@@ -47,7 +47,7 @@ async def test_python_batch_leaks_nothing_at_debug(
 
     async with SandboxServer(config) as sandbox:
         # An error body that echoes the credentials back.
-        sandbox.faults.add(
+        sandbox.scripted.add(
             ScriptedResponse(path="/v1/facematch", status=400, json={"detail": f"bad {SECRET}"})
         )
         async with FaceMatchClient(
@@ -80,6 +80,8 @@ def test_cli_batch_leaks_nothing(tmp_path: Path) -> None:
             "sandbox",
             "--port",
             "0",
+            "--engine",
+            "test",  # the tagged images are judged by tag; the CLI's default is auto
             "--error-rate-500",
             "0.1",
             "--token-ttl",

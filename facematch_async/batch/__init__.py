@@ -8,20 +8,23 @@
 
 from __future__ import annotations
 
+from facematch_async.batch._index import IndexStorageError
 from facematch_async.batch._manifest import ManifestProblem, PairSpec, read_manifest
 from facematch_async.batch._outcome import PairError, PairOutcome
 from facematch_async.batch._runner import BatchRunner, PairInput
-from facematch_async.batch._sink import ResultsFile
+from facematch_async.batch._sink import ResultsFile, ResultsFileError
 from facematch_async.batch._summary import BatchSummary
 
 __all__ = [
     "BatchRunner",
     "BatchSummary",
+    "IndexStorageError",
     "ManifestProblem",
     "PairError",
     "PairInput",
     "PairOutcome",
     "PairSpec",
     "ResultsFile",
+    "ResultsFileError",
     "read_manifest",
 ]

@@ -15,12 +15,28 @@ import os
 import sqlite3
 import tempfile
 
-__all__ = ["KeyIndex", "key_hash"]
+__all__ = ["IndexStorageError", "KeyIndex", "key_hash"]
+
+
+class IndexStorageError(OSError):
+    """The index's file cannot be created or written (a full or read-only temp folder).
+
+    Attributes:
+        directory: The folder the index lives in.
+    """
+
+    def __init__(self, directory: str, reason: str) -> None:
+        super().__init__(
+            f"the on-disk pair index in {directory} cannot be written ({reason}): free space "
+            "there, or choose another folder (--index-dir, or the TMPDIR variable)"
+        )
+        self.directory = directory
 
 
 def key_hash(key: str) -> int:
     """A stable signed 64-bit hash of ``key`` (SQLite integers are signed)."""
-    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
+    # surrogatepass: a name read from a non-UTF-8 file system still hashes (as itself).
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
 
 
@@ -33,23 +49,39 @@ class KeyIndex:
     """
 
     def __init__(self, directory: str | os.PathLike[str] | None = None, cache_kib: int = 512):
-        handle, self._path = tempfile.mkstemp(
-            prefix="facematch-index-", suffix=".sqlite", dir=directory
-        )
+        self.directory = os.fspath(directory) if directory is not None else tempfile.gettempdir()
+        self._closed = True  # until the file exists: close() then has nothing to delete
+        try:
+            handle, self._path = tempfile.mkstemp(
+                prefix="facematch-index-", suffix=".sqlite", dir=self.directory
+            )
+        except OSError as exc:
+            raise IndexStorageError(self.directory, exc.strerror or str(exc)) from None
         os.close(handle)
-        # Disposable data: no journal, no fsync; the file is rebuilt on every run.
-        self._db = sqlite3.connect(self._path, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=OFF")
-        self._db.execute("PRAGMA synchronous=OFF")
-        self._db.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
-        self._db.execute("CREATE TABLE keys (h INTEGER PRIMARY KEY, n INTEGER, t TEXT)")
-        self._db.execute("BEGIN")
-        self.size = 0
         self._closed = False
+        try:
+            # Disposable data: no journal, no fsync; the file is rebuilt on every run.
+            self._db = sqlite3.connect(self._path, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=OFF")
+            self._db.execute("PRAGMA synchronous=OFF")
+            self._db.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
+            self._db.execute("CREATE TABLE keys (h INTEGER PRIMARY KEY, n INTEGER, t TEXT)")
+            self._db.execute("BEGIN")
+        except sqlite3.Error as exc:
+            self.close()
+            raise IndexStorageError(self.directory, str(exc)) from None
+        self.size = 0
+
+    def _execute(self, sql: str, row: tuple[object, ...]) -> sqlite3.Cursor:
+        # SQLite says "database or disk is full" with no path: name the folder for a person.
+        try:
+            return self._db.execute(sql, row)
+        except sqlite3.Error as exc:
+            raise IndexStorageError(self.directory, str(exc)) from None
 
     def add(self, key: str, number: int | None = None, text: str | None = None) -> bool:
         """Insert ``key`` unless present; returns whether it was new."""
-        cursor = self._db.execute(
+        cursor = self._execute(
             "INSERT OR IGNORE INTO keys VALUES (?, ?, ?)", (key_hash(key), number, text)
         )
         added = cursor.rowcount == 1
@@ -59,15 +91,15 @@ class KeyIndex:
     def put(self, key: str, number: int | None = None, text: str | None = None) -> bool:
         """Insert or overwrite ``key``; returns whether it was new."""
         row = (key_hash(key), number, text)
-        if self._db.execute("INSERT OR IGNORE INTO keys VALUES (?, ?, ?)", row).rowcount == 1:
+        if self._execute("INSERT OR IGNORE INTO keys VALUES (?, ?, ?)", row).rowcount == 1:
             self.size += 1
             return True
-        self._db.execute("UPDATE keys SET n = ?, t = ? WHERE h = ?", (number, text, row[0]))
+        self._execute("UPDATE keys SET n = ?, t = ? WHERE h = ?", (number, text, row[0]))
         return False
 
     def get(self, key: str) -> tuple[int | None, str | None] | None:
         """The ``(number, text)`` stored for ``key``, or ``None``."""
-        row = self._db.execute("SELECT n, t FROM keys WHERE h = ?", (key_hash(key),)).fetchone()
+        row = self._execute("SELECT n, t FROM keys WHERE h = ?", (key_hash(key),)).fetchone()
         return None if row is None else (row[0], row[1])
 
     def close(self) -> None:
@@ -75,7 +107,8 @@ class KeyIndex:
         if self._closed:
             return
         self._closed = True
-        self._db.close()
+        with contextlib.suppress(AttributeError, sqlite3.Error):
+            self._db.close()
         for suffix in ("", "-journal", "-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):
                 os.unlink(self._path + suffix)

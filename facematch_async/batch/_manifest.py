@@ -3,7 +3,10 @@
 Rows are read one at a time, so a manifest of a million pairs costs no more memory than one
 of ten. A row that cannot become a pair (missing fields, bad JSON, a path that escapes the
 root) is still yielded, as a :class:`PairSpec` carrying a :class:`ManifestProblem` and its
-line number: the runner records it as that pair's error and carries on.
+line number: the runner records it as that pair's error and carries on. So is a row no
+reader would take: bytes that are not UTF-8 (a spreadsheet's Windows-1252 export), a CSV
+field over the csv module's limit, a JSON line nested too deeply or over
+``MAX_LINE_BYTES``: each is that row's ``MALFORMED_ROW``, and the rows after it run.
 """
 
 from __future__ import annotations
@@ -14,11 +17,21 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
-__all__ = ["REQUIRED_COLUMNS", "ManifestProblem", "PairSpec", "pair_key", "read_manifest"]
+__all__ = [
+    "MAX_LINE_BYTES",
+    "REQUIRED_COLUMNS",
+    "ManifestProblem",
+    "PairSpec",
+    "pair_key",
+    "read_manifest",
+]
 
 REQUIRED_COLUMNS = ("pair_id", "file_a", "file_b")
 _JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
+MAX_LINE_BYTES = 1024 * 1024
+"""The longest JSONL line read; a longer one is a ``MALFORMED_ROW`` (and not kept in memory)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +118,10 @@ def read_manifest(
 def _resolve(base: Path, value: str, confine: Path | None) -> Path | ManifestProblem:
     candidate = base / value  # an absolute value replaces base
     if confine is not None:
-        real = os.path.realpath(candidate)
+        try:
+            real = os.path.realpath(candidate)
+        except ValueError:  # a NUL byte: no file has that name, reading it fails per pair
+            return candidate
         if os.path.commonpath([real, confine]) != str(confine):
             return ManifestProblem("PATH_OUTSIDE_ROOT", f"{value!r} is outside the root folder")
     return candidate
@@ -139,9 +155,26 @@ def _make_spec(
     return PairSpec(pair_id, paths[0], paths[1], line, extra)
 
 
+def _not_utf8(row: list[str]) -> str | None:
+    """Describe a row whose bytes were not UTF-8 (decoded with ``surrogateescape``)."""
+    for value in row:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            bad = value[exc.start].encode("utf-8", "surrogateescape")
+            return f"not UTF-8 (byte 0x{bad.hex()} in {_printable(value)!r})"
+    return None
+
+
+def _printable(value: str) -> str:
+    """``value`` with undecodable bytes as ``\\xe9`` escapes: safe to print and write."""
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _read_csv(source: Path, confine: Path | None) -> Iterator[PairSpec]:
     base = source.parent
-    with open(source, newline="", encoding="utf-8-sig") as file:
+    # surrogateescape: a byte that is not UTF-8 fails its row, not the whole manifest.
+    with open(source, newline="", encoding="utf-8-sig", errors="surrogateescape") as file:
         reader = csv.reader(file)
         header = [name.strip() for name in next(reader, [])]
         absent = [name for name in REQUIRED_COLUMNS if name not in header]
@@ -150,10 +183,25 @@ def _read_csv(source: Path, confine: Path | None) -> Iterator[PairSpec]:
                 f"{source}: the first line must be a header with {', '.join(REQUIRED_COLUMNS)} "
                 f"(missing {', '.join(absent)})"
             )
-        for row in reader:
+        header = [_printable(name) for name in header]
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:  # a field over csv.field_size_limit(), say
+                line = reader.line_num
+                problem = ManifestProblem("MALFORMED_ROW", f"line {line}: {exc}")
+                yield PairSpec("", None, None, line, {}, problem)
+                continue
             line = reader.line_num
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue  # a blank line
+            if (why := _not_utf8(row)) is not None:
+                # Filed under its line: an id with undecodable bytes keys no result reliably.
+                problem = ManifestProblem("MALFORMED_ROW", f"line {line}: {why}")
+                yield PairSpec("", None, None, line, {}, problem)
+                continue
             fields = dict(zip(header, row, strict=False))
             extra = {k: v for k, v in fields.items() if k not in REQUIRED_COLUMNS and k}
             if len(row) != len(header):
@@ -166,21 +214,54 @@ def _read_csv(source: Path, confine: Path | None) -> Iterator[PairSpec]:
             yield _make_spec(base, confine, line, fields, extra)
 
 
+def _jsonl_row(text: bytes, line: int) -> dict[str, object] | ManifestProblem:
+    """One JSONL line's object, or why it is not one."""
+    try:
+        decoded = text.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bad = text[exc.start : exc.start + 1].hex()
+        return ManifestProblem(
+            "MALFORMED_ROW", f"line {line}: not UTF-8 (byte 0x{bad} at column {exc.start + 1})"
+        )
+    try:
+        fields = json.loads(decoded)
+    except json.JSONDecodeError as exc:
+        return ManifestProblem("MALFORMED_ROW", f"line {line}: not JSON ({exc.msg})")
+    except RecursionError:
+        return ManifestProblem("MALFORMED_ROW", f"line {line}: JSON nested too deeply")
+    if not isinstance(fields, dict):
+        return ManifestProblem("MALFORMED_ROW", f"line {line}: not a JSON object")
+    return fields
+
+
+def _bounded_lines(file: BinaryIO) -> Iterator[bytes | None]:
+    """The file's lines; ``None`` for one over ``MAX_LINE_BYTES`` (skipped, never held)."""
+    while text := file.readline(MAX_LINE_BYTES + 1):
+        if len(text) <= MAX_LINE_BYTES or text.endswith(b"\n"):
+            yield text
+            continue
+        while (rest := file.readline(MAX_LINE_BYTES)) and not rest.endswith(b"\n"):
+            pass
+        yield None
+
+
 def _read_jsonl(source: Path, confine: Path | None) -> Iterator[PairSpec]:
     base = source.parent
-    with open(source, encoding="utf-8-sig") as file:
-        for line, text in enumerate(file, start=1):
+    with open(source, "rb") as file:
+        for line, text in enumerate(_bounded_lines(file), start=1):
+            if text is None:
+                problem = ManifestProblem(
+                    "MALFORMED_ROW", f"line {line}: longer than {MAX_LINE_BYTES} bytes"
+                )
+                yield PairSpec("", None, None, line, {}, problem)
+                continue
+            if line == 1:
+                text = text.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 BOM
             if not text.strip():
                 continue
-            try:
-                fields = json.loads(text)
-            except json.JSONDecodeError as exc:
-                problem = ManifestProblem("MALFORMED_ROW", f"line {line}: not JSON ({exc.msg})")
-                yield PairSpec("", None, None, line, {}, problem)
-                continue
-            if not isinstance(fields, dict):
-                problem = ManifestProblem("MALFORMED_ROW", f"line {line}: not a JSON object")
-                yield PairSpec("", None, None, line, {}, problem)
+            fields = _jsonl_row(text, line)
+            if isinstance(fields, ManifestProblem):
+                yield PairSpec("", None, None, line, {}, fields)
                 continue
             extra = {
                 str(k): v if isinstance(v, str) else json.dumps(v)
@@ -205,7 +286,10 @@ def _read_folder(source: Path, confine: Path | None) -> Iterator[PairSpec]:
                 problem = ManifestProblem(
                     "MALFORMED_ROW", f"{entry.name}/ holds {len(names)} files, not 2"
                 )
-                yield PairSpec(entry.name, None, None, None, {}, problem)
+                yield PairSpec(_printable(entry.name), None, None, None, {}, problem)
                 continue
-            fields = {"pair_id": entry.name, "file_a": names[0], "file_b": names[1]}
+            # A folder name that is not UTF-8 keeps its bytes for the paths; its pair id is
+            # written with \\xe9-style escapes, so results and --resume agree on it.
+            pair_id = _printable(entry.name)
+            fields = {"pair_id": pair_id, "file_a": names[0], "file_b": names[1]}
             yield _make_spec(Path(entry.path), confine, None, fields, {})

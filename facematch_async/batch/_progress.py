@@ -66,7 +66,8 @@ class Progress:
 
     def line(self) -> str:
         """The current progress, as one line."""
-        done, rate = self.summary.done, self.recent_rate()
+        # Pairs a resume skips count as done: the total is the manifest's rows.
+        done, rate = self.summary.done + self.summary.skipped, self.recent_rate()
         parts = [f"{done}"]
         if self.total:
             share = min(1.0, done / self.total)

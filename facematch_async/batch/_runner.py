@@ -24,10 +24,18 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Iterable,
+)
 from pathlib import Path
-from typing import Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 from facematch_async._client import FaceMatchClient
 from facematch_async._images import UploadImage, start_load
@@ -38,6 +46,9 @@ from facematch_async._scope import CALL_SCOPE, CallScope
 from facematch_async.batch._index import KeyIndex
 from facematch_async.batch._manifest import ManifestProblem, PairSpec
 from facematch_async.batch._outcome import PairError, PairOutcome
+from facematch_async.batch._progress import format_duration
+from facematch_async.batch._sink import ResultFormat, ResultsFile, ResultsFileError
+from facematch_async.batch._summary import BatchSummary
 from facematch_async.errors import (
     AuthenticationError,
     ClientClosedError,
@@ -57,6 +68,7 @@ PairInput: TypeAlias = PairSpec | tuple[str, str | Path, str | Path]
 StopReason: TypeAlias = Literal["stopped", "quota", "credentials", "unavailable"]
 
 _MAX_BACKOFF = 60.0
+_DAY = 86400.0
 _READ_AHEAD = 16
 """Pairs whose images are read in one worker-thread hop, ahead of a free slot."""
 
@@ -123,6 +135,11 @@ class BatchRunner:
             pair that tripped it unrecorded, rather than marking the rest of the manifest as
             errors. ``None`` never stops.
         index_dir: Where the duplicate-id index file goes (default: the temp folder).
+        max_pause: The longest batch-wide pause a 429's ``Retry-After`` may impose
+            (default: the client's ``retry_policy.max_retry_after``, 60 s). A longer one
+            (``999999``, ``inf``) is taken as the daily quota: with ``stop_at_quota`` the run
+            stops; else it waits, at most the plan's day window, logging why and until when
+            (:meth:`waiting_reason`).
 
     Attributes:
         limiter: The rate limiter in use.
@@ -130,8 +147,9 @@ class BatchRunner:
             (:meth:`stop`), ``"quota"``, ``"credentials"`` or ``"unavailable"`` when the
             run ended early.
         unrecorded: Pairs started but left without an outcome (see above); once stopping,
-            a pair in flight sends no further attempt (a retry waiting for its turn is
-            abandoned), so a stop never waits on a long rate-limit pause.
+            a pair in flight sends no further attempt: a pair waiting for the rate limiter
+            or for a retry's backoff is released at once, so a stop never waits on a
+            rate-limit pause.
         skipped: Pairs the ``skip`` predicate of :meth:`run` passed over.
         rate_limited: 429 answers met, all pairs together.
     """
@@ -146,6 +164,7 @@ class BatchRunner:
         rate_limit_rounds: int = 5,
         outage_threshold: int | None = 20,
         index_dir: str | Path | None = None,
+        max_pause: float | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, not {concurrency}")
@@ -158,6 +177,8 @@ class BatchRunner:
         self.rate_limit_rounds = rate_limit_rounds
         self.outage_threshold = outage_threshold
         self.index_dir = index_dir
+        self.max_pause = client.retry_policy.max_retry_after if max_pause is None else max_pause
+        self._quota_wait_until: float | None = None  # wall clock: a long Retry-After's end
         self._transient_streak = 0
         self.stop_reason: StopReason | None = None
         self.fatal_error: FaceMatchError | None = None
@@ -167,12 +188,60 @@ class BatchRunner:
         self.in_flight = 0
         self._backoff = 1.0
         self._tasks: set[asyncio.Task[bool]] = set()
+        self._waiting: set[asyncio.Task[object]] = set()  # pairs that send nothing now
+        self.summary: BatchSummary | None = None
         self._crash: BaseException | None = None
 
-    def stop(self) -> None:
-        """Stop dispatching new pairs; those in flight finish and are reported."""
+    def stop(self, grace: float | None = None) -> None:
+        """Stop dispatching new pairs; those in flight finish and are reported.
+
+        Pairs that are only waiting (for the rate limiter, or a retry's backoff) can send
+        nothing before the wait ends: they are released at once and stay unrecorded.
+
+        Args:
+            grace: Seconds the pairs still sending may take before they are abandoned
+                (:meth:`cancel`); ``None`` waits for them. What the CLI does on Ctrl-C or
+                SIGTERM: ``loop.add_signal_handler(signal.SIGTERM, runner.stop, 30)``.
+        """
         if self.stop_reason is None:
             self.stop_reason = "stopped"
+        self._release_waiting()
+        if grace is not None:
+            asyncio.get_running_loop().call_later(grace, self.cancel)
+
+    def _release_waiting(self) -> None:
+        for task in self._waiting:
+            task.cancel()
+
+    def waiting_reason(self) -> str | None:
+        """Why the batch sends nothing now, for a progress line (``None`` when it sends)."""
+        if self._quota_wait_until is not None:
+            left = self._quota_wait_until - time.time()
+            if left > 0:
+                until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self._quota_wait_until))
+                return (
+                    "the API answered 429 with a long Retry-After: waiting until "
+                    f"{until} ({format_duration(left)})"
+                )
+            self._quota_wait_until = None
+        paused = self.limiter.wait_time()
+        if paused > 5:
+            return f"waiting {format_duration(paused)} for the rate limit"
+        return None
+
+    async def _idle(self, wait: Coroutine[Any, Any, None]) -> None:
+        """Await ``wait`` (a limiter slot, a backoff) as a pair that sends nothing meanwhile:
+        a stop releases it at once (see :meth:`stop`)."""
+        if self.stop_reason is not None:
+            wait.close()
+            raise _Abandoned
+        task = asyncio.current_task()
+        assert task is not None
+        self._waiting.add(task)
+        try:
+            await wait
+        finally:
+            self._waiting.discard(task)
 
     def cancel(self) -> None:
         """Stop dispatching and abandon the pairs in flight (they stay unrecorded)."""
@@ -183,6 +252,7 @@ class BatchRunner:
     def _halt(self, reason: StopReason) -> None:
         if self.stop_reason in (None, "stopped"):
             self.stop_reason = reason
+        self._release_waiting()
 
     async def run(
         self,
@@ -232,6 +302,106 @@ class BatchRunner:
         if self.fatal_error is not None:
             raise self.fatal_error
 
+    async def run_to_file(
+        self,
+        pairs: Iterable[PairInput] | AsyncIterable[PairInput],
+        path: str | Path,
+        *,
+        resume: bool = False,
+        retry_failed: bool = False,
+        fmt: ResultFormat | None = None,
+        on_outcome: Callable[[PairOutcome], object] | None = None,
+        summary: BatchSummary | None = None,
+    ) -> BatchSummary:
+        """Match ``pairs`` into a results file, resumably: ``batch --out PATH`` in Python.
+
+        Each outcome is appended and flushed as one line when it completes, so a crash
+        (even ``kill -9``) loses only the pairs in flight. With ``resume`` a torn last line
+        is cut off (its bytes kept in ``PATH.removed``), pairs that already have a line are
+        skipped, and the requests of the last day count against the daily window; with
+        ``retry_failed`` pairs whose last line is an ``error`` run again. At the end the file
+        is compacted to one line per pair (atomically). The summary so far is also in
+        :attr:`summary`, for a run that raised.
+
+        ```python
+        runner = BatchRunner(client, rate_limit="growth", stop_at_quota=True)
+        summary = await runner.run_to_file(read_manifest("pairs.csv"), "out.jsonl", resume=True)
+        print(summary.format(), runner.stop_reason)  # "quota": run it again tomorrow
+        ```
+
+        Args:
+            pairs: As for :meth:`run`.
+            path: The results file (``.csv`` for CSV, else JSONL; or ``fmt``).
+            resume: Continue the file; without it (or ``retry_failed``) the file must be
+                absent or empty.
+            retry_failed: Run again the pairs whose last outcome is an error.
+            fmt: ``"jsonl"`` or ``"csv"`` (default: by the suffix).
+            on_outcome: Called with each outcome after its line is written (progress).
+            summary: Count into this summary (one a progress display reads, say) rather
+                than a new one.
+
+        Returns:
+            Counts per status and ``sub_code``, latency quantiles, pairs skipped.
+
+        Raises:
+            FileExistsError: the file holds results and neither ``resume`` nor
+                ``retry_failed`` was given.
+            ResultsFileError: the file cannot be opened, read or written (a directory, a
+                missing folder, a full disk). Lines written before are intact; the run
+                stops at once and a resume runs the rest.
+            IndexStorageError: the on-disk index cannot be written (``index_dir`` full).
+            AuthenticationError: the credentials were refused (after the pairs in flight).
+            ValueError: the file is not a results file of that format.
+        """
+        self.summary = None
+        results = ResultsFile(path, fmt, index_dir=self.index_dir)
+        # The longest window's worth of the last day's requests seeds the limiter.
+        seed = max((window.limit for window in self.limiter.windows), default=0)
+        results.open(resume=resume or retry_failed, seed_limit=seed)
+        try:
+            if results.repaired:
+                logger.warning(
+                    "%s: cut off a torn last line (its pair runs again; the bytes are kept in %s)",
+                    path,
+                    results.removed_path,
+                )
+            if results.unreadable:
+                logger.warning(
+                    "%s: skipped %d line(s) that are not results (their pairs run again); "
+                    "they move to %s at the end",
+                    path,
+                    results.unreadable,
+                    results.removed_path,
+                )
+            offset = time.monotonic() - time.time()  # the file holds wall-clock times
+            self.limiter.seed(sorted(stamp + offset for stamp in results.recent))
+            summary = self.summary = BatchSummary() if summary is None else summary
+            outcomes = self.run(
+                pairs, skip=results.skip_rule(resume=resume, retry_failed=retry_failed)
+            )
+            async with contextlib.aclosing(outcomes):
+                async for outcome in outcomes:
+                    try:
+                        results.write(outcome)
+                    except ResultsFileError:
+                        # Nothing more can be recorded: stop now, so that no further pair is
+                        # sent only to be lost; the pairs in flight run again on resume.
+                        self.cancel()
+                        raise
+                    summary.add(outcome)
+                    summary.skipped = self.skipped
+                    if on_outcome is not None:
+                        on_outcome(outcome)
+            summary.skipped = self.skipped
+            return summary
+        finally:
+            if self.summary is not None:
+                self.summary.skipped = self.skipped
+            try:
+                results.close()
+            except ResultsFileError as exc:  # complete as it is: readers take the last line
+                logger.warning("%s; the next run compacts it", exc)
+
     async def _produce(
         self,
         pairs: Iterable[PairInput] | AsyncIterable[PairInput],
@@ -244,36 +414,15 @@ class BatchRunner:
         # images are read in one worker-thread hop; an async source may be slow to yield
         # its next pair, so each of its pairs goes as soon as it comes.
         read_ahead = 1 if isinstance(pairs, AsyncIterable) else min(_READ_AHEAD, self.concurrency)
+        source_error: Exception | None = None
+        ready: list[PairSpec] = []  # pairs read from the source, not yet dispatched
         try:
-            ready: list[PairSpec] = []
-            async for pair in _aiter(pairs):
-                if self.stop_reason is not None:
-                    break
-                spec = _as_spec(pair)
-                # Problem rows register their id too: one outcome per id, whatever happens.
-                if spec.pair_id and not seen.add(spec.pair_id, spec.line):
-                    first = seen.get(spec.pair_id)
-                    where = f" (first on line {first[0]})" if first and first[0] else ""
-                    problem = ManifestProblem(
-                        "DUPLICATE_PAIR_ID", f"pair_id {spec.pair_id!r} seen before{where}"
-                    )
-                    spec = PairSpec(spec.pair_id, None, None, spec.line, spec.extra, problem)
-                key = spec.key
-                if skip is not None and skip(key):
-                    self.skipped += 1
-                    continue
-                if spec.problem is not None:
-                    await slots.acquire()  # its outcome holds a slot like any other
-                    error = PairError.from_problem(spec.problem)
-                    outcomes.put_nowait(self._outcome(spec, "error", error))
-                    continue
-                ready.append(spec)
-                if len(ready) >= read_ahead:
-                    if not await self._dispatch(ready, slots, outcomes):
-                        break
-                    ready = []
-            else:
-                await self._dispatch(ready, slots, outcomes)
+            try:
+                await self._pull(pairs, seen, read_ahead, ready, outcomes, slots, skip)
+            except Exception as error:  # the source (or the index) broke: no further pair
+                source_error = error
+                if ready and self.stop_reason is None:
+                    await self._dispatch(ready, slots, outcomes)  # those read ahead still run
             while self._tasks:  # the pairs in flight
                 await asyncio.wait(self._tasks)
         finally:
@@ -284,6 +433,51 @@ class BatchRunner:
                 await asyncio.wait(self._tasks)
             seen.close()
             outcomes.put_nowait(None)
+        if source_error is not None:
+            raise source_error
+
+    async def _pull(
+        self,
+        pairs: Iterable[PairInput] | AsyncIterable[PairInput],
+        seen: KeyIndex,
+        read_ahead: int,
+        ready: list[PairSpec],
+        outcomes: asyncio.Queue[PairOutcome | None],
+        slots: asyncio.Semaphore,
+        skip: Callable[[str], bool] | None,
+    ) -> None:
+        """Take pairs from the source and dispatch them ``read_ahead`` at a time; ``ready``
+        holds those taken but not yet dispatched."""
+        async for pair in _aiter(pairs):
+            if self.stop_reason is not None:
+                return
+            spec = _as_spec(pair)
+            # Problem rows register their id too: one outcome per id, whatever happens.
+            if spec.pair_id and not seen.add(spec.pair_id, spec.line):
+                first = seen.get(spec.pair_id)
+                where = f" (first on line {first[0]})" if first and first[0] else ""
+                problem = ManifestProblem(
+                    "DUPLICATE_PAIR_ID", f"pair_id {spec.pair_id!r} seen before{where}"
+                )
+                spec = PairSpec(spec.pair_id, None, None, spec.line, spec.extra, problem)
+            key = spec.key
+            if skip is not None and skip(key):
+                self.skipped += 1
+                continue
+            if spec.problem is not None:
+                await slots.acquire()  # its outcome holds a slot like any other
+                error = PairError.from_problem(spec.problem)
+                outcomes.put_nowait(self._outcome(spec, "error", error))
+                continue
+            ready.append(spec)
+            if len(ready) >= read_ahead:
+                batch = ready.copy()
+                ready.clear()
+                if not await self._dispatch(batch, slots, outcomes):
+                    return
+        batch = ready.copy()
+        ready.clear()
+        await self._dispatch(batch, slots, outcomes)
 
     async def _dispatch(
         self,
@@ -339,7 +533,11 @@ class BatchRunner:
             return None
         allow_pdf = client.api_version == "v2"
         return start_load(
-            spec.file_a, spec.file_b, max_bytes=client.max_image_bytes, allow_pdf=allow_pdf
+            spec.file_a,
+            spec.file_b,
+            max_bytes=client.max_image_bytes,
+            allow_pdf=allow_pdf,
+            read_timeout=client.image_read_timeout,
         )
 
     def _outcome(
@@ -392,10 +590,40 @@ class BatchRunner:
         self._halt("unavailable")
         return True
 
+    def _beyond_cap(self, retry_after: float | None) -> bool:
+        """Whether a 429's wait is too long to be a rate window: a daily quota, or nonsense."""
+        return retry_after is not None and not retry_after <= self.max_pause  # inf, nan too
+
+    def _quota_window(self) -> float:
+        """The longest the batch waits on one long ``Retry-After``: the plan's day window."""
+        return max((w.period for w in self.limiter.windows), default=_DAY) + self.limiter.margin
+
     def _on_rate_limited(self, retry_after: float | None) -> None:
         """A 429: hold the whole batch back, not just this pair."""
         self.rate_limited += 1
-        if retry_after is not None:
+        if self._beyond_cap(retry_after):
+            if self.stop_at_quota:
+                self._halt("quota")
+                return
+            assert retry_after is not None
+            wait = (
+                min(retry_after, self._quota_window())
+                if math.isfinite(retry_after)
+                else (self._quota_window())
+            )
+            if self.limiter.paused_for < wait - 1:  # the first pair to meet it says so
+                self._quota_wait_until = time.time() + wait
+                until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self._quota_wait_until))
+                logger.warning(
+                    "the API asked to wait %s s (Retry-After), longer than %g s: taken as the "
+                    "daily quota; the batch waits until %s (stop with Ctrl-C and resume later, "
+                    "or run with --stop-at-quota)",
+                    retry_after,
+                    self.max_pause,
+                    until,
+                )
+            self.limiter.pause(wait)
+        elif retry_after is not None:
             self.limiter.pause(retry_after)
         elif self.limiter.paused_for <= 0:
             # Many pairs in flight meet the same 429: only the first one doubles the wait.
@@ -411,16 +639,25 @@ class BatchRunner:
 
         async def before_attempt() -> None:
             nonlocal waited
-            if self.stop_reason is not None:
-                raise _Abandoned  # stopping: send nothing more, leave the pair for a resume
             started = time.perf_counter()
-            await self.limiter.acquire(stop_at_quota=self.stop_at_quota)
+            # Stopping: send nothing more, leave the pair for a resume.
+            await self._idle(self.limiter.acquire(stop_at_quota=self.stop_at_quota))
             waited += time.perf_counter() - started
             if self.stop_reason is not None:
                 raise _Abandoned  # the batch began stopping while this pair waited its turn
 
+        async def backoff(seconds: float) -> None:
+            nonlocal waited
+            started = time.perf_counter()
+            await self._idle(asyncio.sleep(seconds))
+            waited += time.perf_counter() - started
+
         # Each task runs in its own copy of the context, so this scope is this pair's alone.
-        scope = CallScope(before_attempt=before_attempt, on_rate_limited=self._on_rate_limited)
+        scope = CallScope(
+            before_attempt=before_attempt,
+            on_rate_limited=self._on_rate_limited,
+            sleep=backoff,
+        )
         CALL_SCOPE.set(scope)
         started = time.perf_counter()
         rounds = 0
@@ -439,10 +676,9 @@ class BatchRunner:
                 status: Literal["no_face", "error"] = "no_face"
                 pair_error = PairError.from_exception(error)
             except RateLimitError as error:
-                if (
-                    self.stop_at_quota
-                    and error.retry_after is not None
-                    and error.retry_after >= QUOTA_PERIOD
+                if self.stop_at_quota and (
+                    self._beyond_cap(error.retry_after)
+                    or (error.retry_after is not None and error.retry_after >= QUOTA_PERIOD)
                 ):
                     self._halt("quota")
                     return None

@@ -19,6 +19,12 @@ Guarantees, and how:
   file and ``os.replace``) keeping only each pair's last line. If a run dies before that,
   the next run's close compacts it; readers that take the last line per ``pair_id`` are
   right at any moment.
+* **Lines that are not results are set aside**: a garbage line (an editor, a stray
+  ``echo >>``) is skipped on resume (its pair, if any, runs again) and removed by the next
+  compaction, which appends what it removed to ``<file>.removed`` beside the file.
+* **Disk problems are typed**: a results file that cannot be opened, read or written raises
+  :class:`ResultsFileError` naming the path and the reason; every line written before it
+  is intact.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import json
 import os
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeAlias
 
@@ -38,7 +44,7 @@ from facematch_async.batch._index import KeyIndex
 from facematch_async.batch._manifest import pair_key
 from facematch_async.batch._outcome import PairOutcome
 
-__all__ = ["FIELDS", "ResultFormat", "ResultsFile", "outcome_record"]
+__all__ = ["FIELDS", "ResultFormat", "ResultsFile", "ResultsFileError", "outcome_record"]
 
 ResultFormat: TypeAlias = Literal["jsonl", "csv"]
 FIELDS = (
@@ -57,13 +63,19 @@ FIELDS = (
     "finished_at",
 )
 _DAY = 86400.0
+# A name read from a non-UTF-8 file system holds surrogates: written as ``\udce9``, never
+# an error that would stop the batch.
+_UNENCODABLE = "backslashreplace"
 
 
 def outcome_record(outcome: PairOutcome) -> dict[str, Any]:
     """The flat record written for ``outcome`` (``extra`` holds the manifest's columns)."""
     result, error = outcome.result, outcome.error
     return {
-        "pair_id": outcome.pair_id,
+        # The key: the pair id, or ``@line:N`` for a row without a usable id of its own (a
+        # repeated id among them), so that a reader taking the last line per pair_id never
+        # mistakes a duplicate row's error for the outcome of the pair it repeats.
+        "pair_id": outcome.key or outcome.pair_id,
         "status": outcome.status,
         "match": result.match if result else None,
         "confidence": result.confidence if result else None,
@@ -80,6 +92,20 @@ def outcome_record(outcome: PairOutcome) -> dict[str, Any]:
         "finished_at": round(outcome.finished_at, 3),
         "extra": dict(outcome.extra),
     }
+
+
+class ResultsFileError(OSError):
+    """The results file cannot be opened, read or written (a directory, a missing folder,
+    no permission, a full disk). The message names the path and the reason; lines already
+    written are intact."""
+
+    def __init__(self, path: Path, action: str, exc: OSError) -> None:
+        self.message = f"cannot {action} {path}: {exc.strerror or exc}"
+        super().__init__(exc.errno, self.message)
+        self.path = path
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def _cell(value: Any) -> str:
@@ -123,7 +149,7 @@ class ResultsFile:
         )
         self._index = KeyIndex(index_dir)
         self._header: list[str] | None = None
-        self._file: io.BufferedWriter | None = None
+        self._file: io.FileIO | None = None
         self._offset = 0
         self.recorded = 0
         self.superseded = 0
@@ -142,19 +168,30 @@ class ResultsFile:
 
         Raises:
             FileExistsError: the file has results and ``resume`` is false.
+            ResultsFileError: the path cannot take results (a directory, no such folder, no
+                permission) or cannot be read or repaired.
             ValueError: the file is not a results file of this format.
         """
-        exists = self.path.exists() and self.path.stat().st_size > 0
-        if exists and not resume:
-            raise FileExistsError(f"{self.path} already holds results")
-        if exists:
-            try:
+        try:
+            # Unbuffered: one write per line, and nothing left in a buffer for close() to
+            # fail on when the disk is full. Opened first, so that a path that cannot take
+            # results (a directory, no such folder, read-only) is refused before any work.
+            self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 (close() closes it)
+        except OSError as exc:
+            self._index.close()
+            raise ResultsFileError(self.path, "open for appending", exc) from None
+        exists = self._file.seek(0, os.SEEK_END) > 0
+        try:
+            if exists and not resume:
+                raise FileExistsError(f"{self.path} already holds results")
+            if exists:
                 self.load(seed_limit, repair=True)
-            except BaseException:
-                self._index.close()
-                raise
-        self._file = open(self.path, "ab")  # noqa: SIM115 (closed by close())
-        self._offset = self._file.tell()
+        except BaseException:
+            self._file.close()
+            self._file = None
+            self._index.close()
+            raise
+        self._offset = self._file.seek(0, os.SEEK_END)
 
     def _lines(self) -> Iterator[tuple[int, bytes]]:
         """(offset, line) for every complete line, after the CSV header."""
@@ -190,20 +227,21 @@ class ResultsFile:
             seed_limit: See :meth:`open`.
             repair: Cut a torn last line off the file (else it is only ignored).
         """
-        if not self.path.exists():
+        try:
+            self._load(seed_limit, repair)
+        except FileNotFoundError:
             return
-        with open(self.path, "rb+" if repair else "rb") as file:
+        except OSError as exc:
+            if isinstance(exc, ResultsFileError):
+                raise
+            raise ResultsFileError(self.path, "read", exc) from None
+
+    def _load(self, seed_limit: int, repair: bool) -> None:
+        with open(self.path, "rb") as file:
             size = file.seek(0, os.SEEK_END)
             file.seek(max(0, size - 1))
             if size and file.read(1) != b"\n" and repair:
-                # A torn last line (the process died mid-write): drop it, its pair reruns.
-                file.seek(0)
-                keep = 0
-                for raw in file:
-                    if raw.endswith(b"\n"):
-                        keep += len(raw)
-                file.truncate(keep)
-                self.repaired = True
+                self._cut_torn_line()
             file.seek(0)
             if self.format == "csv":
                 first = file.readline().decode("utf-8", errors="replace")
@@ -235,6 +273,54 @@ class ResultsFile:
         if self.unreadable and not self.recorded:
             raise ValueError(f"{self.path} is not a {self.format} results file (check --format)")
 
+    def _cut_torn_line(self) -> None:
+        """Cut off a last line without its newline (the process died mid-write, or junk
+        was appended): its pair reruns, and the bytes are kept in ``<file>.removed``."""
+        keep = 0
+        with open(self.path, "rb") as file:
+            for raw in file:
+                if raw.endswith(b"\n"):
+                    keep += len(raw)
+            file.seek(keep)
+            torn = file.read()
+        self._set_aside([torn + b"\n"])
+        try:
+            os.truncate(self.path, keep)
+        except OSError as exc:
+            raise ResultsFileError(self.path, "repair the torn last line of", exc) from None
+        self.repaired = True
+
+    @property
+    def removed_path(self) -> Path:
+        """Where lines that are not results go when they are removed: ``<file>.removed``."""
+        return self.path.with_name(self.path.name + ".removed")
+
+    def _set_aside(self, lines: list[bytes]) -> None:
+        if not lines:
+            return
+        try:
+            with open(self.removed_path, "ab") as out:
+                out.writelines(lines)
+        except OSError as exc:
+            raise ResultsFileError(self.removed_path, "write", exc) from None
+
+    def skip_rule(self, *, resume: bool, retry_failed: bool) -> Callable[[str], bool] | None:
+        """The ``skip`` predicate for :meth:`BatchRunner.run`: which pairs a run passes over.
+
+        ``resume`` skips every pair with a line; ``retry_failed`` runs again the pairs whose
+        last line is an ``error`` (alone, it runs nothing else); neither skips nothing.
+        """
+        if not (resume or retry_failed):
+            return None
+
+        def skip(key: str) -> bool:
+            status = self.status(key)
+            if status is None:
+                return not resume  # --retry-failed alone touches only failed pairs
+            return not (status == "error" and retry_failed)
+
+        return skip
+
     def status(self, key: str) -> str | None:
         """The status of ``key``'s last line, or ``None`` if it has none."""
         entry = self._index.get(key)
@@ -247,8 +333,13 @@ class ResultsFile:
         record = outcome_record(outcome)
         data = self._encode(record)
         offset = self._offset
-        self._file.write(data)
-        self._file.flush()
+        try:
+            view = memoryview(data)
+            while view:  # an unbuffered write may be partial (a signal, a nearly full disk)
+                view = view[self._file.write(view) or 0 :]
+        except OSError as exc:
+            # The line may be torn: the next --resume cuts it off and its pair runs again.
+            raise ResultsFileError(self.path, "write to", exc) from None
         self._offset += len(data)
         if self._index.put(outcome.key, offset, outcome.status):
             self.recorded += 1
@@ -260,7 +351,7 @@ class ResultsFile:
         if self.format == "jsonl":
             if extra:
                 record["extra"] = extra
-            return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+            return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8", _UNENCODABLE)
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         if self._header is None:
@@ -268,38 +359,50 @@ class ResultsFile:
             writer.writerow(self._header)
         values = {**extra, **record}
         writer.writerow([_cell(values.get(name)) for name in self._header])
-        return buffer.getvalue().encode("utf-8")
+        return buffer.getvalue().encode("utf-8", _UNENCODABLE)
 
     def close(self, *, compact: bool = True) -> None:
-        """Close the file; with ``compact``, drop superseded lines (atomically)."""
+        """Close the file; with ``compact``, drop superseded lines and lines that are not
+        results (atomically; the latter are kept in :attr:`removed_path`).
+
+        Raises:
+            ResultsFileError: compaction failed (a full disk): the file is left as it was,
+                complete and readable, and the next run compacts it.
+        """
         if self._file is not None:
             self._file.close()
             self._file = None
         try:
-            if compact and self.superseded:
+            if compact and (self.superseded or self.unreadable):
                 self._compact()
         finally:
             self._index.close()
 
     def _compact(self) -> None:
         temporary = self.path.with_name(self.path.name + ".compacting")
-        with open(temporary, "wb") as out:
-            if self.format == "csv":
-                with open(self.path, "rb") as file:
-                    out.write(file.readline())
-            for offset, raw in self._lines():
-                record = self._parse(raw)
-                if record is None:
-                    continue
-                entry = self._index.get(self._key(record))
-                if entry is not None and entry[0] == offset:
-                    out.write(raw)
-            out.flush()
-            os.fsync(out.fileno())
+        removed: list[bytes] = []
         try:
+            with open(temporary, "wb") as out:
+                if self.format == "csv":
+                    with open(self.path, "rb") as file:
+                        out.write(file.readline())
+                for offset, raw in self._lines():
+                    record = self._parse(raw)
+                    if record is None or "pair_id" not in record:
+                        removed.append(raw)
+                        continue
+                    entry = self._index.get(self._key(record))
+                    if entry is not None and entry[0] == offset:
+                        out.write(raw)
+                out.flush()
+                os.fsync(out.fileno())
+            self._set_aside(removed)
             os.replace(temporary, self.path)
-        except OSError:
+        except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
-            raise
+            if isinstance(exc, ResultsFileError):
+                raise
+            raise ResultsFileError(self.path, "compact", exc) from None
         self.superseded = 0
+        self.unreadable = 0

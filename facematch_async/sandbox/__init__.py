@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from facematch_async.sandbox._app import create_app
 from facematch_async.sandbox._background import BackgroundSandbox
-from facematch_async.sandbox._chaos import FAULT_KINDS, FaultConfig, FaultKind
 from facematch_async.sandbox._choice import ENGINE_NAMES, choose_engine
 from facematch_async.sandbox._config import SandboxConfig
 from facematch_async.sandbox._counters import SandboxCounters
@@ -23,9 +22,10 @@ from facematch_async.sandbox._dlib import (
     dlib_available,
 )
 from facematch_async.sandbox._engines import EngineVerdict, FaceEngine, TestEngine, make_test_image
-from facematch_async.sandbox._faults import FaultScript, ScriptedResponse
 from facematch_async.sandbox._process import sandbox_process
+from facematch_async.sandbox._random_faults import FAULT_KINDS, FaultConfig, FaultKind
 from facematch_async.sandbox._ratelimit import PLANS, RateWindow, parse_rate_limit
+from facematch_async.sandbox._scripted import ResponseScript, ScriptedResponse
 from facematch_async.sandbox._server import SandboxServer, serve
 
 __all__ = [
@@ -39,8 +39,8 @@ __all__ = [
     "FaceEngine",
     "FaultConfig",
     "FaultKind",
-    "FaultScript",
     "RateWindow",
+    "ResponseScript",
     "SandboxConfig",
     "SandboxCounters",
     "SandboxServer",

@@ -17,18 +17,19 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from aiohttp import BodyPartReader, hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
 
-from facematch_async.sandbox._chaos import FaultInjector, FaultKind, FaultPlan
 from facematch_async.sandbox._choice import choose_engine
 from facematch_async.sandbox._config import SandboxConfig
 from facematch_async.sandbox._counters import SandboxCounters
 from facematch_async.sandbox._engines import FaceEngine, TestEngine
-from facematch_async.sandbox._faults import FaultScript
+from facematch_async.sandbox._random_faults import FaultInjector, FaultKind, FaultPlan
 from facematch_async.sandbox._ratelimit import SlidingWindowLimiter, retry_after_header
+from facematch_async.sandbox._scripted import ResponseScript
 from facematch_async.sandbox._tokens import TokenAuthority
 
 __all__ = ["SANDBOX_STATE", "SandboxState", "create_app"]
@@ -48,6 +49,20 @@ _FILE_FIELDS = ("file_a", "file_b")
 _CHUNK = 64 * 1024
 _MULTIPART_MARGIN = 1024 * 1024  # room for headers and boundaries around two full-size files
 
+# What Starlette (under FastAPI) answers to a body it cannot parse as multipart.
+_PARSE_ERROR = "There was an error parsing the body"
+_NOT_A_FILE = (
+    "Expected UploadFile, received: <class 'str'>: the field must be a file upload "
+    "(a multipart/form-data part with a filename), not a text value"
+)
+_READ_TIMEOUT = "Request timeout: the body was not received in time"
+# File name extensions and part content types that --strict-uploads accepts, per version.
+_STRICT_EXTENSIONS = {1: (".jpg", ".jpeg", ".png"), 2: (".jpg", ".jpeg", ".png", ".pdf")}
+_STRICT_TYPES = {
+    1: frozenset({"image/jpeg", "image/jpg", "image/png"}),
+    2: frozenset({"image/jpeg", "image/jpg", "image/png", "application/pdf"}),
+}
+
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _PDF_MAGIC = b"%PDF-"
@@ -60,10 +75,10 @@ class SandboxState:
     config: SandboxConfig
     engine: FaceEngine
     tokens: TokenAuthority
-    faults: FaultScript
+    scripted: ResponseScript
     counters: SandboxCounters
     limiter: SlidingWindowLimiter
-    chaos: FaultInjector | None = None
+    random_faults: FaultInjector | None = None
 
 
 SANDBOX_STATE = web.AppKey("sandbox_state", SandboxState)
@@ -83,10 +98,10 @@ def create_app(config: SandboxConfig) -> web.Application:
         config=config,
         engine=_engine(config.engine),
         tokens=TokenAuthority(config.client_id, config.token_ttl, config.jwt_secret),
-        faults=FaultScript(),
+        scripted=ResponseScript(),
         counters=SandboxCounters(),
         limiter=SlidingWindowLimiter(config.rate_windows),
-        chaos=FaultInjector(config.faults) if config.faults is not None else None,
+        random_faults=FaultInjector(config.faults) if config.faults is not None else None,
     )
     app.router.add_post(_AUTHORIZE_PATH, _authorize)
     app.router.add_post("/v1/facematch", _facematch_v1)
@@ -115,7 +130,7 @@ async def _observe(request: web.Request, handler: _Handler) -> web.StreamRespons
     status = 0  # stays 0 when the connection is dropped or the client goes away
     response: web.StreamResponse | None
     try:
-        scripted = state.faults.take(request.path)
+        scripted = state.scripted.take(request.path)
         if scripted is not None:
             if scripted.delay:
                 await asyncio.sleep(scripted.delay)
@@ -125,7 +140,7 @@ async def _observe(request: web.Request, handler: _Handler) -> web.StreamRespons
                 response = scripted.to_response()
                 status = response.status
                 return response
-        plan = state.chaos.plan(request.path) if state.chaos is not None else None
+        plan = state.random_faults.plan(request.path) if state.random_faults is not None else None
         response = await _production_conditions(request, state, plan)
         if response is None:
             try:
@@ -220,7 +235,14 @@ async def _authorize(request: web.Request) -> web.StreamResponse:
     """``POST /v1/authorize``: form credentials in, a bearer token out."""
     state = request.app[SANDBOX_STATE]
     config = state.config
-    form = await request.post()  # both multipart/form-data and x-www-form-urlencoded
+    try:
+        async with asyncio.timeout(config.read_timeout):
+            form = await request.post()  # both multipart/form-data and x-www-form-urlencoded
+    except TimeoutError:
+        return await _read_timed_out(request)
+    except _MALFORMED_ERRORS:
+        _log.debug("unparseable authorize body", exc_info=True)
+        return _json_error(400, _PARSE_ERROR)
     client_id = form.get("client_id")
     client_secret = form.get("client_secret")
     if not isinstance(client_id, str) or not isinstance(client_secret, str):
@@ -268,23 +290,37 @@ async def _facematch(request: web.Request, version: Literal[1, 2]) -> web.Stream
         return _json_error(400, "Inactive client_id")
 
     try:
-        files = await _read_files(request, config.max_upload_bytes)
+        async with asyncio.timeout(config.read_timeout):
+            form = await _read_form(request, config.max_upload_bytes)
+    except TimeoutError:
+        return await _read_timed_out(request)
     except _TooLarge:
         return _json_error(413, "File too large")
-    missing = [name for name in _FILE_FIELDS if name not in files]
+    except _Malformed as exc:
+        return _json_error(400, str(exc))
+    if form.text_fields:  # the fields are there, as text: say so, not "field required"
+        return _validation_errors(
+            (name, _NOT_A_FILE, "value_error") for name in sorted(form.text_fields)
+        )
+    missing = [name for name in _FILE_FIELDS if name not in form.files]
     if missing:
         return _missing_fields(missing)
-    image_a, image_b = files["file_a"], files["file_b"]
+    part_a, part_b = form.files["file_a"], form.files["file_b"]
 
     accepted = (_JPEG_MAGIC, _PNG_MAGIC, _PDF_MAGIC) if version == 2 else (_JPEG_MAGIC, _PNG_MAGIC)
-    if not (image_a.startswith(accepted) and image_b.startswith(accepted)):
+    formats_ok = part_a.data.startswith(accepted) and part_b.data.startswith(accepted)
+    if config.strict_uploads:
+        formats_ok = formats_ok and _strictly_ok(part_a, version) and _strictly_ok(part_b, version)
+    if not formats_ok:
         return _verdict_error(
+            version,
             config.verdict_status,
             "UNSUPPORTED_FILE_FORMAT",
             "File format not supported",
             "Unsupported file type, only .jpeg, .jpg, .png file formats are supported",
         )
 
+    image_a, image_b = part_a.data, part_b.data
     try:
         if type(state.engine) is TestEngine:  # a regex search: cheaper than a thread hop
             verdict = state.engine.compare(image_a, image_b)
@@ -295,6 +331,7 @@ async def _facematch(request: web.Request, version: Literal[1, 2]) -> web.Stream
         return _json_error(500, "Internal Server Error")
     if not verdict.face_found:
         return _verdict_error(
+            version,
             config.verdict_status,
             "NO_FACE_FOUND",
             "Unable to detect face",
@@ -302,9 +339,11 @@ async def _facematch(request: web.Request, version: Literal[1, 2]) -> web.Stream
         )
 
     body: dict[str, Any]
+    confidence: float | int | None
     if version == 1:
         body = {"code": None, "timestamp": _now_ms()}
-        confidence: float | int = float(verdict.confidence)
+        # The vendor's own v1 example shows null; production's choice is unobserved.
+        confidence = None if config.null_confidence else float(verdict.confidence)
     else:
         body = {"code": 200}
         confidence = round(verdict.confidence)
@@ -317,36 +356,100 @@ async def _facematch(request: web.Request, version: Literal[1, 2]) -> web.Stream
     return web.json_response(body)
 
 
+@dataclass(frozen=True)
+class _FilePart:
+    """A file part as received: its bytes, file name and ``Content-Type`` (if it had one)."""
+
+    data: bytes
+    filename: str
+    content_type: str | None
+
+
+@dataclass
+class _Form:
+    """The facematch fields a body carried."""
+
+    files: dict[str, _FilePart] = field(default_factory=dict)
+    text_fields: set[str] = field(default_factory=set)  # file fields sent as plain values
+
+
+class _Malformed(Exception):
+    """The body cannot be parsed as the multipart it claims to be (the message says how)."""
+
+
+# What a malformed or cut-short body raises while aiohttp parses it: ValueError (bad or
+# missing boundaries, a body that ends before the closing boundary), LineTooLong and the
+# payload errors of a connection that closes mid-body (HttpProcessingError), and the
+# AssertionError some of aiohttp's multipart checks use.
+_MALFORMED_ERRORS = (ValueError, AssertionError, HttpProcessingError)
+
+
+def _strictly_ok(part: _FilePart, version: Literal[1, 2]) -> bool:
+    """Whether ``part``'s file name and content type name a format the route accepts.
+
+    A part with no ``Content-Type`` (``requests``' ``files=`` sends none) is judged by its
+    file name alone; ``application/octet-stream`` (Go, Ruby, Node's ``Blob``) fails.
+    """
+    if not part.filename.lower().endswith(_STRICT_EXTENSIONS[version]):
+        return False
+    if part.content_type is None:
+        return True
+    media_type = part.content_type.partition(";")[0].strip().lower()
+    return media_type in _STRICT_TYPES[version]
+
+
 class _TooLarge(Exception):
     """A multipart part exceeded the upload limit."""
 
 
-async def _read_files(request: web.Request, limit: int) -> dict[str, bytes]:
+async def _read_form(request: web.Request, limit: int) -> _Form:
     """The first ``file_a``/``file_b`` file parts, each read fully up to ``limit`` bytes.
 
-    A body that is not multipart, or not parseable, yields no files (the caller answers 422).
+    A body that is neither multipart nor a url-encoded form yields nothing (the caller
+    answers 422); ``file_a``/``file_b`` sent as plain values are noted as such.
 
     Raises:
         _TooLarge: a part exceeded ``limit``.
+        _Malformed: the multipart body is broken or cut short (it is never taken as whole).
     """
     # Not request.content_type: it parses the header with the email package, which costs
     # more than the rest of the request (aiohttp's reader below checks it anyway).
-    media_type = request.headers.get(hdrs.CONTENT_TYPE, "").partition(";")[0]
-    if media_type.strip().lower() != "multipart/form-data":
-        return {}
-    files: dict[str, bytes] = {}
+    content_type = request.headers.get(hdrs.CONTENT_TYPE, "")
+    media_type = content_type.partition(";")[0].strip().lower()
+    form = _Form()
+    if media_type == "application/x-www-form-urlencoded":  # requests' data= without files=
+        try:
+            fields = await request.post()
+        except _MALFORMED_ERRORS as exc:
+            raise _Malformed(_PARSE_ERROR) from exc
+        form.text_fields.update(name for name in _FILE_FIELDS if name in fields)
+        return form
+    if media_type != "multipart/form-data":
+        return form
+    if "boundary=" not in content_type.lower():
+        raise _Malformed("Missing boundary in multipart.")  # Starlette's words
     try:
         reader = await request.multipart()
         while (part := await reader.next()) is not None:
-            # Other parts (plain fields, nested multiparts, repeats) are skipped: next()
+            # Other parts (unknown fields, nested multiparts, repeats) are skipped: next()
             # drains them without keeping their bytes.
-            if not isinstance(part, BodyPartReader) or part.filename is None:
+            if not isinstance(part, BodyPartReader) or part.name not in _FILE_FIELDS:
                 continue
-            if part.name in _FILE_FIELDS and part.name not in files:
-                files[part.name] = await _read_bounded(part, limit)
-    except ValueError:  # a malformed body, e.g. a missing boundary
+            if part.filename is None:
+                if part.name not in form.files:
+                    form.text_fields.add(part.name)
+            elif part.name not in form.files:
+                data = await _read_bounded(part, limit)
+                form.files[part.name] = _FilePart(
+                    data, part.filename, part.headers.get(hdrs.CONTENT_TYPE)
+                )
+                form.text_fields.discard(part.name)
+    except _MALFORMED_ERRORS as exc:
+        # Includes a body that ends before its closing boundary: what was read of it is
+        # dropped, never judged as if it were whole.
         _log.debug("unparseable multipart body", exc_info=True)
-    return files
+        raise _Malformed(_PARSE_ERROR) from exc
+    return form
 
 
 async def _read_bounded(part: BodyPartReader, limit: int) -> bytes:
@@ -378,18 +481,43 @@ def _json_error(status: int, detail: str, headers: Mapping[str, str] | None = No
 
 def _missing_fields(names: Iterable[str]) -> web.Response:
     """FastAPI's 422 for missing form fields."""
-    errors = [
-        {"loc": ["body", name], "msg": "field required", "type": "value_error.missing"}
-        for name in names
-    ]
-    return web.json_response({"detail": errors}, status=422)
+    return _validation_errors((name, "field required", "value_error.missing") for name in names)
 
 
-def _verdict_error(status: int, sub_code: str, message: str, detail: str) -> web.Response:
-    """An answer with a ``sub_code``, shaped like Deepvue's NO_FACE_FOUND example."""
+def _validation_errors(errors: Iterable[tuple[str, str, str]]) -> web.Response:
+    """FastAPI's 422: one ``{loc, msg, type}`` per ``(field, msg, type)``."""
+    detail = [{"loc": ["body", name], "msg": msg, "type": kind} for name, msg, kind in errors]
+    return web.json_response({"detail": detail}, status=422)
+
+
+async def _read_timed_out(request: web.Request) -> web.StreamResponse:
+    """408 for a body not received within ``read_timeout``, then the connection is closed.
+
+    Sent and closed here: left to aiohttp, the connection would linger (up to 10 s) to
+    drain the rest of a body that may never come.
+    """
+    response = _json_error(408, _READ_TIMEOUT)
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    if request.transport is not None:
+        request.transport.close()  # after the answer: close() flushes what is buffered
+    return response
+
+
+def _verdict_error(
+    version: Literal[1, 2], status: int, sub_code: str, message: str, detail: str
+) -> web.Response:
+    """An answer with a ``sub_code``, shaped like Deepvue's NO_FACE_FOUND example.
+
+    On v2 it takes v2's envelope, as its success does: ``code`` carries the HTTP status and
+    there is no ``timestamp`` (the contract shows no v2 error: an assumption).
+    """
+    head: dict[str, Any] = (
+        {"code": None, "timestamp": _now_ms()} if version == 1 else {"code": status}
+    )
     body = {
-        "code": None,
-        "timestamp": _now_ms(),
+        **head,
         "transaction_id": _transaction_id(),
         "sub_code": sub_code,
         "message": message,

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from facematch_async.sandbox._chaos import FaultConfig
 from facematch_async.sandbox._choice import ENGINE_NAMES
 from facematch_async.sandbox._engines import FaceEngine
+from facematch_async.sandbox._random_faults import FaultConfig
 from facematch_async.sandbox._ratelimit import RateWindow, parse_rate_limit
 
 __all__ = ["SandboxConfig"]
@@ -36,6 +36,16 @@ class SandboxConfig:
         retry_after: send ``Retry-After`` (whole seconds) with rate-limit 429s; Deepvue
             documents none, so off by default.
         faults: random faults to inject (see :class:`FaultConfig`); ``None`` for none.
+        null_confidence: answer v1 successes with ``"confidence": null``, as the vendor's own
+            v1 example does (the contract allows ``null`` or a number), so code that compares
+            ``confidence`` without a ``None`` check fails here rather than in production.
+        strict_uploads: also judge each file part by its file name's extension and its
+            ``Content-Type`` (when it has one), as production may: ``blob``,
+            ``application/octet-stream`` or ``photo.gif`` get ``UNSUPPORTED_FILE_FORMAT``
+            even when the bytes are a JPEG.
+        read_timeout: seconds a connection may take to send a request's headers, and again
+            its body; past either bound it is closed (a body gets a 408 first). ``None``
+            waits forever.
     """
 
     client_id: str
@@ -49,6 +59,9 @@ class SandboxConfig:
     rate_limit: str | Sequence[RateWindow] | None = None
     retry_after: bool = False
     faults: FaultConfig | None = None
+    null_confidence: bool = False
+    strict_uploads: bool = False
+    read_timeout: float | None = 30.0
 
     def __post_init__(self) -> None:
         if self.token_ttl <= 0:
@@ -60,6 +73,8 @@ class SandboxConfig:
         if isinstance(self.engine, str) and self.engine not in ENGINE_NAMES:
             names = ", ".join(ENGINE_NAMES)
             raise ValueError(f"engine must be one of {names}; got {self.engine!r}")
+        if self.read_timeout is not None and self.read_timeout <= 0:
+            raise ValueError(f"read_timeout must be positive or None, got {self.read_timeout}")
         parse_rate_limit(self.rate_limit)  # a malformed spec fails here, not on a request
 
     @property

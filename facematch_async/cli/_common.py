@@ -1,0 +1,111 @@
+"""What the commands share: exit codes, usage errors, the connection arguments, the secret."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+from typing import Any
+
+__all__ = [
+    "EXIT_ABORTED",
+    "EXIT_CREDENTIALS",
+    "EXIT_IO",
+    "EXIT_OK",
+    "EXIT_PAIRS_FAILED",
+    "EXIT_QUOTA",
+    "EXIT_USAGE",
+    "UsageError",
+    "add_connection_arguments",
+    "client_options",
+    "read_secret",
+]
+
+EXIT_OK = 0
+EXIT_PAIRS_FAILED = 1
+EXIT_USAGE = 2
+EXIT_CREDENTIALS = 3
+EXIT_IO = 74  # EX_IOERR: the results file or the index cannot be written
+EXIT_QUOTA = 75  # EX_TEMPFAIL: try again later
+EXIT_ABORTED = 130  # 128 + SIGINT, as shells report it
+
+
+class UsageError(Exception):
+    """A problem with the command line or the environment (exit code 2)."""
+
+
+def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--base-url``, ``--client-id``, ``--client-secret-file``, timeouts and retries."""
+    group = parser.add_argument_group("connection")
+    group.add_argument(
+        "--base-url",
+        default=os.environ.get("DEEPVUE_BASE_URL"),
+        help="API base URL (env DEEPVUE_BASE_URL, else production)",
+    )
+    group.add_argument(
+        "--client-id",
+        default=os.environ.get("DEEPVUE_CLIENT_ID"),
+        help="Deepvue client id (env DEEPVUE_CLIENT_ID)",
+    )
+    group.add_argument(
+        "--client-secret-file",
+        metavar="PATH",
+        help="read the client secret from this file (else env DEEPVUE_CLIENT_SECRET, else a "
+        "prompt on a terminal); there is deliberately no flag for the secret itself",
+    )
+    group.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds per attempt (%(default)s)"
+    )
+    group.add_argument("--max-retries", type=int, default=2, help="retries per call (%(default)s)")
+    group.add_argument(
+        "--image-read-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="an image file not read within this long (a stuck network mount) is that pair's "
+        "ImageReadError (%(default)s)",
+    )
+
+
+def read_secret(args: argparse.Namespace) -> str:
+    """The client secret: from ``--client-secret-file``, the environment, or a prompt.
+
+    Raises:
+        UsageError: none of them gave one.
+    """
+    if args.client_secret_file:
+        try:
+            with open(args.client_secret_file, encoding="utf-8") as file:
+                secret = file.readline().strip()
+        except OSError as exc:
+            raise UsageError(f"cannot read --client-secret-file: {exc.strerror}") from None
+        if not secret:
+            raise UsageError("--client-secret-file is empty")
+        return secret
+    secret = os.environ.get("DEEPVUE_CLIENT_SECRET", "")
+    if secret:
+        return secret
+    if sys.stdin.isatty():
+        secret = getpass.getpass("Deepvue client secret: ")
+        if secret:
+            return secret
+    raise UsageError(
+        "no client secret: set DEEPVUE_CLIENT_SECRET or pass --client-secret-file PATH"
+    )
+
+
+def client_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments for ``FaceMatchClient`` from the connection arguments."""
+    if not args.client_id:
+        raise UsageError("no client id: set DEEPVUE_CLIENT_ID or pass --client-id")
+    if args.max_retries < 0 or args.timeout <= 0 or not args.image_read_timeout > 0:
+        raise UsageError("--max-retries must be >= 0, --timeout and --image-read-timeout > 0")
+    return {
+        "client_id": args.client_id,
+        "client_secret": read_secret(args),
+        "base_url": args.base_url,
+        "timeout": args.timeout,
+        "max_retries": args.max_retries,
+        "image_read_timeout": args.image_read_timeout,
+    }
