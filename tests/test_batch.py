@@ -106,7 +106,9 @@ async def test_one_bad_pair_never_stops_the_batch(
 ) -> None:
     """A 500 that outlasts the retries, an unreadable file and an engine crash stay per-pair."""
     crash = faces.write("crash.png", make_test_image("crash"))
-    sandbox.scripted.add(ScriptedResponse(path=FACEMATCH, status=500, json={"detail": "x"}, times=3))
+    sandbox.scripted.add(
+        ScriptedResponse(path=FACEMATCH, status=500, json={"detail": "x"}, times=3)
+    )
     runner = BatchRunner(make_client(max_retries=2), concurrency=1, rate_limit=None)
     pairs = [("p0", faces.alice_png, faces.alice_jpg), ("crash", crash, faces.alice_png)]
     pairs += [(f"p{i}", faces.alice_png, faces.alice_jpg) for i in range(1, 6)]
