@@ -7,8 +7,10 @@ then by the ``detail`` strings the contract names, then by status.
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
+import math
 import re
 import time
 from collections.abc import Iterable, Mapping
@@ -85,31 +87,42 @@ def _char_pattern(char: str) -> str:
 
 
 @functools.lru_cache(maxsize=64)
-def _secret_pattern(secrets: tuple[str, ...]) -> re.Pattern[str] | None:
+def _secret_forms(secrets: tuple[str, ...]) -> tuple[str, ...]:
+    """Each secret and what can be derived from it alone: its base64 (a Basic header echoed
+    back), and a JWT's payload and signature (its header is the same for every token).
+    Matched in any case (a URL's host comes back lower-cased)."""
+    forms: set[str] = set()
+    for secret in secrets:
+        forms.add(secret)
+        encoded = secret.encode()
+        forms.add(base64.b64encode(encoded).decode().rstrip("="))
+        forms.add(base64.urlsafe_b64encode(encoded).decode().rstrip("="))
+        if secret.count(".") == 2:
+            forms.update(secret.split(".")[1:])
+    return tuple(sorted((f for f in forms if len(f) >= MIN_REDACTED_LENGTH), key=len, reverse=True))
+
+
+@functools.lru_cache(maxsize=64)
+def _secret_pattern(forms: tuple[str, ...]) -> re.Pattern[str] | None:
     # Cached: a client sends the same secret and token on many calls in a row.
-    alternatives = [
-        _FOLD.join(_char_pattern(char) for char in secret)
-        for secret in sorted(set(secrets), key=len, reverse=True)
-        if len(secret) >= MIN_REDACTED_LENGTH
-    ]
-    return re.compile("|".join(alternatives)) if alternatives else None
+    alternatives = [_FOLD.join(_char_pattern(char) for char in form) for form in forms]
+    return re.compile("|".join(alternatives), re.IGNORECASE) if alternatives else None
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
     """``text`` with every secret replaced by ``[REDACTED]``, verbatim or encoded.
 
     A hostile or buggy server may echo what we sent, escaped (``\\u002d``), URL-encoded,
-    as HTML character references or folded across lines; nothing we copy out may carry it.
-    Values too short to be real secrets are skipped: replacing every "t" in a body would
-    garble it.
+    as HTML character references, folded across lines, in another case, base64-encoded, or
+    a token's payload or signature alone; nothing we copy out may carry it. Values too short
+    to be real secrets are skipped: replacing every "t" in a body would garble it.
     """
-    secrets = tuple(secrets)
-    if _ENCODINGS.search(text) is None:  # the common case: a plain replace is enough
-        for secret in secrets:
-            if len(secret) >= MIN_REDACTED_LENGTH:
-                text = text.replace(secret, _REDACTED)
-        return text
-    pattern = _secret_pattern(secrets)
+    forms = _secret_forms(tuple(secrets))
+    if _ENCODINGS.search(text) is None:  # the common case: no echo at all
+        lowered = text.lower()
+        if not any(form.lower() in lowered for form in forms):
+            return text
+    pattern = _secret_pattern(forms)
     return text if pattern is None else pattern.sub(_REDACTED, text)
 
 
@@ -188,6 +201,18 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
     if when.tzinfo is None:
         return None
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _finite(value: Any) -> float | None:
+    """``value`` as a finite float, or ``None`` (a bool, NaN, infinity, 10**400...): a NaN
+    confidence would pass every comparison silently and break strict JSON readers."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _str_or_none(value: Any) -> str | None:
@@ -304,8 +329,7 @@ def parse_facematch(response: RawResponse, secrets: Iterable[str]) -> FaceMatchR
     match = data.get("match") if isinstance(data, dict) else None
     confidence = data.get("confidence") if isinstance(data, dict) else None
     if not isinstance(match, bool) or not (
-        confidence is None
-        or (isinstance(confidence, int | float) and not isinstance(confidence, bool))
+        confidence is None or (confidence := _finite(confidence)) is not None
     ):
         raise APIResponseValidationError(
             "response has no valid data.match / data.confidence",
@@ -316,7 +340,7 @@ def parse_facematch(response: RawResponse, secrets: Iterable[str]) -> FaceMatchR
     timestamp = payload.get("timestamp")
     return FaceMatchResult(
         match=match,
-        confidence=None if confidence is None else float(confidence),
+        confidence=confidence,
         transaction_id=_str_or_none(payload.get("transaction_id")),
         sub_code=_str_or_none(payload.get("sub_code")),
         message=_str_or_none(payload.get("message")),

@@ -81,8 +81,10 @@ def _should_retry(error: BaseException, policy: RetryPolicy) -> bool:
 def _wait_before(attempt_number: int, error: BaseException, policy: RetryPolicy) -> float:
     """Seconds to wait after failed attempt ``attempt_number`` (1-based)."""
     retry_after = _server_wait(error)
-    if retry_after is not None:
+    if retry_after is not None and retry_after > 0:
         return float(retry_after)
+    # None, or 0 (what a negative, NaN or past-date Retry-After parses to): back off anyway,
+    # as retrying at once would only meet the same refusal.
     exponential = policy.backoff_initial * 2.0 ** (attempt_number - 1)
     jitter = random.uniform(0, policy.backoff_jitter)  # noqa: S311 (not for security)
     return min(policy.backoff_max, exponential + jitter)

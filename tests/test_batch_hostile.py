@@ -445,3 +445,107 @@ def test_a_full_index_folder_says_what_is_full_and_where(
     fine = run_cli([*args, "--index-dir", str(roomy)], env)
     assert fine.returncode == 0, fine.stderr
     assert "60000 ready" in fine.stdout
+
+
+# -- found by an outside attack on the fixes above -------------------------------------------
+
+
+def test_a_number_too_long_to_read_is_its_rows_error(tmp_path: Path) -> None:
+    """An integer over Python's 4,300 digits fails its JSONL row, not the manifest."""
+    manifest = tmp_path / "pairs.jsonl"
+    rows = [
+        '{"pair_id": "big", "file_a": "a.png", "file_b": "b.jpg", "n": ' + "9" * 5000 + "}",
+        '{"pair_id": "ok", "file_a": "a.png", "file_b": "b.jpg"}',
+    ]
+    manifest.write_text("\n".join(rows) + "\n")
+    specs = list(read_manifest(manifest))
+    assert [(spec.line, spec.problem is None) for spec in specs] == [(1, False), (2, True)]
+
+
+def test_ids_that_look_like_line_keys_are_refused_so_no_record_hides_another(
+    tmp_path: Path,
+) -> None:
+    """A pair_id '@line:4' would collide with the key of a row filed under line 4."""
+    manifest = tmp_path / "pairs.csv"
+    manifest.write_text(
+        "pair_id,file_a,file_b\n@line:4,a.png,b.jpg\nq3,a.png,b.jpg\nq3,a.png,b.jpg\n"
+    )
+    specs = list(read_manifest(manifest))
+    assert specs[0].problem is not None and "reserved" in specs[0].problem.message
+    assert specs[0].key == "@line:2"
+
+
+@pytest.mark.parametrize("header", ["-5", "0", "nan", "Thu, 01 Jan 1970 00:00:00 GMT"])
+async def test_a_429_whose_retry_after_means_no_wait_still_pauses_the_batch(
+    make_client: MakeClient, faces: Faces, sandbox: SandboxServer, header: str
+) -> None:
+    """A negative, zero, NaN or past Retry-After backs off as if none was sent (1 s first),
+    instead of hammering the API until every pair is an error."""
+    sandbox.scripted.add(
+        ScriptedResponse(
+            path="/v1/facematch",
+            status=429,
+            json={"detail": "slow down"},
+            headers={"Retry-After": header},
+        )
+    )
+    runner = BatchRunner(make_client(max_retries=0), concurrency=1, rate_limit=None)
+    started = time.monotonic()
+    out = await collect(runner, [("p0", faces.alice_png, faces.alice_jpg)])
+    assert out["p0"].status == "match"  # the round after the pause went through
+    assert time.monotonic() - started >= 0.9
+
+
+def test_a_hand_made_line_with_an_unknown_status_never_replaces_a_result(tmp_path: Path) -> None:
+    """`{"pair_id": "d7", "status": "bogus"}` after d7's real line is not a result: it is
+    set aside, and d7 keeps its decision."""
+    path = tmp_path / "out.jsonl"
+    real = {"pair_id": "d7", "status": "match", "match": True, "finished_at": time.time()}
+    path.write_text(json.dumps(real) + "\n" + '{"pair_id": "d7", "status": "bogus"}\n')
+    results = ResultsFile(path)
+    results.open(resume=True)
+    assert results.status("d7") == "match"
+    assert results.unreadable == 1
+    results.close()
+    assert [r["status"] for r in records(path)] == ["match"]
+    assert "bogus" in (tmp_path / "out.jsonl.removed").read_text()
+
+
+async def test_a_nan_confidence_is_a_validation_error(
+    make_client: MakeClient, faces: Faces, sandbox: SandboxServer
+) -> None:
+    """NaN would pass `confidence >= 80` silently and break strict JSON readers."""
+    from facematch_async import APIResponseValidationError
+
+    for value in ("NaN", "Infinity", "1" + "0" * 400):
+        sandbox.scripted.add(
+            ScriptedResponse(
+                path="/v1/facematch",
+                status=200,
+                text='{"data": {"match": true, "confidence": ' + value + "}}",
+                content_type="application/json",
+            )
+        )
+        with pytest.raises(APIResponseValidationError):
+            await make_client().match(faces.alice_png, faces.alice_jpg)
+
+
+def test_a_resume_on_a_still_full_disk_is_a_disk_error_with_the_resume_command(
+    cli_env: dict[str, str], img: Path, tmp_path: Path
+) -> None:
+    """Even the torn line's copy cannot be written: exit 74 and the resume command, not a
+    usage error."""
+    manifest = tmp_path / "pairs.csv"
+    manifest.write_text("pair_id,file_a,file_b\n" + good_rows(5))
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"pair_id": "p0000", "status": "match"}\n{"pair_id": "p00')
+    args = ["batch", str(manifest), "--out", str(out), "--rate-limit", "none", "--resume"]
+    index_dir = tmp_path / "index"
+    index_dir.mkdir()
+    full = run_cli([*args, "--index-dir", str(index_dir)], cli_env, file_size_limit=8)
+    assert full.returncode == 74, full.stderr
+    assert "Traceback" not in full.stderr
+    assert "--resume" in full.stderr
+    done = run_cli(args, cli_env)
+    assert done.returncode == 0, done.stderr
+    assert sorted(r["pair_id"] for r in records(out)) == [f"p{i:04d}" for i in range(5)]

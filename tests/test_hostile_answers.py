@@ -562,3 +562,23 @@ def test_redact_leaves_short_values_and_other_text_alone() -> None:
     text = 'a %41 &#65; \\u0041 "t" line\n  fold'
     assert redact(text, ("t", "A")) == text
     assert redact(text, (SECRET,)) == text
+
+
+@pytest.mark.parametrize(
+    "echo",
+    [
+        pytest.param(lambda: f"https://{SECRET.lower()}.example/", id="lower-cased host"),
+        pytest.param(lambda: SECRET.upper(), id="upper-cased"),
+        pytest.param(lambda: base64.b64encode(SECRET.encode()).decode(), id="base64"),
+        pytest.param(lambda: base64.urlsafe_b64encode(SECRET.encode()).decode(), id="base64url"),
+        pytest.param(lambda: TOKEN.split(".")[2], id="jwt signature alone"),
+        pytest.param(lambda: TOKEN.split(".")[1], id="jwt payload alone"),
+    ],
+)
+def test_redact_catches_derived_forms(echo: Callable[[], str]) -> None:
+    """Another case (a URL's host comes back lower-cased), base64, a token's parts alone."""
+    from facematch_async._responses import redact
+
+    text = redact(f"before {echo()} after", (SECRET, TOKEN))
+    assert "[REDACTED]" in text
+    assert echo() not in text

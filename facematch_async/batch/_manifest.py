@@ -73,6 +73,10 @@ class PairSpec:
         return pair_key(self.pair_id, self.line, self.problem.sub_code if self.problem else None)
 
 
+RESERVED_PREFIX = "@"
+"""Pair ids may not start with it: ``@line:N`` keys the rows that have no id of their own."""
+
+
 def pair_key(pair_id: str, line: int | None, sub_code: str | None) -> str:
     """The key a pair's outcome is filed under in the results and the resume index.
 
@@ -137,6 +141,12 @@ def _make_spec(
     raw_id = fields.get("pair_id")
     pair_id = raw_id.strip() if isinstance(raw_id, str) else ""
     where = f"line {line}" if line is not None else f"{pair_id}/"
+    if pair_id.startswith(RESERVED_PREFIX):
+        # Filed under its own line: the id would collide with a row filed under that line.
+        problem = ManifestProblem(
+            "MALFORMED_ROW", f"{where}: pair_id {pair_id!r} is reserved (it starts with '@')"
+        )
+        return PairSpec("", None, None, line, extra, problem)
     missing = [
         name
         for name in REQUIRED_COLUMNS
@@ -209,6 +219,8 @@ def _read_csv(source: Path, confine: Path | None) -> Iterator[PairSpec]:
                     "MALFORMED_ROW", f"line {line}: {len(row)} fields, the header has {len(header)}"
                 )
                 pair_id = fields.get("pair_id", "").strip()
+                if pair_id.startswith(RESERVED_PREFIX):
+                    pair_id = ""  # filed under its line, as _make_spec files it
                 yield PairSpec(pair_id, None, None, line, extra, problem)
                 continue
             yield _make_spec(base, confine, line, fields, extra)
@@ -227,6 +239,8 @@ def _jsonl_row(text: bytes, line: int) -> dict[str, object] | ManifestProblem:
         fields = json.loads(decoded)
     except json.JSONDecodeError as exc:
         return ManifestProblem("MALFORMED_ROW", f"line {line}: not JSON ({exc.msg})")
+    except ValueError as exc:  # an integer over Python's 4,300 digits
+        return ManifestProblem("MALFORMED_ROW", f"line {line}: a value cannot be read ({exc})")
     except RecursionError:
         return ManifestProblem("MALFORMED_ROW", f"line {line}: JSON nested too deeply")
     if not isinstance(fields, dict):

@@ -623,9 +623,9 @@ class BatchRunner:
                     until,
                 )
             self.limiter.pause(wait)
-        elif retry_after is not None:
+        elif retry_after is not None and retry_after > 0:
             self.limiter.pause(retry_after)
-        elif self.limiter.paused_for <= 0:
+        elif self.limiter.paused_for <= 0:  # none, or 0 (a negative, NaN or past date)
             # Many pairs in flight meet the same 429: only the first one doubles the wait.
             self.limiter.pause(self._backoff)
             self._backoff = min(_MAX_BACKOFF, self._backoff * 2)

@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
+import logging
 import os
 import time
 from collections import deque
@@ -42,7 +44,7 @@ from typing import Any, Literal, TypeAlias
 
 from facematch_async.batch._index import KeyIndex
 from facematch_async.batch._manifest import pair_key
-from facematch_async.batch._outcome import PairOutcome
+from facematch_async.batch._outcome import STATUSES, PairOutcome
 
 __all__ = ["FIELDS", "ResultFormat", "ResultsFile", "ResultsFileError", "outcome_record"]
 
@@ -63,6 +65,7 @@ FIELDS = (
     "finished_at",
 )
 _DAY = 86400.0
+logger = logging.getLogger("facematch_async")
 # A name read from a non-UTF-8 file system holds surrogates: written as ``\udce9``, never
 # an error that would stop the batch.
 _UNENCODABLE = "backslashreplace"
@@ -94,6 +97,9 @@ def outcome_record(outcome: PairOutcome) -> dict[str, Any]:
     }
 
 
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO})
+
+
 class ResultsFileError(OSError):
     """The results file cannot be opened, read or written (a directory, a missing folder,
     no permission, a full disk). The message names the path and the reason; lines already
@@ -106,6 +112,11 @@ class ResultsFileError(OSError):
 
     def __str__(self) -> str:
         return self.message
+
+    @property
+    def disk_full(self) -> bool:
+        """A full disk, a file-size limit or an I/O error: the path itself is fine."""
+        return self.errno in _DISK_FULL
 
 
 def _cell(value: Any) -> str:
@@ -204,16 +215,25 @@ class ResultsFile:
                 yield start, raw
 
     def _parse(self, raw: bytes) -> Mapping[str, Any] | None:
+        """The record a line holds, or ``None`` for a line that is not a result (garbage,
+        or a hand-made line without a pair id and a known status)."""
         try:
             text = raw.decode("utf-8")
             if self.format == "jsonl":
                 record = json.loads(text)
-                return record if isinstance(record, dict) else None
-            row = next(csv.reader([text]))
-        except (ValueError, StopIteration):
+            else:
+                row = next(csv.reader([text]))
+                header = self._header or []
+                record = dict(zip(header, row, strict=False)) if len(row) == len(header) else None
+        except (ValueError, RecursionError, StopIteration):
             return None
-        header = self._header or []
-        return dict(zip(header, row, strict=False)) if len(row) == len(header) else None
+        if (
+            not isinstance(record, dict)
+            or not isinstance(record.get("pair_id"), str)
+            or record.get("status") not in STATUSES
+        ):
+            return None
+        return record
 
     @staticmethod
     def _key(record: Mapping[str, Any]) -> str:
@@ -252,7 +272,7 @@ class ResultsFile:
         since = time.time() - _DAY
         for offset, raw in self._lines():
             record = self._parse(raw)
-            if record is None or "pair_id" not in record:
+            if record is None:
                 self.unreadable += 1
                 if self.unreadable > 100 and not self.recorded:
                     raise ValueError(
@@ -283,7 +303,10 @@ class ResultsFile:
                     keep += len(raw)
             file.seek(keep)
             torn = file.read()
-        self._set_aside([torn + b"\n"])
+        try:
+            self._set_aside([torn + b"\n"])
+        except ResultsFileError as exc:  # a full disk: the cut frees room; the copy is a nicety
+            logger.warning("%s; the torn line is dropped without a copy", exc)
         try:
             os.truncate(self.path, keep)
         except OSError as exc:
@@ -388,7 +411,7 @@ class ResultsFile:
                         out.write(file.readline())
                 for offset, raw in self._lines():
                     record = self._parse(raw)
-                    if record is None or "pair_id" not in record:
+                    if record is None:
                         removed.append(raw)
                         continue
                     entry = self._index.get(self._key(record))

@@ -378,7 +378,7 @@ async def _run(
                 "--retry-failed to re-run its errors, or choose another --out"
             ) from None
         except ResultsFileError as exc:
-            if runner.summary is None:  # refused on opening: nothing was sent
+            if runner.summary is None and not exc.disk_full:  # refused on opening: nothing sent
                 raise UsageError(str(exc)) from None
             disk_error = exc
         except AuthenticationError as error:
@@ -402,7 +402,8 @@ async def _run(
         _fatal(
             str(disk_error),
             args,
-            f"Every line in {args.out} is intact; pairs without a line run again.",
+            f"The lines written to {args.out} before are intact (a torn last one is cut off "
+            "on resume); pairs without a line run again.",
         )
         return EXIT_IO
     if summary.statuses.get("error"):
@@ -417,7 +418,11 @@ async def _run(
         )
         code = EXIT_CREDENTIALS
     elif runner.stop_reason == "quota":
-        print("the daily quota is used up; stopped (--stop-at-quota)", file=sys.stderr)
+        print(
+            "the daily quota is used up, or the API kept answering 429 after every round of "
+            "waiting; stopped (--stop-at-quota)",
+            file=sys.stderr,
+        )
         code = EXIT_QUOTA
     if code in (EXIT_ABORTED, EXIT_QUOTA, EXIT_CREDENTIALS):
         print(f"{runner.unrecorded} pair(s) were left for later. Resume with:", file=sys.stderr)
