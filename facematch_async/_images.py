@@ -35,7 +35,6 @@ __all__ = [
     "DEFAULT_MAX_IMAGE_BYTES",
     "ImageInput",
     "UploadImage",
-    "check_image_file",
     "detect_format",
     "load_pair",
     "start_load",
@@ -508,40 +507,3 @@ async def load_pair(
         file_a, file_b, max_bytes=read_limit, allow_pdf=allow_pdf, read_timeout=read_timeout
     )
     return await anyio.to_thread.run_sync(_downscale_pair, images, max_bytes, max_side)
-
-
-def check_image_file(
-    field: str,
-    path: str | os.PathLike[str],
-    *,
-    max_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES,
-    allow_pdf: bool = False,
-    read_timeout: float | None = DEFAULT_IMAGE_READ_TIMEOUT,
-) -> UploadImage:
-    """Read and check one image file exactly as ``match`` does, from synchronous code.
-
-    The batch dry run calls this so that it refuses what a run refuses, and nothing else:
-    the same regular-file rule, size limit, magic bytes and end marker. The read runs in a
-    reader thread, so a file that blocks (a stuck network mount) costs at most
-    ``read_timeout`` seconds.
-
-    Raises:
-        ImageError: what ``match`` would raise for this image (``field`` names it).
-    """
-    done = threading.Event()
-    outcome: list[UploadImage | BaseException] = []
-
-    def read() -> None:
-        try:
-            outcome.append(_prepare(field, path, max_bytes, allow_pdf))
-        except BaseException as error:  # raised in the caller's thread below
-            outcome.append(error)
-        done.set()
-
-    reader_pool().submit(read)
-    if not done.wait(read_timeout):
-        raise ImageReadError(f"{field}: read did not finish within {read_timeout:g} s", field=field)
-    result = outcome[0]
-    if isinstance(result, BaseException):
-        raise result
-    return result

@@ -27,7 +27,7 @@ from facematch_async import (
     ImageReadError,
     PairSpec,
 )
-from facematch_async._images import check_image_file, load_pair
+from facematch_async._images import load_pair
 from facematch_async.sandbox import SandboxServer, make_test_image
 
 from .conftest import Faces, MakeClient
@@ -147,19 +147,19 @@ async def test_a_fifo_in_a_batch_of_20_is_that_pairs_error_and_the_others_are_de
     assert sandbox.counters.requests[("/v1/facematch", 200)] == 19
 
 
-def test_check_image_file_is_what_match_checks(tmp_path: Path) -> None:
-    """The dry run's entry point reads and checks as match does: it refuses a JPEG without
-    its end marker (which the dry run once let through) and an empty file."""
+async def test_the_dry_runs_check_is_what_match_checks(tmp_path: Path) -> None:
+    """The dry run reads and checks through load_pair, as match does: it refuses a JPEG
+    without its end marker (which the dry run once let through) and an empty file."""
     whole = make_test_image("asha", "jpeg")
     good, cut, empty = tmp_path / "good.jpg", tmp_path / "cut.jpg", tmp_path / "empty.jpg"
     good.write_bytes(whole)
     cut.write_bytes(whole[: len(whole) // 2].replace(b"\xff\xd9", b""))
     empty.write_bytes(b"")
-    assert check_image_file("file_a", good).data == whole
+    assert (await load_pair(good, good, max_bytes=None))[0].data == whole
     with pytest.raises(CorruptImageError, match="file_b is a truncated JPEG"):
-        check_image_file("file_b", cut)
+        await load_pair(good, cut, max_bytes=None)
     with pytest.raises(EmptyImageError):
-        check_image_file("file_a", empty)
+        await load_pair(empty, good, max_bytes=None)
 
 
 # ---------------------------------------------------------------- the dry run and the run

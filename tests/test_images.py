@@ -174,12 +174,12 @@ def test_unreadable_file_is_refused_for_an_unprivileged_user(tmp_path: Path) -> 
     locked.chmod(0)
     tmp_path.chmod(0o755)
     program = (
-        "import os, sys\n"
-        "from facematch_async._images import check_image_file\n"
+        "import asyncio, os, sys\n"
+        "from facematch_async._images import load_pair\n"
         "from facematch_async import ImageReadError\n"
         "os.setgid(65534); os.setuid(65534)  # after the imports: /root is not theirs\n"
         "try:\n"
-        "    check_image_file('file_a', sys.argv[1], max_bytes=None)\n"
+        "    asyncio.run(load_pair(sys.argv[1], sys.argv[1], max_bytes=None))\n"
         "except ImageReadError as error:\n"
         "    print(type(error).__name__, error.field, error.message)\n"
     )

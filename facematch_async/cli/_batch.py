@@ -8,12 +8,13 @@ import os
 import shlex
 import signal
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from facematch_async._images import DEFAULT_MAX_IMAGE_BYTES, check_image_file
+from facematch_async._images import DEFAULT_MAX_IMAGE_BYTES, load_pair
 from facematch_async._ratelimit import RateLimiter, Window, parse_rate_limit
 from facematch_async.batch._index import IndexStorageError, KeyIndex, key_hash
 from facematch_async.batch._manifest import ManifestProblem, PairSpec, read_manifest
@@ -160,17 +161,31 @@ def _resume_command(args: argparse.Namespace) -> str:
     return shlex.join(["facematch-async", *argv])
 
 
-def _check_locally(spec: PairSpec, max_bytes: int, read_timeout: float) -> ManifestProblem | None:
-    """What a run would refuse before any network call: the very checks ``match`` makes
-    (regular files only, size, magic bytes, end marker), so the two cannot disagree. The
-    code is the one the run's summary counts the error under (``sub_code``, else its type)."""
-    for name, path in (("file_a", spec.file_a), ("file_b", spec.file_b)):
-        assert path is not None
+_CHECK_AHEAD = 16
+"""Pairs the dry run checks at once: as many as the run reads in one hop, so that a stuck
+file delays its own pair, as in the run, and not every pair after it."""
+
+
+async def _check_locally(
+    specs: list[PairSpec], max_bytes: int, read_timeout: float
+) -> list[ManifestProblem | None]:
+    """What a run would refuse before any network call, for each pair: the very reads and
+    checks ``match`` makes (``load_pair``: regular files only, size, magic bytes, end marker,
+    the read deadline), so the two cannot disagree. The code is the one the run's summary
+    counts the error under (``sub_code``, else its type)."""
+
+    async def check(spec: PairSpec) -> ManifestProblem | None:
+        assert spec.file_a is not None
+        assert spec.file_b is not None
         try:
-            check_image_file(name, path, max_bytes=max_bytes, read_timeout=read_timeout)
+            await load_pair(
+                spec.file_a, spec.file_b, max_bytes=max_bytes, read_timeout=read_timeout
+            )
         except ImageError as error:
             return ManifestProblem(error.sub_code or type(error).__name__, error.message)
-    return None
+        return None
+
+    return await asyncio.gather(*(check(spec) for spec in specs))
 
 
 def _dry_run(
@@ -184,30 +199,57 @@ def _dry_run(
         if results is None
         else results.skip_rule(resume=args.resume, retry_failed=args.retry_failed)
     )
-    seen = KeyIndex(args.index_dir)
     codes: Counter[str] = Counter()
     examples: list[str] = []
-    ready = skipped = 0
-    try:
-        for spec in specs:
-            problem = spec.problem
-            if spec.pair_id and not seen.add(spec.pair_id, spec.line):
-                problem = ManifestProblem("DUPLICATE_PAIR_ID", f"pair_id {spec.pair_id!r} repeated")
-            key = PairSpec(spec.pair_id, None, None, spec.line, problem=problem).key
-            if skip is not None and skip(key):
-                skipped += 1
-                continue
-            if problem is None:
-                problem = _check_locally(spec, DEFAULT_MAX_IMAGE_BYTES, args.image_read_timeout)
-            if problem is None:
-                ready += 1
-                continue
+    counts = {"ready": 0, "skipped": 0}
+    last_report = time.monotonic()
+
+    def record(spec: PairSpec, problem: ManifestProblem | None) -> None:
+        nonlocal last_report
+        if problem is None:
+            counts["ready"] += 1
+        else:
             codes[problem.sub_code] += 1
             if len(examples) < 10:
                 where = f"line {spec.line}" if spec.line else spec.pair_id
                 examples.append(f"  {where}: {problem.sub_code}: {problem.message}")
-    finally:
-        seen.close()
+        if time.monotonic() - last_report >= args.progress_interval:
+            last_report = time.monotonic()
+            checked = counts["ready"] + sum(codes.values())
+            print(f"checked {checked} pairs so far...", file=sys.stderr, flush=True)
+
+    async def check_all() -> None:
+        seen = KeyIndex(args.index_dir)
+        try:
+            pending: list[PairSpec] = []
+            for spec in specs:
+                problem = spec.problem
+                if spec.pair_id and not seen.add(spec.pair_id, spec.line):
+                    problem = ManifestProblem(
+                        "DUPLICATE_PAIR_ID", f"pair_id {spec.pair_id!r} repeated"
+                    )
+                key = PairSpec(spec.pair_id, None, None, spec.line, problem=problem).key
+                if skip is not None and skip(key):
+                    counts["skipped"] += 1
+                    continue
+                if problem is not None:
+                    record(spec, problem)
+                    continue
+                pending.append(spec)
+                if len(pending) >= _CHECK_AHEAD:
+                    await check_pending(pending)
+            await check_pending(pending)
+        finally:
+            seen.close()
+
+    async def check_pending(pending: list[PairSpec]) -> None:
+        problems = await _check_locally(pending, DEFAULT_MAX_IMAGE_BYTES, args.image_read_timeout)
+        for spec, problem in zip(pending, problems, strict=True):
+            record(spec, problem)
+        pending.clear()
+
+    asyncio.run(check_all())
+    ready, skipped = counts["ready"], counts["skipped"]
     failing = sum(codes.values())
     print(
         f"{ready + failing} pairs to run ({skipped} already done): "
