@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import itertools
 import logging
 import os
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Literal, Self, TypeVar
 
 import aiohttp
 
 from facematch_async._auth import AccessToken, StaticTokenSource, TokenManager, token_from_response
+from facematch_async._call_pacing import CallPacing, LimiterPacing
 from facematch_async._deadline import Deadline, validate_deadline
 from facematch_async._downscale import require_pillow
 from facematch_async._events import RequestEvent, RequestHook
@@ -22,13 +24,14 @@ from facematch_async._images import (
     DEFAULT_IMAGE_READ_TIMEOUT,
     DEFAULT_MAX_IMAGE_BYTES,
     ImageInput,
-    UploadImage,
+    PreparedMatch,
     load_pair,
+    start_load,
 )
 from facematch_async._models import FaceMatchResult
+from facematch_async._ratelimit import RateLimiter, Window, parse_rate_limit
 from facematch_async._responses import RawResponse, parse_authorize, parse_facematch
-from facematch_async._retry import RetryPolicy, call_with_retries
-from facematch_async._scope import CALL_SCOPE, CallScope
+from facematch_async._retry import RateLimitPauses, RetryPolicy, call_with_retries
 from facematch_async._transport import MultipartBody, Transport
 from facematch_async.errors import (
     AuthenticationError,
@@ -121,6 +124,7 @@ class FaceMatchClient:
         on_request_end: RequestHook | None = None,
         trace_configs: list[aiohttp.TraceConfig] | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        rate_limit: str | Sequence[Window] | RateLimiter | None = None,
     ) -> None:
         client_id = client_id or os.environ.get("DEEPVUE_CLIENT_ID")
         client_secret = client_secret or os.environ.get("DEEPVUE_CLIENT_SECRET")
@@ -170,6 +174,14 @@ class FaceMatchClient:
         self._tokens: TokenManager | StaticTokenSource = (
             StaticTokenSource(access_token) if access_token else TokenManager(self._authorize)
         )
+        if rate_limit is None:
+            rate_limit = os.environ.get("DEEPVUE_RATE_LIMIT") or None
+        self.pacer: RateLimiter | None = (
+            rate_limit
+            if isinstance(rate_limit, RateLimiter)
+            else (RateLimiter(rate_limit) if parse_rate_limit(rate_limit) else None)
+        )
+        self.rate_limit_pauses = RateLimitPauses(self.retry_policy.max_retry_after)
 
     @property
     def base_url(self) -> str:
@@ -338,41 +350,60 @@ class FaceMatchClient:
         else:
             await budget.run(self._tokens.get)
 
-    async def _send_match(
-        self,
-        body: MultipartBody,
-        token: str,
-        request_id: str,
-        attempt: int,
-        scope: CallScope | None,
-    ) -> FaceMatchResult:
-        headers = {"Authorization": f"Bearer {token}", "x-api-key": self._client_secret}
-        secrets = (self._client_secret, token)
-        path = f"/{self.api_version}/facematch"
-        try:
-            return await self._exchange(
-                path, body, headers, parse_facematch, secrets, request_id, attempt
-            )
-        except RateLimitError as error:
-            if scope is not None and scope.on_rate_limited is not None:
-                scope.on_rate_limited(error.retry_after)
-            raise
+    def _pacing(self, pacing: CallPacing | None, deadline: Deadline | None) -> CallPacing | None:
+        """The pacing of one call: the caller's, else the client's own rate limit's."""
+        if pacing is not None or self.pacer is None:
+            return pacing
+        return LimiterPacing(self.pacer, self.rate_limit_pauses, deadline)
 
-    async def _token_for_attempt(self, scope: CallScope | None) -> str:
-        """Wait for the caller's pacing (a rate limiter), then pick the token.
+    async def prepare(
+        self, file_a: ImageInput, file_b: ImageInput, *, deadline: float | None = None
+    ) -> PreparedMatch:
+        """Read and check both images, as :meth:`match` does before any network call.
 
-        In this order, so that a long wait for the limiter cannot leave the request
-        holding a token that expired meanwhile.
+        What :meth:`send` takes: prepare once, send (and retry) as often as needed. Calls
+        that start in the same turn of the event loop share one worker-thread hop.
+
+        Raises:
+            ImageError: an image was refused (``field`` names it).
+            DeadlineExceededError: ``deadline`` ran out first.
         """
-        if scope is not None:
-            scope.attempts += 1
-            if scope.before_attempt is not None:
-                # A token first (the authorize call is not paced), so that the request goes
-                # out as soon as the limiter lets it: the limiter counts it from then, and an
-                # authorize in between would let the server count it later than that.
-                await self._tokens.get()
-                await scope.before_attempt()
-        return await self._tokens.get()
+        budget = self._start_deadline(deadline)
+        return await self._prepare(file_a, file_b, budget)
+
+    def prepare_soon(self, file_a: ImageInput, file_b: ImageInput) -> asyncio.Future[PreparedMatch]:
+        """Start reading and checking both images now; the future holds :meth:`prepare`'s
+        result or error. Pairs started in one turn of the event loop are read in one
+        worker-thread hop (how the batch runner reads ahead); cancel the future to drop it.
+        """
+        if self.max_image_side is None:
+            return start_load(
+                file_a,
+                file_b,
+                max_bytes=self.max_image_bytes,
+                allow_pdf=self.api_version == "v2",
+                read_timeout=self.image_read_timeout,
+            )
+        # Downscaling is CPU work: each pair in a thread of its own, in parallel.
+        return asyncio.ensure_future(self._prepare(file_a, file_b, None))
+
+    async def _prepare(
+        self, file_a: ImageInput, file_b: ImageInput, budget: Deadline | None
+    ) -> PreparedMatch:
+        load = functools.partial(
+            load_pair,
+            file_a,
+            file_b,
+            max_bytes=self.max_image_bytes,
+            allow_pdf=self.api_version == "v2",
+            max_side=self.max_image_side,
+            read_timeout=self.image_read_timeout,
+        )
+        try:
+            return await (load() if budget is None else budget.run(load))
+        except FaceMatchError as error:
+            error.attempts = 0
+            raise
 
     async def match(
         self, file_a: ImageInput, file_b: ImageInput, *, deadline: float | None = None
@@ -381,7 +412,8 @@ class FaceMatchClient:
 
         Both images are read and checked (JPEG or PNG by magic bytes, not empty, within
         ``max_image_bytes``, a path only if it is a regular file) before any network call,
-        within ``image_read_timeout``.
+        within ``image_read_timeout``: :meth:`prepare`, then :meth:`send`, under one
+        deadline.
 
         Args:
             file_a: A path, bytes, or a binary file object: an ID document or a selfie.
@@ -397,82 +429,119 @@ class FaceMatchClient:
                 ``UnsupportedFileFormatError``, ...).
             AuthenticationError: the credentials or the token were refused.
             RateLimitError: still rate limited after the retries, or its ``retry_after``
-                is longer than what is left of the deadline.
+                (the server's, or the client's own rate limit's next slot) is longer than
+                what is left of the deadline.
             DeadlineExceededError: the deadline ran out, or cannot cover the next backoff.
             APIConnectionError: no response after the retries.
             FaceMatchError: any other failure (see ``facematch_async.errors``); its
                 ``attempts`` tells how many face-match requests the call sent.
         """
         budget = self._start_deadline(deadline)
-        load = functools.partial(
-            load_pair,
-            file_a,
-            file_b,
-            max_bytes=self.max_image_bytes,
-            allow_pdf=self.api_version == "v2",
-            max_side=self.max_image_side,
-            read_timeout=self.image_read_timeout,
-        )
-        try:
-            images = await (load() if budget is None else budget.run(load))
-        except FaceMatchError as error:
-            error.attempts = 0
-            raise
-        return await self._match_images(images, budget)
+        prepared = await self._prepare(file_a, file_b, budget)
+        return await self._send(prepared, None, budget, None)
 
-    async def _match_images(
-        self, images: tuple[UploadImage, UploadImage], deadline: Deadline | None = None
+    async def send(
+        self,
+        prepared: PreparedMatch,
+        *,
+        request_id: str | None = None,
+        deadline: float | None = None,
+        pacing: CallPacing | None = None,
     ) -> FaceMatchResult:
-        """``match`` for images already read and checked (the batch runner reads ahead).
+        """Send a prepared match: the API call of :meth:`match`, retries and token renewal
+        included.
 
-        ``deadline``: the call's budget, already running; ``None`` for none (the batch
-        runner's default: it keeps its own rules).
+        Args:
+            prepared: What :meth:`prepare` (or :meth:`prepare_soon`) returned.
+            request_id: The id logs and :class:`RequestEvent` hooks show for the call (the
+                batch runner passes each pair's id); default: a random one.
+            deadline: As for :meth:`match`.
+            pacing: Awaited before each attempt and told of each 429 (a
+                :class:`CallPacing`); default: the client's ``rate_limit``, if any.
+
+        Raises:
+            As :meth:`match`, but for the local image errors.
         """
-        scope = CALL_SCOPE.get()
-        call = _MatchCall(self, MultipartBody(images), scope, deadline)
+        return await self._send(prepared, request_id, self._start_deadline(deadline), pacing)
+
+    async def _send(
+        self,
+        prepared: PreparedMatch,
+        request_id: str | None,
+        budget: Deadline | None,
+        pacing: CallPacing | None,
+    ) -> FaceMatchResult:
+        pacing = self._pacing(pacing, budget)
+        call = _MatchCall(self, MultipartBody(prepared), request_id, pacing)
         try:
-            return await call_with_retries(
+            result = await call_with_retries(
                 call.attempt,
                 max_retries=self.max_retries,
                 policy=self.retry_policy,
-                deadline=deadline,
-                sleep=None if scope is None else scope.sleep,
+                deadline=budget,
+                sleep=None if pacing is None else pacing.sleep,
             )
         except FaceMatchError as error:
             error.attempts = call.attempts
             raise
+        if pacing is not None:
+            self.rate_limit_pauses.reset()
+        return result
+
+    async def _send_once(self, call: _MatchCall, token: str) -> FaceMatchResult:
+        call.attempts += 1
+        headers = {"Authorization": f"Bearer {token}", "x-api-key": self._client_secret}
+        secrets = (self._client_secret, token)
+        path = f"/{self.api_version}/facematch"
+        try:
+            return await self._exchange(
+                path, call.body, headers, parse_facematch, secrets, call.request_id, call.attempts
+            )
+        except RateLimitError as error:
+            if call.pacing is not None:
+                call.pacing.on_rate_limited(error.retry_after)
+            raise
+
+    async def _token_for_attempt(self, pacing: CallPacing | None) -> str:
+        """Wait for the call's pacing (a rate limiter's slot), then pick the token.
+
+        A token first (the authorize call is not paced), so that the request goes out as
+        soon as the limiter lets it: the limiter counts it from then, and an authorize in
+        between would let the server count it later. And the token is picked again after
+        the wait, so that a long wait cannot leave the request with one that expired.
+        """
+        if pacing is not None:
+            await self._tokens.get()
+            await pacing.before_attempt()
+        return await self._tokens.get()
 
 
 class _MatchCall:
-    """One ``match`` call's state across its attempts: an object rather than a closure,
-    whose cells, function and counter would cost the garbage collector more per call."""
+    """One call's state across its attempts: an object rather than a closure, whose cells,
+    function and counter would cost the garbage collector more per call."""
 
-    __slots__ = ("attempts", "body", "client", "deadline", "refreshed", "request_id", "scope")
+    __slots__ = ("attempts", "body", "client", "pacing", "refreshed", "request_id")
 
     def __init__(
         self,
         client: FaceMatchClient,
         body: MultipartBody,
-        scope: CallScope | None,
-        deadline: Deadline | None = None,
+        request_id: str | None,
+        pacing: CallPacing | None,
     ) -> None:
         self.client = client
         self.body = body  # immutable: every attempt sends the same body
-        self.scope = scope
-        # The call's budget: call_with_retries cuts each attempt to it; a wait inside an
-        # attempt (client-side pacing) can ask it what is left, and fail early with check().
-        self.deadline = deadline
-        self.request_id = (scope and scope.request_id) or os.urandom(8).hex()
+        self.pacing = pacing
+        self.request_id = request_id or os.urandom(8).hex()
         self.attempts = 0
         self.refreshed = False
 
     async def attempt(self) -> FaceMatchResult:
         """One attempt, plus one more with a new token if the API rejects this one."""
-        client, scope = self.client, self.scope
-        token = await client._token_for_attempt(scope)
-        self.attempts += 1
+        client = self.client
+        token = await client._token_for_attempt(self.pacing)
         try:
-            return await client._send_match(self.body, token, self.request_id, self.attempts, scope)
+            return await client._send_once(self, token)
         except (AuthenticationError, PermissionDeniedError) as error:
             # A rejected token is renewed once per call; other refusals are final.
             if (
@@ -483,6 +552,5 @@ class _MatchCall:
                 raise
             self.refreshed = True
             client._tokens.invalidate(token)
-            fresh = await client._token_for_attempt(scope)
-            self.attempts += 1
-            return await client._send_match(self.body, fresh, self.request_id, self.attempts, scope)
+            fresh = await client._token_for_attempt(self.pacing)
+            return await client._send_once(self, fresh)

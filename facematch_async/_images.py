@@ -15,7 +15,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, replace
-from typing import IO, TypeAlias
+from typing import IO, NamedTuple, TypeAlias
 
 import anyio.to_thread
 
@@ -34,6 +34,7 @@ __all__ = [
     "DEFAULT_IMAGE_READ_TIMEOUT",
     "DEFAULT_MAX_IMAGE_BYTES",
     "ImageInput",
+    "PreparedMatch",
     "UploadImage",
     "detect_format",
     "load_pair",
@@ -222,10 +223,18 @@ def _prepare(field: str, source: ImageInput, max_bytes: int | None, allow_pdf: b
     return _check(field, _read_source(field, source, max_bytes), max_bytes, allow_pdf)
 
 
+class PreparedMatch(NamedTuple):
+    """Both images of a match, read and checked, ready to send (any number of times):
+    what :meth:`FaceMatchClient.prepare` returns and :meth:`FaceMatchClient.send` takes."""
+
+    file_a: UploadImage
+    file_b: UploadImage
+
+
 def _load_pair_blocking(
     file_a: ImageInput, file_b: ImageInput, max_bytes: int | None, allow_pdf: bool
-) -> tuple[UploadImage, UploadImage]:
-    return (
+) -> PreparedMatch:
+    return PreparedMatch(
         _prepare("file_a", file_a, max_bytes, allow_pdf),
         _prepare("file_b", file_b, max_bytes, allow_pdf),
     )
@@ -245,7 +254,7 @@ _STALL = 0.5
 handed to another reader thread: long enough that a busy machine does not start threads for
 nothing (each costs page faults), short enough that a stuck file delays only its own pair."""
 
-_PairFuture: TypeAlias = "asyncio.Future[tuple[UploadImage, UploadImage]]"
+_PairFuture: TypeAlias = "asyncio.Future[PreparedMatch]"
 _Job: TypeAlias = tuple[_PairFuture, ImageInput, ImageInput]
 _Result: TypeAlias = tuple[_PairFuture, object, bool]
 
@@ -423,7 +432,7 @@ def start_load(
     max_bytes: int | None,
     allow_pdf: bool = False,
     read_timeout: float | None = DEFAULT_IMAGE_READ_TIMEOUT,
-) -> asyncio.Future[tuple[UploadImage, UploadImage]]:
+) -> asyncio.Future[PreparedMatch]:
     """Queue both images of a pair for reading and checking; the future holds the result.
 
     Pairs queued in the same turn of the event loop are read one after the other by one
@@ -436,7 +445,7 @@ def start_load(
     own. ``None``: no deadline. Cancelling the future drops the pair's bytes.
     """
     loop = asyncio.get_running_loop()
-    future: asyncio.Future[tuple[UploadImage, UploadImage]] = loop.create_future()
+    future: asyncio.Future[PreparedMatch] = loop.create_future()
     hops = _open_batches.get(loop)
     if hops is None:
         hops = _open_batches[loop] = []
@@ -455,10 +464,8 @@ def start_load(
     return future
 
 
-def _downscale_pair(
-    images: tuple[UploadImage, UploadImage], max_bytes: int | None, max_side: int
-) -> tuple[UploadImage, UploadImage]:
-    return (
+def _downscale_pair(images: PreparedMatch, max_bytes: int | None, max_side: int) -> PreparedMatch:
+    return PreparedMatch(
         _shrink(images[0], max_bytes, max_side),
         _shrink(images[1], max_bytes, max_side),
     )
@@ -479,7 +486,7 @@ async def load_pair(
     allow_pdf: bool = False,
     max_side: int | None = None,
     read_timeout: float | None = DEFAULT_IMAGE_READ_TIMEOUT,
-) -> tuple[UploadImage, UploadImage]:
+) -> PreparedMatch:
     """Read and check both images; disk reads share one thread hop.
 
     Calls that start in the same turn of the event loop share their hop too (see

@@ -23,6 +23,7 @@ from typing import TypeVar
 import anyio
 
 from facematch_async._deadline import Deadline
+from facematch_async._ratelimit import RateLimiter
 from facematch_async.errors import (
     APIConnectionError,
     APIStatusError,
@@ -31,12 +32,19 @@ from facematch_async.errors import (
     RateLimitError,
 )
 
-__all__ = ["RETRYABLE_STATUSES", "RetryPolicy", "call_with_retries", "is_retryable"]
+__all__ = [
+    "RETRYABLE_STATUSES",
+    "RateLimitPauses",
+    "RetryPolicy",
+    "call_with_retries",
+    "is_retryable",
+]
 
 T = TypeVar("T")
 logger = logging.getLogger("facematch_async")
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+_MAX_PAUSE = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +64,46 @@ class RetryPolicy:
     backoff_max: float = 30.0
     backoff_jitter: float = 1.0
     max_retry_after: float = 60.0
+
+
+class RateLimitPauses:
+    """What a 429 means for every caller sharing a rate limiter: the one place that decides.
+
+    A ``Retry-After`` within ``cap`` holds every caller back that long. None at all, or one
+    that means no wait (0, negative, NaN, a past date: all parse to 0), holds them back 1 s,
+    doubling up to 60 s while 429s go on; the many calls in flight that meet the same
+    refusal double it once. A ``Retry-After`` past ``cap`` is not a rate window: most likely
+    the daily quota, which the caller decides about (:meth:`pause` returns ``False``).
+
+    Args:
+        cap: The longest ``Retry-After`` taken as a pause (the policy's ``max_retry_after``).
+    """
+
+    __slots__ = ("_backoff", "cap")
+
+    def __init__(self, cap: float) -> None:
+        self.cap = cap
+        self._backoff = 1.0
+
+    def beyond_cap(self, retry_after: float | None) -> bool:
+        """Whether ``retry_after`` is too long to be a rate window (``inf`` and NaN too)."""
+        return retry_after is not None and not retry_after <= self.cap
+
+    def pause(self, limiter: RateLimiter, retry_after: float | None) -> bool:
+        """Hold ``limiter``'s callers back after a 429; ``False`` when it is beyond the cap
+        (nothing paused: the caller decides)."""
+        if self.beyond_cap(retry_after):
+            return False
+        if retry_after is not None and retry_after > 0:
+            limiter.pause(retry_after)
+        elif limiter.paused_for <= 0:  # the first of a burst of 429s doubles the wait
+            limiter.pause(self._backoff)
+            self._backoff = min(_MAX_PAUSE, self._backoff * 2)
+        return True
+
+    def reset(self) -> None:
+        """A request went through: the next 429 starts again from 1 s."""
+        self._backoff = 1.0
 
 
 def is_retryable(error: BaseException) -> bool:

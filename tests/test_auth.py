@@ -250,7 +250,16 @@ async def test_unknown_expiry_is_used_until_rejected() -> None:
 
 async def test_token_is_picked_after_waiting_for_the_rate_limiter(faces: Faces) -> None:
     """A long wait in before_attempt (a paused limiter) never sends the token it outlived."""
-    from facematch_async._scope import CALL_SCOPE, CallScope
+
+    class SlowPacing:
+        async def before_attempt(self) -> None:
+            await asyncio.sleep(2.1)
+
+        def on_rate_limited(self, retry_after: float | None) -> None:
+            pass
+
+        async def sleep(self, seconds: float) -> None:
+            await asyncio.sleep(seconds)
 
     config = SandboxConfig(CLIENT_ID, CLIENT_SECRET, token_ttl=2.0)
     async with SandboxServer(config) as server:
@@ -259,10 +268,7 @@ async def test_token_is_picked_after_waiting_for_the_rate_limiter(faces: Faces) 
         ) as client:
             await client.match(faces.alice_png, faces.alice_jpg)
 
-            async def slow_limiter() -> None:
-                await asyncio.sleep(2.1)
-
-            CALL_SCOPE.set(CallScope(before_attempt=slow_limiter))
-            assert (await client.match(faces.alice_png, faces.alice_jpg)).match is True
+            prepared = await client.prepare(faces.alice_png, faces.alice_jpg)
+            assert (await client.send(prepared, pacing=SlowPacing())).match is True
         assert server.counters.requests[(FACEMATCH, 403)] == 0
         assert server.counters.authorize_calls == 2

@@ -11,7 +11,6 @@ import aiohttp
 import pytest
 
 from facematch_async._events import RequestEvent
-from facematch_async._scope import CALL_SCOPE, CallScope
 from facematch_async.sandbox import SandboxServer, ScriptedResponse
 
 from .conftest import Faces, MakeClient
@@ -89,14 +88,30 @@ async def test_cancelled_attempt_is_reported_as_cancelled(
     assert ends[-1].status_code is None
 
 
-async def test_call_scope_request_id_names_the_call(
+async def test_send_request_id_names_the_call(
     client, faces: Faces, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A CallScope's request_id (the batch runner's pair id) appears in the log lines."""
+    """send(request_id=...) (the batch runner's pair id) appears in the log lines."""
     caplog.set_level(logging.DEBUG, logger="facematch_async")
-    CALL_SCOPE.set(CallScope(request_id="pair-0042"))
-    await client.match(faces.alice_png, faces.alice_jpg)
+    prepared = await client.prepare(faces.alice_png, faces.alice_jpg)
+    await client.send(prepared, request_id="pair-0042")
     assert "request_id=pair-0042 attempt=1" in caplog.text
+
+
+async def test_batch_hooks_get_the_pair_id_as_request_id(
+    make_client: MakeClient, faces: Faces
+) -> None:
+    """Inside a batch, every RequestEvent carries the pair's id, as the README promises."""
+    from facematch_async import BatchRunner
+
+    seen: list[str] = []
+    client = make_client(on_request_end=lambda event: seen.append(event.request_id))
+    runner = BatchRunner(client, rate_limit=None)
+    pairs = [(f"pair-{i:04d}", faces.alice_png, faces.alice_jpg) for i in range(3)]
+    async for _ in runner.run(pairs):
+        pass
+    facematch = [rid for rid in seen if rid.startswith("pair-")]
+    assert sorted(facematch) == ["pair-0000", "pair-0001", "pair-0002"]
 
 
 async def test_trace_configs_are_passed_to_aiohttp(make_client: MakeClient, faces: Faces) -> None:

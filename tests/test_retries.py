@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -174,11 +175,10 @@ def test_retry_after_parsing() -> None:
     assert parse_retry_after({}) is None
 
 
-async def test_call_scope_sees_every_attempt_and_each_429(
+async def test_call_pacing_sees_every_attempt_and_each_429(
     client, faces: Faces, sandbox: SandboxServer
 ) -> None:
-    """A CallScope counts attempts, is awaited before each one and hears every 429."""
-    from facematch_async._scope import CALL_SCOPE, CallScope
+    """A call's pacing is awaited before each attempt and hears every 429."""
 
     sandbox.scripted.add(
         ScriptedResponse(
@@ -189,13 +189,18 @@ async def test_call_scope_sees_every_attempt_and_each_429(
     waits: list[float | None] = []
     paced = 0
 
-    async def before_attempt() -> None:
-        nonlocal paced
-        paced += 1
+    class CountingPacing:
+        async def before_attempt(self) -> None:
+            nonlocal paced
+            paced += 1
 
-    scope = CallScope(before_attempt=before_attempt, on_rate_limited=waits.append)
-    CALL_SCOPE.set(scope)
-    assert (await client.match(faces.alice_png, faces.alice_jpg)).match is True
-    assert scope.attempts == 3
+        def on_rate_limited(self, retry_after: float | None) -> None:
+            waits.append(retry_after)
+
+        async def sleep(self, seconds: float) -> None:
+            await asyncio.sleep(seconds)
+
+    prepared = await client.prepare(faces.alice_png, faces.alice_jpg)
+    assert (await client.send(prepared, pacing=CountingPacing())).match is True
     assert paced == 3
     assert waits == [0.01]

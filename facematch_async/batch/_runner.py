@@ -1,16 +1,19 @@
 """BatchRunner: match a stream of pairs at the allowed rate, with bounded work in flight.
 
 ```
-pairs ──▶ producer task: dedupe (KeyIndex) ─ skip? ─ read images ahead (one hop per 16 pairs)
+pairs ──▶ producer task: dedupe (KeyIndex) ─ skip? ─ client.prepare_soon (one hop per 16 pairs)
                 │                                            │ a free slot (Semaphore)
                 │ manifest problems                          ▼ one task per pair
-                ▼                                 CallScope(limiter.acquire before every
-         outcome queue ◀─────────────────────────  HTTP attempt, 429 → batch-wide pause)
-                │
+                ▼                                 client.send(prepared, request_id=pair key,
+         outcome queue ◀─────────────────────────  pacing=_PairPacing: limiter slot before
+                │                                  every attempt, 429 → batch-wide pause)
                 ▼
       run() yields outcomes as they complete; taking one frees its slot
 ```
 
+The runner drives the client through its public seam only (``prepare_soon`` and ``send``);
+the limiter is the client's own ``rate_limit`` when it has one (shared with every other
+caller of that client, and through a store with other processes), else the runner's.
 Every pair holds a slot from the moment it starts until its outcome is taken, so the
 producer pulls the next pair only when one is free and the consumer keeps up: memory
 depends on ``concurrency``, not on the number of pairs. Plain asyncio primitives, not
@@ -38,11 +41,10 @@ from pathlib import Path
 from typing import Any, Literal, TypeAlias
 
 from facematch_async._client import FaceMatchClient
-from facematch_async._images import UploadImage, start_load
+from facematch_async._images import PreparedMatch
 from facematch_async._models import FaceMatchResult
 from facematch_async._ratelimit import QUOTA_PERIOD, QuotaExhaustedError, RateLimiter, Window
 from facematch_async._retry import is_retryable
-from facematch_async._scope import CALL_SCOPE, CallScope
 from facematch_async.batch._index import KeyIndex
 from facematch_async.batch._manifest import ManifestProblem, PairSpec
 from facematch_async.batch._outcome import PairError, PairOutcome
@@ -67,7 +69,12 @@ PairInput: TypeAlias = PairSpec | tuple[str, str | Path, str | Path]
 
 StopReason: TypeAlias = Literal["stopped", "quota", "credentials", "unavailable"]
 
-_MAX_BACKOFF = 60.0
+
+class _FromClient:
+    """The default of ``BatchRunner(rate_limit=...)``: the client's, else ``"business"``."""
+
+
+_FROM_CLIENT = _FromClient()
 _DAY = 86400.0
 _READ_AHEAD = 16
 """Pairs whose images are read in one worker-thread hop, ahead of a free slot."""
@@ -77,10 +84,10 @@ class _Abandoned(Exception):
     """Raised before an attempt once the batch is stopping."""
 
 
-def _discard(read: asyncio.Future[tuple[UploadImage, UploadImage]] | None) -> None:
+def _discard(read: asyncio.Future[PreparedMatch]) -> None:
     """Let go of a read: cancelled if it is still pending, its error marked as seen if it
     failed (asyncio would log an error nobody retrieved as a bug)."""
-    if read is not None and not read.cancel() and not read.cancelled():
+    if not read.cancel() and not read.cancelled():
         read.exception()
 
 
@@ -121,10 +128,12 @@ class BatchRunner:
         concurrency: The most pairs in flight at once (requests open, outcomes not yet
             taken). The images of up to 16 more pairs are read ahead, in one
             worker-thread hop, so that a freed slot is filled at once.
-        rate_limit: A plan (``"starter"``, ``"business"``, ``"growth"``,
-            ``"enterprise"``), a spec such as ``"10/s,300/min,20000/day"``, windows, a
-            shared :class:`RateLimiter`, or ``None`` for no limit. The limiter is awaited
-            before every HTTP attempt, retries included.
+        rate_limit: When the client has no ``rate_limit`` of its own: a plan
+            (``"starter"``, ``"business"``, ``"growth"``, ``"enterprise"``), a spec such as
+            ``"10/s,300/min,20000/day"``, windows, a shared :class:`RateLimiter`, or
+            ``None`` for no limit (default ``"business"``). A client with its own paces
+            the batch with it (then this must be left out). The limiter is awaited before
+            every HTTP attempt, retries included.
         stop_at_quota: When the daily window is used up, stop cleanly (``stop_reason ==
             "quota"``) instead of waiting for it to reopen.
         rate_limit_rounds: After the client's own retries, how many more times a pair that
@@ -140,6 +149,8 @@ class BatchRunner:
             (``999999``, ``inf``) is taken as the daily quota: with ``stop_at_quota`` the run
             stops; else it waits, at most the plan's day window, logging why and until when
             (:meth:`waiting_reason`).
+        deadline: Seconds each pair's call may take in all (see ``FaceMatchClient``'s
+            ``deadline``); default none, whatever the client's default.
 
     Attributes:
         limiter: The rate limiter in use.
@@ -158,26 +169,38 @@ class BatchRunner:
         self,
         client: FaceMatchClient,
         concurrency: int = 32,
-        rate_limit: str | tuple[Window, ...] | RateLimiter | None = "business",
+        rate_limit: str | tuple[Window, ...] | RateLimiter | _FromClient | None = _FROM_CLIENT,
         stop_at_quota: bool = False,
         *,
         rate_limit_rounds: int = 5,
         outage_threshold: int | None = 20,
         index_dir: str | Path | None = None,
         max_pause: float | None = None,
+        deadline: float | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, not {concurrency}")
         self.client = client
         self.concurrency = concurrency
-        self.limiter = (
-            rate_limit if isinstance(rate_limit, RateLimiter) else RateLimiter(rate_limit)
-        )
+        if client.pacer is not None:
+            if rate_limit is not _FROM_CLIENT:
+                raise ValueError(
+                    "the client paces every call with its own rate_limit: leave the runner's out"
+                )
+            self.limiter = client.pacer
+        elif isinstance(rate_limit, RateLimiter):
+            self.limiter = rate_limit
+        elif isinstance(rate_limit, _FromClient):
+            self.limiter = RateLimiter("business")
+        else:
+            self.limiter = RateLimiter(rate_limit)
         self.stop_at_quota = stop_at_quota
         self.rate_limit_rounds = rate_limit_rounds
         self.outage_threshold = outage_threshold
         self.index_dir = index_dir
         self.max_pause = client.retry_policy.max_retry_after if max_pause is None else max_pause
+        # A batch keeps its own rules: no deadline per pair unless asked (not the client's).
+        self.deadline = math.inf if deadline is None else deadline
         self._quota_wait_until: float | None = None  # wall clock: a long Retry-After's end
         self._transient_streak = 0
         self.stop_reason: StopReason | None = None
@@ -186,7 +209,6 @@ class BatchRunner:
         self.skipped = 0
         self.rate_limited = 0
         self.in_flight = 0
-        self._backoff = 1.0
         self._tasks: set[asyncio.Task[bool]] = set()
         self._waiting: set[asyncio.Task[object]] = set()  # pairs that send nothing now
         self.summary: BatchSummary | None = None
@@ -228,6 +250,9 @@ class BatchRunner:
         if paused > 5:
             return f"waiting {format_duration(paused)} for the rate limit"
         return None
+
+    def _acquire(self) -> Coroutine[Any, Any, None]:
+        return self.limiter.acquire(stop_at_quota=self.stop_at_quota)
 
     async def _idle(self, wait: Coroutine[Any, Any, None]) -> None:
         """Await ``wait`` (a limiter slot, a backoff) as a pair that sends nothing meanwhile:
@@ -508,7 +533,7 @@ class BatchRunner:
     def _pair_done(
         self,
         slots: asyncio.Semaphore,
-        read: asyncio.Future[tuple[UploadImage, UploadImage]] | None,
+        read: asyncio.Future[PreparedMatch],
         task: asyncio.Task[bool],
     ) -> None:
         """A pair's task ended, however it ended (a task cancelled before its first step
@@ -525,20 +550,11 @@ class BatchRunner:
             self._crash = crash
             self.cancel()
 
-    def _start_read(self, spec: PairSpec) -> asyncio.Future[tuple[UploadImage, UploadImage]] | None:
-        """Start reading a pair's images, or ``None`` when the client must read them itself
-        (downscaling is CPU work: one hop per pair, in parallel)."""
-        client = self.client
-        if client.max_image_side is not None or spec.file_a is None or spec.file_b is None:
-            return None
-        allow_pdf = client.api_version == "v2"
-        return start_load(
-            spec.file_a,
-            spec.file_b,
-            max_bytes=client.max_image_bytes,
-            allow_pdf=allow_pdf,
-            read_timeout=client.image_read_timeout,
-        )
+    def _start_read(self, spec: PairSpec) -> asyncio.Future[PreparedMatch]:
+        """Start reading a pair's images: pairs started in one turn share a hop."""
+        assert spec.file_a is not None
+        assert spec.file_b is not None
+        return self.client.prepare_soon(spec.file_a, spec.file_b)
 
     def _outcome(
         self,
@@ -566,7 +582,7 @@ class BatchRunner:
     async def _run_pair(
         self,
         spec: PairSpec,
-        read: asyncio.Future[tuple[UploadImage, UploadImage]] | None,
+        read: asyncio.Future[PreparedMatch],
         outcomes: asyncio.Queue[PairOutcome | None],
     ) -> bool:
         """Match one pair and queue its outcome; whether it has one (see ``_pair_done``)."""
@@ -599,74 +615,45 @@ class BatchRunner:
         return max((w.period for w in self.limiter.windows), default=_DAY) + self.limiter.margin
 
     def _on_rate_limited(self, retry_after: float | None) -> None:
-        """A 429: hold the whole batch back, not just this pair."""
+        """A 429: hold the whole batch back (and the client's other callers), not just this
+        pair. The pause itself is the client's rule (``RateLimitPauses``); a wait past the
+        cap is the batch's to decide: the daily quota."""
         self.rate_limited += 1
-        if self._beyond_cap(retry_after):
-            if self.stop_at_quota:
-                self._halt("quota")
-                return
-            assert retry_after is not None
-            wait = (
-                min(retry_after, self._quota_window())
-                if math.isfinite(retry_after)
-                else (self._quota_window())
+        if not self._beyond_cap(retry_after):
+            self.client.rate_limit_pauses.pause(self.limiter, retry_after)
+            return
+        if self.stop_at_quota:
+            self._halt("quota")
+            return
+        assert retry_after is not None
+        window = self._quota_window()
+        wait = min(retry_after, window) if math.isfinite(retry_after) else window
+        if self.limiter.paused_for < wait - 1:  # the first pair to meet it says so
+            self._quota_wait_until = time.time() + wait
+            until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self._quota_wait_until))
+            logger.warning(
+                "the API asked to wait %s s (Retry-After), longer than %g s: taken as the "
+                "daily quota; the batch waits until %s (stop with Ctrl-C and resume later, "
+                "or run with --stop-at-quota)",
+                retry_after,
+                self.max_pause,
+                until,
             )
-            if self.limiter.paused_for < wait - 1:  # the first pair to meet it says so
-                self._quota_wait_until = time.time() + wait
-                until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self._quota_wait_until))
-                logger.warning(
-                    "the API asked to wait %s s (Retry-After), longer than %g s: taken as the "
-                    "daily quota; the batch waits until %s (stop with Ctrl-C and resume later, "
-                    "or run with --stop-at-quota)",
-                    retry_after,
-                    self.max_pause,
-                    until,
-                )
-            self.limiter.pause(wait)
-        elif retry_after is not None and retry_after > 0:
-            self.limiter.pause(retry_after)
-        elif self.limiter.paused_for <= 0:  # none, or 0 (a negative, NaN or past date)
-            # Many pairs in flight meet the same 429: only the first one doubles the wait.
-            self.limiter.pause(self._backoff)
-            self._backoff = min(_MAX_BACKOFF, self._backoff * 2)
+        self.limiter.pause(wait)
 
     async def _match(
-        self, spec: PairSpec, read: asyncio.Future[tuple[UploadImage, UploadImage]] | None
+        self, spec: PairSpec, read: asyncio.Future[PreparedMatch]
     ) -> PairOutcome | None:
-        assert spec.file_a is not None
-        assert spec.file_b is not None
-        waited = 0.0
-
-        async def before_attempt() -> None:
-            nonlocal waited
-            started = time.perf_counter()
-            # Stopping: send nothing more, leave the pair for a resume.
-            await self._idle(self.limiter.acquire(stop_at_quota=self.stop_at_quota))
-            waited += time.perf_counter() - started
-            if self.stop_reason is not None:
-                raise _Abandoned  # the batch began stopping while this pair waited its turn
-
-        async def backoff(seconds: float) -> None:
-            nonlocal waited
-            started = time.perf_counter()
-            await self._idle(asyncio.sleep(seconds))
-            waited += time.perf_counter() - started
-
-        # Each task runs in its own copy of the context, so this scope is this pair's alone.
-        scope = CallScope(
-            before_attempt=before_attempt,
-            on_rate_limited=self._on_rate_limited,
-            sleep=backoff,
-        )
-        CALL_SCOPE.set(scope)
+        pacing = _PairPacing(self)
         started = time.perf_counter()
         rounds = 0
         while True:
             try:
-                if read is None:
-                    result = await self.client.match(spec.file_a, spec.file_b)
-                else:  # read ahead; a read error is raised here, as match would raise it
-                    result = await self.client._match_images(await read)
+                # Read ahead; a read error is raised here, as match would raise it.
+                prepared = await read
+                result = await self.client.send(
+                    prepared, request_id=spec.key, deadline=self.deadline, pacing=pacing
+                )
             except QuotaExhaustedError:
                 self._halt("quota")
                 return None
@@ -717,19 +704,50 @@ class BatchRunner:
                 logger.exception("pair %r failed unexpectedly", spec.pair_id)
                 status, pair_error = "error", PairError.from_exception(error)
             else:
-                self._backoff = 1.0
+                self.client.rate_limit_pauses.reset()
                 self._transient_streak = 0
                 return self._outcome(
                     spec,
                     "match" if result.match else "no_match",
                     result=result,
-                    attempts=scope.attempts,
-                    latency=time.perf_counter() - started - waited,
+                    attempts=pacing.attempts,
+                    latency=time.perf_counter() - started - pacing.waited,
                 )
             return self._outcome(
                 spec,
                 status,
                 pair_error,
-                attempts=scope.attempts,
-                latency=time.perf_counter() - started - waited,
+                attempts=pacing.attempts,
+                latency=time.perf_counter() - started - pacing.waited,
             )
+
+
+class _PairPacing:
+    """One pair's :class:`CallPacing`: a slot of the batch's limiter before every attempt,
+    waits a stop releases at once, every 429 heard batch-wide; counts the attempts and the
+    time spent waiting (which a pair's latency leaves out)."""
+
+    __slots__ = ("attempts", "runner", "waited")
+
+    def __init__(self, runner: BatchRunner) -> None:
+        self.runner = runner
+        self.attempts = 0
+        self.waited = 0.0
+
+    async def before_attempt(self) -> None:
+        runner = self.runner
+        self.attempts += 1
+        started = time.perf_counter()
+        # Stopping: send nothing more, leave the pair for a resume.
+        await runner._idle(runner._acquire())
+        self.waited += time.perf_counter() - started
+        if runner.stop_reason is not None:
+            raise _Abandoned  # the batch began stopping while this pair waited its turn
+
+    def on_rate_limited(self, retry_after: float | None) -> None:
+        self.runner._on_rate_limited(retry_after)
+
+    async def sleep(self, seconds: float) -> None:
+        started = time.perf_counter()
+        await self.runner._idle(asyncio.sleep(seconds))
+        self.waited += time.perf_counter() - started
