@@ -51,6 +51,7 @@ __all__ = [
     "RedisStore",
     "Verdict",
     "effective_windows",
+    "key_prefix",
     "redact_url",
 ]
 
@@ -189,8 +190,15 @@ class MemoryStore:
             return Verdict(True)
         return Verdict(False, wait, longest)
 
-    def record(self, windows: Sequence[Window], *, tier: str, spacing: float, plan_spacing: float,
-               now: float | None = None) -> None:  # fmt: skip
+    def record(
+        self,
+        windows: Sequence[Window],
+        *,
+        tier: str,
+        spacing: float,
+        plan_spacing: float,
+        now: float | None = None,
+    ) -> None:
         """Count one request now (after a granted :meth:`check`)."""
         now = self._clock() if now is None else now
         self._keep = max(self._keep, max((w.limit for w in windows), default=0))
