@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from facematch_async.batch._shard import resolve_shard
 from facematch_async.batch._combine import summarize
+from facematch_async.batch._shard import resolve_shard
 from facematch_async.cli import main
 
 

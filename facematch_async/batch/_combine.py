@@ -4,16 +4,13 @@
 facematch-async summary results-*.jsonl --manifest pairs.csv
 ```
 
-:func:`summarize` gives the combined counts per status and ``sub_code`` and the latency percentiles, and
-with ``--manifest`` which pairs have no line in any file. Pairs with lines in more than one
-file are listed (a shard run twice, or two shards that disagreed on N); each pair counts
-once, by its line in the first file named. Within a file a later line supersedes an earlier
-one, as for ``--resume``. Memory stays flat for millions of pairs: pair keys go into
+:func:`summarize` gives the combined counts per status and ``sub_code`` and the latency
+percentiles, and with a manifest which pairs have no line in any file. Pairs with lines in
+more than one file are listed (a shard run twice, or two shards that disagreed on N); each
+pair counts once, by its line in the first file named. Within a file a later line supersedes
+an earlier one, as for ``--resume``. Memory stays flat for millions of pairs: pair keys go into
 on-disk indexes (:class:`~facematch_async.batch._index.KeyIndex`), and only the first few
 problem pairs are kept to print.
-
-Exit codes: 0 every manifest pair has exactly one line (or no manifest and no pair in two
-files), 1 some are missing or in more than one file, 2 usage (a file missing or unreadable).
 """
 
 from __future__ import annotations
