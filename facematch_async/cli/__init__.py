@@ -1,4 +1,4 @@
-"""The ``facematch-async`` command: ``match``, ``batch`` and ``sandbox``.
+"""The ``facematch-async`` command: ``match``, ``batch``, ``sandbox`` and ``summary``.
 
 Credentials never travel as flags (flags show in ``ps``): the client secret comes from
 ``$DEEPVUE_CLIENT_SECRET``, a file (``--client-secret-file``), or a prompt on a terminal.
@@ -29,6 +29,7 @@ from facematch_async.cli._batch import add_batch_parser
 from facematch_async.cli._common import EXIT_USAGE, UsageError
 from facematch_async.cli._match import add_match_parser
 from facematch_async.cli._sandbox import add_sandbox_parser
+from facematch_async.cli._summary import add_summary_parser
 
 __all__ = ["build_parser", "main"]
 
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_match_parser(subparsers)
     add_batch_parser(subparsers)
     add_sandbox_parser(subparsers)
+    add_summary_parser(subparsers)
     return parser
 
 

@@ -92,7 +92,8 @@ def add_batch_parser(
     parser.add_argument(
         "--shard",
         metavar="K/N",
-        help="only the pairs whose pair_id hashes to shard K of N (1-based)",
+        help="only the pairs whose pair_id hashes to shard K of N (1-based); 'auto' or "
+        "'auto/N' takes K (and N) from the scheduler (Kubernetes, Slurm, AWS Batch)",
     )
     parser.add_argument("--root", help="every image must lie inside this folder")
     parser.add_argument(
@@ -121,15 +122,12 @@ def add_batch_parser(
 
 
 def _parse_shard(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
+    from facematch_async.batch._shard import resolve_shard  # K/N, auto, auto/N
+
     try:
-        k, n = (int(part) for part in text.split("/"))
-    except ValueError:
-        raise UsageError(f"--shard must look like 2/8, not {text!r}") from None
-    if not 1 <= k <= n:
-        raise UsageError(f"--shard {text}: K must be between 1 and N")
-    return k, n
+        return resolve_shard(text)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def shard_filter(specs: Iterator[PairSpec], shard: tuple[int, int] | None) -> Iterator[PairSpec]:

@@ -1,0 +1,825 @@
+"""Pacing one API key's quota across tasks, processes and machines.
+
+Deepvue counts requests per API key, so every caller of one key (a web service's replicas, a
+bulk job, its shards on other machines) must share one set of windows. This module keeps the
+spaced, multi-window sliding-window behaviour of :class:`~facematch_async.RateLimiter` and
+moves the windows into a **store**:
+
+* :class:`MemoryStore`: this process only (today's behaviour);
+* :class:`RedisStore`: every process that names the same Redis URL and client id, checked
+  and reserved atomically in one Lua script on the Redis server's clock.
+
+:class:`Pacer` is the limiter on top: a :class:`RateLimiter` (so ``BatchRunner`` takes it
+as ``rate_limit=``) that asks a store, keeps a ``reserve`` of every window for live callers,
+falls back to a local share of the plan when Redis goes away, and can lower its own rate
+after 429s nobody predicted (:class:`AdaptiveRate`, botocore's adaptive mode).
+
+```python
+pacer = Pacer("business", store="redis://redis:6379/0", client_id="acme", reserve=0.25)
+await pacer.start()        # fails at once, naming the URL, if Redis is unreachable
+await pacer.acquire()      # before every HTTP attempt
+```
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import itertools
+import logging
+import math
+import os
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+
+from facematch_async._ratelimit import QUOTA_PERIOD, QuotaExhaustedError, RateLimiter, Window
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+__all__ = [
+    "AdaptiveRate",
+    "MemoryStore",
+    "Pacer",
+    "PacingStore",
+    "PacingStoreError",
+    "RedisStore",
+    "Verdict",
+    "effective_windows",
+    "key_prefix",
+    "redact_url",
+]
+
+logger = logging.getLogger("facematch_async")
+
+_EPSILON = 1e-9
+_MAX_PACED_PERIOD = 60.0  # as in _ratelimit: daily quotas are never spread evenly
+_LATENESS = 0.01  # seconds: a request this late after its slot still kept the pace
+
+
+class PacingStoreError(Exception):
+    """The pacing store cannot be reached or answered too slowly (the message names it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A store's answer to one reservation.
+
+    Attributes:
+        granted: A slot was reserved (the request may go now).
+        wait: Otherwise, seconds until one may open.
+        window: The window imposing that wait (``None``: the even spacing).
+    """
+
+    granted: bool
+    wait: float = 0.0
+    window: Window | None = None
+
+
+@runtime_checkable
+class PacingStore(Protocol):
+    """Where the windows live. One call checks every window and reserves a slot, atomically.
+
+    ``windows`` are the caller's *effective* windows (see :func:`effective_windows`): a bulk
+    caller passes smaller limits than a live one, over the same recorded requests.
+    ``spacing`` holds consecutive requests of the tier ``tier`` that far apart, and
+    ``plan_spacing`` holds any two requests of the key that far apart.
+    """
+
+    shared: bool
+    """Whether other processes see the same windows (so a local fallback makes sense)."""
+
+    async def reserve(
+        self,
+        windows: Sequence[Window],
+        *,
+        tier: str,
+        spacing: float,
+        plan_spacing: float,
+        margin: float,
+        member: str,
+    ) -> Verdict:
+        """Reserve a slot under ``member`` if every window has room, else say how long to wait.
+
+        Raises:
+            PacingStoreError: the store is unreachable or slow (shared stores only).
+        """
+        ...
+
+    async def replay(self, grants: Sequence[tuple[str, float]], *, retention: float) -> None:
+        """Record requests made while the store was unreachable: ``(member, age in s)``."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        ...
+
+
+def effective_windows(windows: Sequence[Window], reserve: float) -> tuple[Window, ...]:
+    """The windows a caller may use when ``reserve`` of each is kept for others.
+
+    ``Window(5, 1)`` with ``reserve=0.25`` becomes ``Window(3, 1)``: floor, never below one
+    request, so a bulk caller can always make progress.
+    """
+    if not 0.0 <= reserve < 1.0:
+        raise ValueError(f"reserve must be in [0, 1), not {reserve}")
+    return tuple(
+        Window(max(1, math.floor(w.limit * (1.0 - reserve) + 1e-9)), w.period) for w in windows
+    )
+
+
+def _spacing(windows: Sequence[Window]) -> float:
+    short = [w for w in windows if w.period <= _MAX_PACED_PERIOD]
+    shortest = min(short, key=lambda w: w.period, default=None)
+    return 0.0 if shortest is None else shortest.period / shortest.limit
+
+
+def _next_slot(slot: float, now: float, spacing: float) -> float:
+    # A request let go just after its slot kept the pace: the next slot follows the slot,
+    # not the moment it went, so late sleeps do not slip the rate (as in RateLimiter).
+    base = slot if slot <= now < slot + _LATENESS else now
+    return max(slot, base + spacing)
+
+
+class MemoryStore:
+    """The windows of this process: the in-process behaviour of :class:`RateLimiter`.
+
+    Memory is bounded by the largest limit seen (the last ``limit`` stamps decide a wait).
+    """
+
+    shared = False
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._stamps: deque[float] = deque()
+        self._keep = 0
+        self._slots: dict[str, float] = {}
+
+    def seed(self, stamps: Sequence[float], keep: int) -> None:
+        """Count requests made earlier (``clock()`` times, oldest first)."""
+        self._keep = max(self._keep, keep)
+        for stamp in stamps:
+            self._append(stamp)
+
+    def _append(self, stamp: float) -> None:
+        self._stamps.append(stamp)
+        while len(self._stamps) > self._keep:
+            self._stamps.popleft()
+
+    def check(
+        self, windows: Sequence[Window], *, tier: str, margin: float, now: float | None = None
+    ) -> Verdict:
+        """What :meth:`reserve` would answer, without reserving."""
+        now = self._clock() if now is None else now
+        wait = max(self._slots.get("all", -math.inf), self._slots.get(tier, -math.inf)) - now
+        longest: Window | None = None
+        stamps = self._stamps
+        for window in windows:
+            if len(stamps) < window.limit:
+                continue
+            # The limit-th newest request must leave the window before another may go.
+            reopens = stamps[-window.limit] + window.period + margin - now
+            if reopens > wait:
+                wait, longest = reopens, window
+        if wait <= _EPSILON:
+            return Verdict(True)
+        return Verdict(False, wait, longest)
+
+    def record(
+        self,
+        windows: Sequence[Window],
+        *,
+        tier: str,
+        spacing: float,
+        plan_spacing: float,
+        now: float | None = None,
+    ) -> None:
+        """Count one request now (after a granted :meth:`check`)."""
+        now = self._clock() if now is None else now
+        self._keep = max(self._keep, max((w.limit for w in windows), default=0))
+        self._append(now)
+        self._slots["all"] = _next_slot(self._slots.get("all", -math.inf), now, plan_spacing)
+        if tier != "all":
+            self._slots[tier] = _next_slot(self._slots.get(tier, -math.inf), now, spacing)
+
+    async def reserve(
+        self,
+        windows: Sequence[Window],
+        *,
+        tier: str,
+        spacing: float,
+        plan_spacing: float,
+        margin: float,
+        member: str = "",
+    ) -> Verdict:
+        """See :class:`PacingStore`; never raises."""
+        now = self._clock()
+        verdict = self.check(windows, tier=tier, margin=margin, now=now)
+        if verdict.granted:
+            self.record(windows, tier=tier, spacing=spacing, plan_spacing=plan_spacing, now=now)
+        return verdict
+
+    async def replay(self, grants: Sequence[tuple[str, float]], *, retention: float) -> None:
+        """Nothing to do: this store is never unreachable."""
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
+
+# One script call checks every window and reserves, atomically, on the server's clock, so
+# processes on machines with skewed clocks agree. Times are integer microseconds; numbers
+# that go into commands are formatted with %.0f (Lua's tostring keeps only 14 digits).
+# One sorted set holds the requests of the longest window; each window is a ZCOUNT.
+_RESERVE_LUA = """
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local member = ARGV[1]
+local margin = tonumber(ARGV[2])
+local lateness = tonumber(ARGV[3])
+local plan_spacing = tonumber(ARGV[4])
+local tier = ARGV[5]
+local spacing = tonumber(ARGV[6])
+local retention = tonumber(ARGV[7])
+local n = tonumber(ARGV[8])
+local function f(x) return string.format('%.0f', x) end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. f(now - retention))
+local function slot_of(field)
+  local v = redis.call('HGET', KEYS[2], field)
+  if v then return tonumber(v) end
+  return nil
+end
+local all_slot = slot_of('all')
+local tier_slot = slot_of(tier)
+local wait, blocking = 0, -1
+if all_slot and all_slot - now > wait then wait = all_slot - now end
+if tier_slot and tier_slot - now > wait then wait = tier_slot - now end
+for i = 1, n do
+  local period = tonumber(ARGV[7 + 2 * i])
+  local limit = tonumber(ARGV[8 + 2 * i])
+  local since = '(' .. f(now - period - margin)
+  if redis.call('ZCOUNT', KEYS[1], since, '+inf') >= limit then
+    local e = redis.call('ZREVRANGEBYSCORE', KEYS[1], '+inf', since, 'WITHSCORES', 'LIMIT',
+      limit - 1, 1)
+    local reopens = tonumber(e[2]) + period + margin - now
+    if reopens > wait then wait = reopens; blocking = i - 1 end
+  end
+end
+if wait > 0 then return {0, math.ceil(wait), blocking} end
+redis.call('ZADD', KEYS[1], f(now), member)
+local function advance(field, slot, step)
+  local base = now
+  if slot and slot <= now and now < slot + lateness then base = slot end
+  local nxt = base + step
+  if slot and slot > nxt then nxt = slot end
+  redis.call('HSET', KEYS[2], field, f(nxt))
+end
+advance('all', all_slot, plan_spacing)
+if tier ~= 'all' then advance(tier, tier_slot, spacing) end
+redis.call('PEXPIRE', KEYS[1], math.ceil(retention / 1000) + 1000)
+redis.call('PEXPIRE', KEYS[2], math.ceil(math.max(plan_spacing, spacing) / 1000) + 1000)
+return {1, 0, -1}
+"""
+
+# Requests made while Redis was unreachable (or before it restarted empty), by age: added
+# unless already there, so every surviving process can restore what it sent.
+_REPLAY_LUA = """
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local retention = tonumber(ARGV[1])
+for i = 2, #ARGV, 2 do
+  local score = now - tonumber(ARGV[i + 1])
+  if score > now - retention then
+    redis.call('ZADD', KEYS[1], 'NX', string.format('%.0f', score), ARGV[i])
+  end
+end
+if #ARGV > 1 then redis.call('PEXPIRE', KEYS[1], math.ceil(retention / 1000) + 1000) end
+return 1
+"""
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (safe for logs and errors)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def key_prefix(client_id: str, namespace: str = "facematch:pacing") -> str:
+    """Redis key prefix for ``client_id``: a hash of the id (never the secret).
+
+    The braces are a Redis Cluster hash tag: both keys of a client land in one slot.
+    """
+    digest = hashlib.sha256(client_id.encode("utf-8")).hexdigest()[:24]
+    return f"{namespace}:{{{digest}}}"
+
+
+class RedisStore:
+    """Windows in Redis, shared by every process naming the same URL and client id.
+
+    Keys: ``<prefix>:stamps`` (a sorted set of the longest window's requests, at most its
+    limit) and ``<prefix>:slots`` (the next pacing slot per tier), both with a TTL of the
+    longest window, so Redis memory is bounded by the plan, not by the requests sent.
+
+    Args:
+        url: ``redis://[:password@]host:port/db`` (or ``rediss://``).
+        client_id: The API key's client id; only its hash reaches Redis.
+        timeout: Seconds for connecting and for each script call; slower is a failure.
+        namespace: Key prefix, for sharing one Redis among deployments.
+    """
+
+    shared = True
+
+    def __init__(
+        self,
+        url: str,
+        client_id: str,
+        *,
+        timeout: float = 0.5,
+        namespace: str = "facematch:pacing",
+    ) -> None:
+        if not client_id:
+            raise ValueError("a shared pacing store needs the client id")
+        self.url = url
+        self.timeout = timeout
+        self.prefix = key_prefix(client_id, namespace)
+        self.stamps_key = f"{self.prefix}:stamps"
+        self.slots_key = f"{self.prefix}:slots"
+        self._redis: Redis | None = None
+        self._reserve: Any = None
+        self._replay: Any = None
+
+    def __repr__(self) -> str:
+        return f"RedisStore({redact_url(self.url)!r})"
+
+    def _client(self) -> Redis:
+        if self._redis is None:
+            try:
+                from redis.asyncio import Redis
+                from redis.backoff import NoBackoff
+                from redis.retry import Retry
+            except ImportError:  # pragma: no cover (depends on the install)
+                raise PacingStoreError(
+                    'a Redis pacing store needs redis-py: pip install "facematch-async[redis]"'
+                ) from None
+            # No retries inside redis-py: the pacer decides (fallback, periodic probe).
+            self._redis = Redis.from_url(
+                self.url,
+                socket_timeout=self.timeout,
+                socket_connect_timeout=self.timeout,
+                retry=Retry(NoBackoff(), 0),
+            )
+            self._reserve = self._redis.register_script(_RESERVE_LUA)
+            self._replay = self._redis.register_script(_REPLAY_LUA)
+        return self._redis
+
+    def _error(self, exc: BaseException) -> PacingStoreError:
+        detail = f": {exc}" if str(exc) else ""
+        return PacingStoreError(
+            f"rate-limit store {redact_url(self.url)} unreachable: {type(exc).__name__}{detail}"
+        )
+
+    async def _call(self, call: Callable[[], Awaitable[Any]]) -> Any:
+        from redis.exceptions import RedisError
+
+        try:
+            with anyio.fail_after(self.timeout):
+                return await call()
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise self._error(exc) from exc
+
+    async def ping(self) -> None:
+        """Check the store answers.
+
+        Raises:
+            PacingStoreError: it does not (the message names the URL, without password).
+        """
+        client = self._client()
+        await self._call(client.ping)
+
+    async def reserve(
+        self,
+        windows: Sequence[Window],
+        *,
+        tier: str,
+        spacing: float,
+        plan_spacing: float,
+        margin: float,
+        member: str,
+    ) -> Verdict:
+        """See :class:`PacingStore`."""
+        self._client()
+        retention = max((w.period for w in windows), default=0.0) + margin
+        args: list[Any] = [
+            member,
+            round(margin * 1e6),
+            round(_LATENESS * 1e6),
+            round(plan_spacing * 1e6),
+            tier,
+            round(spacing * 1e6),
+            round(retention * 1e6),
+            len(windows),
+        ]
+        for window in windows:
+            args += [round(window.period * 1e6), window.limit]
+        reply = await self._call(
+            lambda: self._reserve(keys=[self.stamps_key, self.slots_key], args=args)
+        )
+        granted, wait_us, blocking = (int(x) for x in reply)
+        if granted:
+            return Verdict(True)
+        blocked = windows[blocking] if 0 <= blocking < len(windows) else None
+        return Verdict(False, wait_us / 1e6, blocked)
+
+    async def replay(self, grants: Sequence[tuple[str, float]], *, retention: float) -> None:
+        """See :class:`PacingStore`."""
+        client = self._client()
+        if not grants:
+            await self._call(client.ping)  # a probe must reach the server, even with nothing
+            return
+        # In chunks: a day's Enterprise quota is 50,000 requests, too many for one call.
+        for start in range(0, len(grants), 1000):
+            args: list[Any] = [round(retention * 1e6)]
+            for member, age in grants[start : start + 1000]:
+                args += [member, max(0, round(age * 1e6))]
+            await self._call(functools.partial(self._replay, keys=[self.stamps_key], args=args))
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        if self._redis is not None:
+            redis, self._redis = self._redis, None
+            try:
+                await redis.aclose()
+            except Exception:  # closing a pool to a dead server must not raise
+                logger.debug("closing the Redis pool failed", exc_info=True)
+
+
+class AdaptiveRate:
+    """This process's send rate, lowered on throttling and recovered gradually (AIMD/CUBIC).
+
+    Like botocore's adaptive retry mode: a 429 the windows did not predict means someone
+    outside the store uses the key, so this process multiplies its measured rate by
+    ``beta`` (never below ``floor`` requests/s), then recovers along a cubic curve that
+    reaches the rate it had before in ``recovery`` seconds and grows past it afterwards,
+    until it reaches ``ceiling`` (the plan's rate) and the cap is lifted.
+
+    Args:
+        ceiling: The rate without throttling (requests/s), e.g. the plan's.
+        beta: Factor applied on throttling.
+        floor: Lowest rate (requests/s).
+        recovery: Seconds to climb back to the rate before the last decrease.
+        cooldown: 429s closer than this to the last decrease count once (they answer
+            requests sent before it).
+        clock: Monotonic seconds.
+    """
+
+    def __init__(
+        self,
+        ceiling: float,
+        *,
+        beta: float = 0.5,
+        floor: float = 0.1,
+        recovery: float = 20.0,
+        cooldown: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if ceiling <= 0 or not 0 < beta < 1 or floor <= 0 or recovery <= 0:
+            raise ValueError(
+                "AdaptiveRate needs ceiling > 0, 0 < beta < 1, floor > 0 and recovery > 0"
+            )
+        self.ceiling = ceiling
+        self.beta = beta
+        self.floor = min(floor, ceiling)
+        self.recovery = recovery
+        self.cooldown = cooldown
+        self._clock = clock
+        self._sent: deque[float] = deque()
+        self._measure = 2.0  # seconds of sends the measured rate looks at
+        self._last_max = ceiling  # the rate before the last decrease
+        self._decreased_at: float | None = None
+        self.decreases = 0
+
+    def on_send(self) -> None:
+        """Count one request sent (feeds the measured rate)."""
+        now = self._clock()
+        self._sent.append(now)
+        while self._sent and self._sent[0] < now - self._measure:
+            self._sent.popleft()
+
+    def measured(self) -> float:
+        """Requests/s sent over the last two seconds."""
+        now = self._clock()
+        while self._sent and self._sent[0] < now - self._measure:
+            self._sent.popleft()
+        return len(self._sent) / self._measure
+
+    def rate(self) -> float | None:
+        """The current cap in requests/s, or ``None`` when not throttled."""
+        if self._decreased_at is None:
+            return None
+        elapsed = self._clock() - self._decreased_at
+        # CUBIC: W(t) = C (t - K)^3 + W_max, with K the time back to W_max.
+        scale = self._last_max * (1 - self.beta) / self.recovery**3
+        value = scale * (elapsed - self.recovery) ** 3 + self._last_max
+        if value >= self.ceiling:
+            self._decreased_at = None
+            logger.info("adaptive rate: back to the full %.2f requests/s", self.ceiling)
+            return None
+        return max(self.floor, value)
+
+    def on_throttle(self) -> bool:
+        """A 429 the windows did not predict; returns whether the rate was lowered."""
+        now = self._clock()
+        if self._decreased_at is not None and now - self._decreased_at < self.cooldown:
+            return False
+        current = self.rate()
+        base = self.measured() or (current if current is not None else self.ceiling)
+        if current is not None:
+            base = min(base, current)
+        self._last_max = max(self.floor, base)
+        self._decreased_at = now
+        self.decreases += 1
+        new = max(self.floor, self.beta * self._last_max)
+        logger.info(
+            "adaptive rate: a 429 the windows did not predict; %.2f -> %.2f requests/s",
+            base,
+            new,
+        )
+        # Start the curve at the lowered rate: rate() at elapsed 0 is beta * last_max.
+        return True
+
+
+_Fallback = int | Literal["pause"]
+
+
+class Pacer(RateLimiter):
+    """A :class:`RateLimiter` whose windows live in a store, optionally shared through Redis.
+
+    Every ``acquire()`` reserves a slot in the store when every window (less ``reserve``)
+    has room and the pace allows, else sleeps for the wait the store reports and asks
+    again. One task per process asks at a time (a fair lock), so a waiting process costs
+    Redis about one script call per slot.
+
+    Args:
+        windows: A plan name, a spec or windows (see :func:`parse_rate_limit`).
+        store: ``None`` (this process), a ``redis://`` URL, or a :class:`PacingStore`.
+        client_id: The key's client id; required with a Redis URL (only its hash is used).
+        reserve: Share of every window left to other callers by default (0 to <1): a bulk
+            job passes 0.25, live callers 0. ``acquire(reserve=...)`` overrides it.
+        adaptive: Lower this process's rate on 429s (``True`` or an :class:`AdaptiveRate`);
+            the runner's ``pause()`` after a 429 is the signal.
+        fallback: When a shared store is lost mid-run: an assumed number of processes
+            sharing the key (each then paces at 1/N of the plan, after waiting out the
+            windows of a minute or less), or ``"pause"`` (no requests until it returns).
+        retry_interval: Seconds between attempts to reach a lost store.
+        store_timeout: Seconds per Redis call when ``store`` is a URL.
+        margin, clock, sleep: As for :class:`RateLimiter`.
+    """
+
+    def __init__(
+        self,
+        windows: str | Sequence[Window] | None,
+        *,
+        store: str | PacingStore | None = None,
+        client_id: str | None = None,
+        reserve: float = 0.0,
+        adaptive: bool | AdaptiveRate = False,
+        fallback: _Fallback = 4,
+        retry_interval: float = 2.0,
+        store_timeout: float = 0.5,
+        margin: float = 0.05,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    ) -> None:
+        super().__init__(windows, margin=margin, clock=clock, sleep=sleep)
+        if isinstance(store, str):
+            store = RedisStore(store, client_id or "", timeout=store_timeout)
+        self.store: PacingStore = store if store is not None else MemoryStore(clock)
+        effective_windows(self.windows, reserve)  # validates
+        self.reserve = reserve
+        if fallback != "pause" and (not isinstance(fallback, int) or fallback < 1):
+            raise ValueError(f"fallback must be a process count >= 1 or 'pause': {fallback!r}")
+        self.fallback = fallback
+        self.retry_interval = retry_interval
+        plan_rate = 1.0 / self._spacing if self._spacing > 0 else 0.0
+        if adaptive is True and plan_rate <= 0:
+            raise ValueError("adaptive pacing needs a window of a minute or less")
+        self.adaptive: AdaptiveRate | None = (
+            AdaptiveRate(plan_rate, clock=clock) if adaptive is True else adaptive or None
+        )
+        self._keep = max((w.limit for w in self.windows), default=0)
+        # This process's own requests (member, clock time), to restore them in a store that
+        # lost them and to seed the local fallback: bounded by the largest limit.
+        self._own: deque[tuple[str, float]] = deque(maxlen=self._keep or 1)
+        self._token = os.urandom(6).hex()
+        self._counter = itertools.count()
+        self._started = False
+        self.degraded = False  # the shared store is unreachable: pacing locally
+        self._local: MemoryStore | None = None
+        self._hold_until = -math.inf
+        self._grace_until = -math.inf
+        self._next_probe = -math.inf
+        self._adaptive_next = -math.inf
+        self._last_wait = 0.0
+        self._pending_member = ""
+        self.fallbacks = 0  # times the shared store was lost
+
+    def __repr__(self) -> str:
+        spec = ",".join(map(str, self.windows)) or "none"
+        return f"Pacer({spec!r}, store={self.store!r}, reserve={self.reserve})"
+
+    @property
+    def current_rate(self) -> float | None:
+        """This process's adaptive cap in requests/s, or ``None`` (only the windows apply)."""
+        return None if self.adaptive is None else self.adaptive.rate()
+
+    async def start(self) -> None:
+        """Connect to the store (a no-op in memory).
+
+        Raises:
+            PacingStoreError: a shared store is unreachable (the message names its URL).
+        """
+        ping = getattr(self.store, "ping", None)
+        if ping is not None:
+            await ping()
+        self._started = True
+
+    async def aclose(self) -> None:
+        """Release the store's connections."""
+        await self.store.aclose()
+
+    def seed(self, sent_at: Sequence[float]) -> None:
+        """Count earlier requests (``clock()`` times); only a local store needs them."""
+        if isinstance(self.store, MemoryStore):
+            self.store.seed(sent_at, self._keep)
+
+    def pause(self, seconds: float) -> None:
+        """Hold every request back; with ``adaptive``, a 429 also lowers this process's rate."""
+        if self.adaptive is not None:
+            self.adaptive.on_throttle()
+        super().pause(seconds)
+
+    def wait_time(self) -> float:
+        """Seconds the last ``acquire()`` was told to wait, or the local pause, if longer."""
+        return max(self.paused_for, self._last_wait)
+
+    def _tier(self, reserve: float) -> tuple[str, tuple[Window, ...], float]:
+        if reserve == 0:
+            return "all", self.windows, self._spacing
+        windows = effective_windows(self.windows, reserve)
+        return f"r{reserve:g}", windows, _spacing(windows)
+
+    async def acquire(self, *, stop_at_quota: bool = False, reserve: float | None = None) -> None:
+        """Wait until every window (less ``reserve``) has room, then count one request.
+
+        Raises:
+            QuotaExhaustedError: ``stop_at_quota`` and a window of an hour or more is full.
+            PacingStoreError: the shared store was unreachable at the first call.
+        """
+        if not self.windows:
+            await super().acquire(stop_at_quota=stop_at_quota)
+            return
+        tier, windows, spacing = self._tier(self.reserve if reserve is None else reserve)
+        async with self._lock:
+            if not self._started:
+                await self.start()
+            while True:
+                now = self._clock()
+                wait = max(self._paused_until, self._adaptive_next) - now
+                if wait > _EPSILON:
+                    await self._sleep(wait)
+                    continue
+                verdict = await self._ask(windows, tier, spacing)
+                if verdict.granted:
+                    self._last_wait = 0.0
+                    self._granted()
+                    return
+                window = verdict.window
+                if stop_at_quota and window is not None and window.period >= QUOTA_PERIOD:
+                    raise QuotaExhaustedError(window, verdict.wait)
+                self._last_wait = verdict.wait
+                await self._sleep(max(verdict.wait, _EPSILON))
+
+    def _granted(self) -> None:
+        now = self._clock()
+        self._own.append((self._pending_member, now))
+        if self.adaptive is not None:
+            self.adaptive.on_send()
+            rate = self.adaptive.rate()
+            self._adaptive_next = now + 1.0 / rate if rate else -math.inf
+
+    async def _ask(self, windows: tuple[Window, ...], tier: str, spacing: float) -> Verdict:
+        self._pending_member = f"{self._token}:{next(self._counter)}"
+        now = self._clock()
+        if self.degraded and now >= self._next_probe:
+            await self._probe(now)
+        if not self.degraded:
+            # Just back from a fallback: other processes may still pace locally and unseen,
+            # so this one keeps to its local share too until every one has had time to return.
+            local = self._local if now < self._grace_until else None
+            if local is not None:
+                check = local.check(self._share(windows), tier=tier, margin=self.margin)
+                if not check.granted:
+                    return check
+            try:
+                verdict = await self.store.reserve(
+                    windows,
+                    tier=tier,
+                    spacing=spacing,
+                    plan_spacing=self._spacing,
+                    margin=self.margin,
+                    member=self._pending_member,
+                )
+            except PacingStoreError as error:
+                self._enter_fallback(error)
+            else:
+                if verdict.granted and local is not None:
+                    local.record(
+                        self._share(windows), tier=tier, spacing=spacing, plan_spacing=self._spacing
+                    )
+                return verdict
+        return self._ask_locally(windows, tier, spacing)
+
+    def _share(self, windows: Sequence[Window]) -> tuple[Window, ...]:
+        """A 1/N share of ``windows`` (at least one request per N-times-longer period)."""
+        n = 1 if self.fallback == "pause" else self.fallback
+        return tuple(
+            Window(w.limit // n, w.period) if w.limit >= n else Window(1, w.period * n / w.limit)
+            for w in windows
+        )
+
+    def _ask_locally(self, windows: tuple[Window, ...], tier: str, spacing: float) -> Verdict:
+        now = self._clock()
+        probe = max(self._next_probe - now, _EPSILON)
+        if self.fallback == "pause":
+            return Verdict(False, probe)
+        if now < self._hold_until:
+            return Verdict(False, min(self._hold_until - now, probe))
+        assert self._local is not None
+        share = self._share(windows)
+        verdict = self._local.check(share, tier=tier, margin=self.margin, now=now)
+        if not verdict.granted:
+            # Wake for the next probe too, so recovery is not delayed by a long local wait.
+            return Verdict(False, min(verdict.wait, probe), verdict.window)
+        pace = _spacing(share)
+        self._local.record(share, tier=tier, spacing=pace, plan_spacing=pace, now=now)
+        return verdict
+
+    def _enter_fallback(self, error: PacingStoreError) -> None:
+        now = self._clock()
+        self.degraded = True
+        self.fallbacks += 1
+        self._next_probe = now + self.retry_interval
+        self._local = MemoryStore(self._clock)
+        self._local.seed([stamp for _, stamp in self._own], self._keep)
+        if self.fallback == "pause":
+            logger.warning(
+                "%s; PAUSING every request until it returns (retrying every %g s)",
+                error,
+                self.retry_interval,
+            )
+            return
+        # Other processes' requests in the windows of a minute or less are unknown now:
+        # wait those windows out, then pace at 1/N of the plan.
+        short = [w.period for w in self.windows if w.period <= _MAX_PACED_PERIOD]
+        hold = max(short, default=0.0) + self.margin
+        self._hold_until = now + hold
+        share = ",".join(map(str, self._share(self.windows)))
+        logger.warning(
+            "%s; FALLING BACK to a local share of the plan (1/%d: %s) after waiting %.1f s "
+            "for the short windows to empty; retrying the store every %g s",
+            error,
+            self.fallback,
+            share,
+            hold,
+            self.retry_interval,
+        )
+
+    async def _probe(self, now: float) -> None:
+        self._next_probe = now + self.retry_interval
+        retention = max((w.period for w in self.windows), default=0.0) + self.margin
+        ages = [(member, now - stamp) for member, stamp in self._own if now - stamp < retention]
+        try:
+            await self.store.replay(ages, retention=retention)
+        except PacingStoreError:
+            return
+        self.degraded = False
+        short = [w.period for w in self.windows if w.period <= _MAX_PACED_PERIOD]
+        self._grace_until = now + max(short, default=0.0) + self.margin + self.retry_interval
+        logger.warning(
+            "rate-limit store %s is back: shared pacing resumed (%d own requests restored)",
+            redact_url(self.store.url) if isinstance(self.store, RedisStore) else self.store,
+            len(ages),
+        )
