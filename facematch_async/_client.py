@@ -29,6 +29,7 @@ from facematch_async._images import (
     start_load,
 )
 from facematch_async._models import FaceMatchResult
+from facematch_async._pacing import Pacer
 from facematch_async._ratelimit import RateLimiter, Window, parse_rate_limit
 from facematch_async._responses import RawResponse, parse_authorize, parse_facematch
 from facematch_async._retry import RateLimitPauses, RetryPolicy, call_with_retries
@@ -99,6 +100,15 @@ class FaceMatchClient:
         ssl_context: TLS settings, e.g. to trust a private CA. By default certificates and
             host names are verified against the system's CAs; there is no switch to turn
             verification off.
+        rate_limit: Pace every attempt of every call (retries included) within the key's
+            plan: ``"starter"``, ``"business"``, ``"growth"``, ``"enterprise"``, a spec
+            such as ``"10/s,300/min,20000/day"``, or a :class:`RateLimiter`. Default:
+            ``$DEEPVUE_RATE_LIMIT``, else none. A wait for a slot draws from the call's
+            deadline; a 429 the windows did not predict lowers the rate, which recovers.
+        rate_limit_store: ``redis://host:6379/0`` (extra ``redis``): share the windows
+            with every process, on any machine, that names the same Redis and client id.
+            Default: ``$DEEPVUE_RATE_LIMIT_STORE``. Unreachable at the first call: the
+            call fails naming the URL; lost later: a conservative local share, loudly.
 
     Raises:
         ValueError: a missing credential or an invalid option.
@@ -125,6 +135,7 @@ class FaceMatchClient:
         trace_configs: list[aiohttp.TraceConfig] | None = None,
         ssl_context: ssl.SSLContext | None = None,
         rate_limit: str | Sequence[Window] | RateLimiter | None = None,
+        rate_limit_store: str | None = None,
     ) -> None:
         client_id = client_id or os.environ.get("DEEPVUE_CLIENT_ID")
         client_secret = client_secret or os.environ.get("DEEPVUE_CLIENT_SECRET")
@@ -174,13 +185,7 @@ class FaceMatchClient:
         self._tokens: TokenManager | StaticTokenSource = (
             StaticTokenSource(access_token) if access_token else TokenManager(self._authorize)
         )
-        if rate_limit is None:
-            rate_limit = os.environ.get("DEEPVUE_RATE_LIMIT") or None
-        self.pacer: RateLimiter | None = (
-            rate_limit
-            if isinstance(rate_limit, RateLimiter)
-            else (RateLimiter(rate_limit) if parse_rate_limit(rate_limit) else None)
-        )
+        self.pacer = _make_pacer(rate_limit, rate_limit_store, client_id)
         self.rate_limit_pauses = RateLimitPauses(self.retry_policy.max_retry_after)
 
     @property
@@ -211,9 +216,12 @@ class FaceMatchClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the connection pool. Safe to call twice; the client cannot be reused."""
+        """Close the connection pool (and the rate-limit store's). Safe to call twice; the
+        client cannot be reused."""
         self._tokens.close()
         await self._transport.aclose()
+        if isinstance(self.pacer, Pacer):
+            await self.pacer.aclose()
 
     def _secrets(self) -> tuple[str, ...]:
         token = self._tokens.cached()
@@ -340,15 +348,21 @@ class FaceMatchClient:
             APIConnectionError: the API could not be reached (after the retries);
                 ``DeadlineExceededError`` when ``deadline`` ran out first.
             ClientClosedError: the client is closed.
+            PacingStoreError: the client's ``rate_limit_store`` cannot be reached.
             FaceMatchError: any other failure of the authorize call.
         """
         if self.closed:
             raise ClientClosedError("the client is closed")
         budget = self._start_deadline(deadline)
         if budget is None:
-            await self._tokens.get()
+            await self._check_now()
         else:
-            await budget.run(self._tokens.get)
+            await budget.run(self._check_now)
+
+    async def _check_now(self) -> None:
+        if isinstance(self.pacer, Pacer):
+            await self.pacer.start()  # a shared store: reachable now, or PacingStoreError
+        await self._tokens.get()
 
     def _pacing(self, pacing: CallPacing | None, deadline: Deadline | None) -> CallPacing | None:
         """The pacing of one call: the caller's, else the client's own rate limit's."""
@@ -514,6 +528,31 @@ class FaceMatchClient:
             await self._tokens.get()
             await pacing.before_attempt()
         return await self._tokens.get()
+
+
+def _make_pacer(
+    rate_limit: str | Sequence[Window] | RateLimiter | None,
+    store: str | None,
+    client_id: str | None,
+) -> RateLimiter | None:
+    """The client's own pacing from its arguments, else ``$DEEPVUE_RATE_LIMIT`` and
+    ``$DEEPVUE_RATE_LIMIT_STORE``; ``None`` without a rate limit."""
+    if isinstance(rate_limit, RateLimiter):
+        if store is not None:
+            raise ValueError("rate_limit_store goes with a plan or spec, not a RateLimiter")
+        return rate_limit
+    windows = parse_rate_limit(rate_limit or os.environ.get("DEEPVUE_RATE_LIMIT") or None)
+    store = store or os.environ.get("DEEPVUE_RATE_LIMIT_STORE") or None
+    if not windows:
+        if store is not None:
+            raise ValueError("rate_limit_store needs a rate_limit (a plan or a spec)")
+        return None
+    if store is not None and not client_id:
+        raise ValueError("rate_limit_store keys the shared windows by client_id: pass it")
+    # Adaptive: a 429 the windows did not predict (another user of the key) lowers this
+    # process's rate, then it recovers; it needs a window of a minute or less to pace.
+    adaptive = any(window.period <= 60 for window in windows)
+    return Pacer(windows, store=store, client_id=client_id, adaptive=adaptive)
 
 
 class _MatchCall:

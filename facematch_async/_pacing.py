@@ -39,6 +39,7 @@ from urllib.parse import urlsplit, urlunsplit
 import anyio
 
 from facematch_async._ratelimit import QUOTA_PERIOD, QuotaExhaustedError, RateLimiter, Window
+from facematch_async.errors import PacingStoreError
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -61,10 +62,6 @@ logger = logging.getLogger("facematch_async")
 _EPSILON = 1e-9
 _MAX_PACED_PERIOD = 60.0  # as in _ratelimit: daily quotas are never spread evenly
 _LATENESS = 0.01  # seconds: a request this late after its slot still kept the pace
-
-
-class PacingStoreError(Exception):
-    """The pacing store cannot be reached or answered too slowly (the message names it)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@
 ```
 FaceMatchError                       base: status_code, sub_code, message, detail, transaction_id
 ├── ClientClosedError                the client was closed before or during the call
+├── PacingStoreError                 the shared rate-limit store (Redis) cannot be reached at start
 ├── ImageError                       an input image cannot be matched (found locally or by the API)
 │   ├── ImageReadError               the file cannot be read: missing, a directory, no permission
 │   ├── EmptyImageError              the image has no bytes
@@ -52,6 +53,7 @@ __all__ = [
     "InternalServerError",
     "InvalidTokenError",
     "NoFaceFoundError",
+    "PacingStoreError",
     "PermissionDeniedError",
     "RateLimitError",
     "RequestValidationError",
@@ -102,6 +104,12 @@ class FaceMatchError(Exception):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self)!r})"
+
+
+class PacingStoreError(FaceMatchError):
+    """The shared rate-limit store (``rate_limit_store``, Redis) cannot be reached, or
+    answered too slowly, at the start; the message names its URL (never its password).
+    Lost later, the client falls back to a local share of the plan instead of raising."""
 
 
 class ClientClosedError(FaceMatchError):

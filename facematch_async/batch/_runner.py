@@ -43,7 +43,14 @@ from typing import Any, Literal, TypeAlias
 from facematch_async._client import FaceMatchClient
 from facematch_async._images import PreparedMatch
 from facematch_async._models import FaceMatchResult
-from facematch_async._ratelimit import QUOTA_PERIOD, QuotaExhaustedError, RateLimiter, Window
+from facematch_async._pacing import Pacer
+from facematch_async._ratelimit import (
+    QUOTA_PERIOD,
+    QuotaExhaustedError,
+    RateLimiter,
+    Window,
+    parse_rate_limit,
+)
 from facematch_async._retry import is_retryable
 from facematch_async.batch._index import KeyIndex
 from facematch_async.batch._manifest import ManifestProblem, PairSpec
@@ -57,6 +64,7 @@ from facematch_async.errors import (
     FaceMatchError,
     InvalidTokenError,
     NoFaceFoundError,
+    PacingStoreError,
     RateLimitError,
 )
 
@@ -151,6 +159,10 @@ class BatchRunner:
             (:meth:`waiting_reason`).
         deadline: Seconds each pair's call may take in all (see ``FaceMatchClient``'s
             ``deadline``); default none, whatever the client's default.
+        reserve: The share of every window (0 to below 1, e.g. ``0.25``) this batch leaves
+            to the key's other callers (the live onboarding service): the batch uses at most
+            the rest, while direct ``client.match`` calls may use the whole window. Shared
+            across processes with the client's ``rate_limit_store``. Default 0.
 
     Attributes:
         limiter: The rate limiter in use.
@@ -177,6 +189,7 @@ class BatchRunner:
         index_dir: str | Path | None = None,
         max_pause: float | None = None,
         deadline: float | None = None,
+        reserve: float = 0.0,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, not {concurrency}")
@@ -190,10 +203,17 @@ class BatchRunner:
             self.limiter = client.pacer
         elif isinstance(rate_limit, RateLimiter):
             self.limiter = rate_limit
-        elif isinstance(rate_limit, _FromClient):
-            self.limiter = RateLimiter("business")
         else:
-            self.limiter = RateLimiter(rate_limit)
+            windows = parse_rate_limit(
+                "business" if isinstance(rate_limit, _FromClient) else rate_limit
+            )
+            adaptive = any(window.period <= 60 for window in windows)
+            self.limiter = Pacer(windows, adaptive=adaptive)
+        if not 0 <= reserve < 1:
+            raise ValueError(f"reserve must be a share from 0 to below 1, not {reserve!r}")
+        if reserve and not isinstance(self.limiter, Pacer):
+            raise ValueError("reserve needs a Pacer (a rate_limit spec), not a plain RateLimiter")
+        self.reserve = reserve
         self.stop_at_quota = stop_at_quota
         self.rate_limit_rounds = rate_limit_rounds
         self.outage_threshold = outage_threshold
@@ -252,6 +272,9 @@ class BatchRunner:
         return None
 
     def _acquire(self) -> Coroutine[Any, Any, None]:
+        if self.reserve:
+            assert isinstance(self.limiter, Pacer)
+            return self.limiter.acquire(stop_at_quota=self.stop_at_quota, reserve=self.reserve)
         return self.limiter.acquire(stop_at_quota=self.stop_at_quota)
 
     async def _idle(self, wait: Coroutine[Any, Any, None]) -> None:
@@ -686,7 +709,7 @@ class BatchRunner:
                     rounds += 1
                     continue
                 status, pair_error = "error", PairError.from_exception(error)
-            except (AuthenticationError, ClientClosedError) as error:
+            except (AuthenticationError, ClientClosedError, PacingStoreError) as error:
                 # Every later pair would fail alike: stop, and leave this one for a resume.
                 if self.fatal_error is None:
                     self.fatal_error = error

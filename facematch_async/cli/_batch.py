@@ -70,6 +70,22 @@ def add_batch_parser(
         "'10/s,300/min,20000/day', or 'none' (env DEEPVUE_RATE_LIMIT, else %(default)s)",
     )
     parser.add_argument(
+        "--rate-limit-store",
+        metavar="URL",
+        default=os.environ.get("DEEPVUE_RATE_LIMIT_STORE"),
+        help="redis://host:6379/0: share the key's windows with every process (any machine, "
+        "any shard, the live service) naming the same Redis and client id "
+        "(env DEEPVUE_RATE_LIMIT_STORE)",
+    )
+    parser.add_argument(
+        "--reserve",
+        type=_share,
+        default=0.0,
+        metavar="SHARE",
+        help="leave this share of every window to the key's other callers, e.g. the live "
+        "onboarding service: 25%% or 0.25 (default 0)",
+    )
+    parser.add_argument(
         "--resume", action="store_true", help="skip pairs that already have a line in --out"
     )
     parser.add_argument(
@@ -119,6 +135,19 @@ def add_batch_parser(
     add_connection_arguments(parser)
     parser.set_defaults(func=run_batch)
     return parser
+
+
+def _share(text: str) -> float:
+    """``25%`` or ``0.25`` as a share from 0 to below 1."""
+    try:
+        share = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a share like 25% or 0.25, not {text!r}"
+        ) from None
+    if not 0 <= share < 1:
+        raise argparse.ArgumentTypeError(f"a share from 0 to below 100%, not {text!r}")
+    return share
 
 
 def _parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -288,6 +317,10 @@ def run_batch(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     if args.concurrency < 1:
         raise UsageError("--concurrency must be at least 1")
+    if args.reserve and not windows:
+        raise UsageError("--reserve leaves a share of the rate limit: give one (--rate-limit)")
+    if args.rate_limit_store and not windows:
+        raise UsageError("--rate-limit-store shares a rate limit: give one (--rate-limit)")
     if not args.out and not args.dry_run:
         raise UsageError("--out is required (or use --dry-run)")
     if args.index_dir is not None and not Path(args.index_dir).is_dir():
@@ -345,7 +378,8 @@ async def _run(
     options: dict[str, Any],
     shard: tuple[int, int] | None,
 ) -> int:
-    from facematch_async import AuthenticationError, FaceMatchClient
+    from facematch_async import AuthenticationError, FaceMatchClient, PacingStoreError
+    from facematch_async._pacing import Pacer
 
     summary = BatchSummary()
     total = _count_rows(Path(args.manifest))
@@ -363,14 +397,25 @@ async def _run(
     code = EXIT_OK
     disk_error: OSError | None = None
 
+    # The client paces every attempt (with a store: shared with the key's other processes).
+    options = {**options, "rate_limit": windows, "rate_limit_store": args.rate_limit_store}
     async with FaceMatchClient(**options) as client:
+        # Without a rate limit the runner must not fall back to its own default plan.
+        unpaced: dict[str, Any] = {} if client.pacer is not None else {"rate_limit": None}
         runner = BatchRunner(
             client,
             concurrency=args.concurrency,
-            rate_limit=RateLimiter(windows),
             stop_at_quota=args.stop_at_quota,
             index_dir=args.index_dir,
+            reserve=args.reserve,
+            **unpaced,
         )
+        if isinstance(client.pacer, Pacer):
+            try:
+                await client.pacer.start()  # a shared store: reachable now, or say so
+            except PacingStoreError as error:
+                print(f"facematch-async batch: {error}", file=sys.stderr)
+                return EXIT_CREDENTIALS
 
         def on_signal() -> None:
             nonlocal interrupted
@@ -398,7 +443,11 @@ async def _run(
             while True:
                 await asyncio.sleep(progress.interval)
                 summary.skipped = runner.skipped
-                progress.note = runner.waiting_reason() or ""
+                rate = getattr(client.pacer, "current_rate", None)
+                notes = [runner.waiting_reason() or ""]
+                if rate is not None:
+                    notes.append(f"pacing at {rate:.1f}/s (adaptive, after 429s)")
+                progress.note = " | ".join(note for note in notes if note)
                 progress.tick()
 
         reporter = asyncio.create_task(report())
@@ -425,6 +474,9 @@ async def _run(
             print(
                 f"\nfacematch-async batch: credentials refused, stopped: {error}", file=sys.stderr
             )
+            code = EXIT_CREDENTIALS
+        except PacingStoreError as error:
+            print(f"\nfacematch-async batch: {error}; stopped", file=sys.stderr)
             code = EXIT_CREDENTIALS
         except IndexStorageError as exc:
             disk_error = exc
