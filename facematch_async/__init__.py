@@ -14,7 +14,8 @@ async with FaceMatchClient(client_id="...", client_secret="...") as client:
 
 from facematch_async._client import PRODUCTION_BASE_URL, FaceMatchClient
 from facematch_async._events import RequestEvent, RequestHook
-from facematch_async._images import ImageInput
+from facematch_async._call_pacing import CallPacing
+from facematch_async._images import ImageInput, PreparedMatch
 from facematch_async._models import FaceMatchResult
 from facematch_async._ratelimit import RateLimiter
 from facematch_async._retry import RetryPolicy
@@ -64,6 +65,7 @@ __all__ = [
     "BadRequestError",
     "BatchRunner",
     "BatchSummary",
+    "CallPacing",
     "ClientClosedError",
     "CorruptImageError",
     "DeadlineExceededError",
@@ -84,6 +86,7 @@ __all__ = [
     "PairOutcome",
     "PairSpec",
     "PermissionDeniedError",
+    "PreparedMatch",
     "RateLimitError",
     "RateLimiter",
     "RequestEvent",
