@@ -12,9 +12,9 @@ async with FaceMatchClient(client_id="...", client_secret="...") as client:
 ```
 """
 
+from facematch_async._call_pacing import CallPacing
 from facematch_async._client import PRODUCTION_BASE_URL, FaceMatchClient
 from facematch_async._events import RequestEvent, RequestHook
-from facematch_async._call_pacing import CallPacing
 from facematch_async._images import ImageInput, PreparedMatch
 from facematch_async._models import FaceMatchResult
 from facematch_async._ratelimit import RateLimiter

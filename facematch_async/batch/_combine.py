@@ -26,8 +26,7 @@ from typing import Any
 
 from facematch_async.batch._index import KeyIndex
 from facematch_async.batch._manifest import pair_key, read_manifest
-from facematch_async.batch._outcome import STATUSES
-from facematch_async.batch._summary import LatencyHistogram
+from facematch_async.batch._summary import LatencyHistogram, format_counts
 
 __all__ = ["ShardsSummary", "summarize"]
 
@@ -76,15 +75,7 @@ class ShardsSummary:
             f"{self.pairs} pairs in {len(self.files)} files, {self.attempts} face-match requests"
         ]
         lines += [f"  {name}: {count} lines" for name, count in self.files.items()]
-        for status in STATUSES:
-            lines.append(f"  {status:<9}{self.statuses.get(status, 0):>9}")
-            for (code_status, code), count in sorted(self.codes.items()):
-                if code_status == status:
-                    lines.append(f"    {code:<28}{count:>7}")
-        quantiles = [self.latency.quantile(q) for q in (0.5, 0.95, 0.99)]
-        if quantiles[0] is not None:
-            p50, p95, p99 = (1000 * (q or 0.0) for q in quantiles)
-            lines.append(f"  latency  p50 {p50:.0f} ms  p95 {p95:.0f} ms  p99 {p99:.0f} ms")
+        lines += format_counts(self.statuses, self.codes, self.latency)
         if self.unreadable:
             lines.append(f"  {self.unreadable} unreadable lines ignored")
         lines.append(f"in more than one file: {self.duplicated}")

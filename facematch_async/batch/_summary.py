@@ -12,7 +12,7 @@ from collections import Counter
 
 from facematch_async.batch._outcome import STATUSES, PairOutcome
 
-__all__ = ["BatchSummary", "LatencyHistogram"]
+__all__ = ["BatchSummary", "LatencyHistogram", "format_counts"]
 
 
 class LatencyHistogram:
@@ -90,13 +90,22 @@ class BatchSummary:
             f"{self.done} pairs in {self.elapsed():.1f} s ({self.rate():.1f} pairs/s), "
             f"{self.attempts} face-match requests, {self.skipped} skipped"
         ]
-        for status in STATUSES:
-            lines.append(f"  {status:<9}{self.statuses.get(status, 0):>9}")
-            for (code_status, code), count in sorted(self.codes.items()):
-                if code_status == status:
-                    lines.append(f"    {code:<28}{count:>7}")
-        quantiles = [self.latency.quantile(q) for q in (0.5, 0.95, 0.99)]
-        if quantiles[0] is not None:
-            p50, p95, p99 = (1000 * (q or 0.0) for q in quantiles)
-            lines.append(f"  latency  p50 {p50:.0f} ms  p95 {p95:.0f} ms  p99 {p99:.0f} ms")
+        lines += format_counts(self.statuses, self.codes, self.latency)
         return "\n".join(lines)
+
+
+def format_counts(
+    statuses: Counter[str], codes: Counter[tuple[str, str]], latency: LatencyHistogram
+) -> list[str]:
+    """The lines of a report: each status with its codes, then latency p50/p95/p99."""
+    lines = []
+    for status in STATUSES:
+        lines.append(f"  {status:<9}{statuses.get(status, 0):>9}")
+        for (code_status, code), count in sorted(codes.items()):
+            if code_status == status:
+                lines.append(f"    {code:<28}{count:>7}")
+    quantiles = [latency.quantile(q) for q in (0.5, 0.95, 0.99)]
+    if quantiles[0] is not None:
+        p50, p95, p99 = (1000 * (q or 0.0) for q in quantiles)
+        lines.append(f"  latency  p50 {p50:.0f} ms  p95 {p95:.0f} ms  p99 {p99:.0f} ms")
+    return lines
