@@ -196,9 +196,13 @@ class BatchRunner:
         self.client = client
         self.concurrency = concurrency
         if client.pacer is not None:
-            if rate_limit is not _FROM_CLIENT:
+            same = isinstance(rate_limit, str | tuple) and (
+                parse_rate_limit(rate_limit) == client.pacer.windows
+            )
+            if not (rate_limit is _FROM_CLIENT or rate_limit is client.pacer or same):
                 raise ValueError(
-                    "the client paces every call with its own rate_limit: leave the runner's out"
+                    f"the client paces every call with its own rate_limit ({client.pacer!r}): "
+                    "leave the runner's out"
                 )
             self.limiter = client.pacer
         elif isinstance(rate_limit, RateLimiter):
