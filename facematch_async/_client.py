@@ -6,6 +6,7 @@ import asyncio
 import functools
 import itertools
 import logging
+import math
 import os
 import ssl
 import time
@@ -324,6 +325,8 @@ class FaceMatchClient:
 
     def _start_deadline(self, deadline: float | None) -> Deadline | None:
         """The budget of a call starting now: ``deadline``, else the client's default."""
+        if deadline == math.inf:  # the batch runner's "none": the hot path, no checks
+            return None
         seconds = self.deadline if deadline is None else validate_deadline(deadline)
         return None if seconds is None else Deadline(seconds)
 
@@ -498,8 +501,8 @@ class FaceMatchClient:
         except FaceMatchError as error:
             error.attempts = call.attempts
             raise
-        if pacing is not None:
-            self.rate_limit_pauses.reset()
+        if isinstance(pacing, LimiterPacing):
+            self.rate_limit_pauses.reset()  # (a batch's own pacing resets it itself)
         return result
 
     async def _send_once(self, call: _MatchCall, token: str) -> FaceMatchResult:

@@ -103,6 +103,11 @@ def _secret_forms(secrets: tuple[str, ...]) -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=64)
+def _lowered(forms: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(form.lower() for form in forms)
+
+
+@functools.lru_cache(maxsize=64)
 def _secret_pattern(forms: tuple[str, ...]) -> re.Pattern[str] | None:
     # Cached: a client sends the same secret and token on many calls in a row.
     alternatives = [_FOLD.join(_char_pattern(char) for char in form) for form in forms]
@@ -120,7 +125,7 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     forms = _secret_forms(tuple(secrets))
     if _ENCODINGS.search(text) is None:  # the common case: no echo at all
         lowered = text.lower()
-        if not any(form.lower() in lowered for form in forms):
+        if not any(form in lowered for form in _lowered(forms)):
             return text
     pattern = _secret_pattern(forms)
     return text if pattern is None else pattern.sub(_REDACTED, text)
