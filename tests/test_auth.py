@@ -19,11 +19,7 @@ from facematch_async._auth import (
     token_lifetime,
 )
 from facematch_async.sandbox import SandboxConfig, SandboxServer, ScriptedResponse
-
-from .conftest import CLIENT_ID, CLIENT_SECRET, Faces, MakeClient
-
-FACEMATCH = "/v1/facematch"
-AUTHORIZE = "/v1/authorize"
+from tests.helpers import AUTHORIZE, CLIENT_ID, CLIENT_SECRET, FACEMATCH, Faces, MakeClient
 
 
 def fake_jwt(**claims: object) -> str:

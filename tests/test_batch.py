@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,33 +18,19 @@ from facematch_async import (
     read_manifest,
 )
 from facematch_async.sandbox import (
-    EngineVerdict,
     SandboxConfig,
     SandboxServer,
     ScriptedResponse,
-    TestEngine,
     make_test_image,
 )
-
-from .conftest import CLIENT_ID, CLIENT_SECRET, Faces, MakeClient
-
-FACEMATCH = "/v1/facematch"
-
-
-class RecordingEngine(TestEngine):
-    """The TestEngine, plus a server-side timestamp per accepted request and optional delay."""
-
-    def __init__(self, delay: float = 0.0) -> None:
-        self.delay = delay
-        self.stamps: list[float] = []
-        self._lock = threading.Lock()
-
-    def compare(self, image_a: bytes, image_b: bytes) -> EngineVerdict:
-        with self._lock:
-            self.stamps.append(time.monotonic())
-        if self.delay:
-            time.sleep(self.delay)
-        return super().compare(image_a, image_b)
+from tests.helpers import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    FACEMATCH,
+    Faces,
+    MakeClient,
+    RecordingEngine,
+)
 
 
 @pytest.fixture

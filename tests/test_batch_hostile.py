@@ -19,16 +19,11 @@ import pytest
 from facematch_async import BatchRunner, read_manifest
 from facematch_async.batch import PairOutcome, ResultsFile, ResultsFileError
 from facematch_async.sandbox import SandboxServer, ScriptedResponse, make_test_image
-
-from .conftest import CLIENT_ID, CLIENT_SECRET, Faces, MakeClient
+from tests.helpers import CLIENT_ID, CLIENT_SECRET, Faces, MakeClient, records
 
 
 async def collect(runner: BatchRunner, pairs: Any) -> dict[str, PairOutcome]:
     return {outcome.key: outcome async for outcome in runner.run(pairs)}
-
-
-def records(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def last_line_per_pair(path: Path) -> dict[str, str]:

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench.py"
+from tests.helpers import ROOT
+
+BENCH = ROOT / "benchmarks" / "bench.py"
 
 
 @pytest.mark.timeout(180)

@@ -11,14 +11,12 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from facematch_async.cli import main
 from facematch_async.sandbox import make_test_image, sandbox_process
-
-from .conftest import CLIENT_ID, CLIENT_SECRET
+from tests.helpers import CLIENT_ID, CLIENT_SECRET, records
 
 # A sandbox in its own process whose engine takes DELAY seconds per pair, so that a batch
 # CLI can be interrupted (or killed) mid-run.
@@ -80,10 +78,6 @@ def write_manifest(path: Path, rows: list[tuple[str, str, str]]) -> Path:
 
 def matching(n: int) -> list[tuple[str, str, str]]:
     return [(f"p{i:03d}", "alice.png", "alice.jpg") for i in range(n)]
-
-
-def records(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_match_prints_the_decision_as_json(env, images: Path, capsys) -> None:

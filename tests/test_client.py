@@ -13,8 +13,7 @@ from facematch_async import (
     FaceMatchClient,
 )
 from facematch_async.sandbox import SandboxServer, ScriptedResponse
-
-from .conftest import CLIENT_ID, CLIENT_SECRET, Faces, MakeClient
+from tests.helpers import CLIENT_ID, CLIENT_SECRET, Faces, MakeClient
 
 
 def test_missing_options_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,11 +23,8 @@ from facematch_async import (
 )
 from facematch_async._deadline import Deadline, validate_deadline
 from facematch_async.sandbox import FaultConfig, SandboxConfig, SandboxServer, ScriptedResponse
+from tests.helpers import AUTHORIZE, CLIENT_ID, CLIENT_SECRET, FACEMATCH, Faces, MakeClient
 
-from .conftest import CLIENT_ID, CLIENT_SECRET, Faces, MakeClient
-
-FACEMATCH = "/v1/facematch"
-AUTHORIZE = "/v1/authorize"
 MARGIN = 1.5  # seconds a call may end after its deadline on a busy CI machine
 
 

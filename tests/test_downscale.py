@@ -10,24 +10,10 @@ import pytest
 
 from facematch_async import FaceMatchClient
 from facematch_async.errors import CorruptImageError
-from facematch_async.sandbox import EngineVerdict, SandboxConfig, SandboxServer
-
-from .conftest import CLIENT_ID, CLIENT_SECRET, FAST_RETRIES
+from facematch_async.sandbox import SandboxConfig, SandboxServer
+from tests.helpers import CLIENT_ID, CLIENT_SECRET, FAST_RETRIES, RecordingEngine
 
 Image = pytest.importorskip("PIL.Image", reason="downscaling needs the 'images' extra (Pillow)")
-
-
-class RecordingEngine:
-    """Keeps the bytes the sandbox received; every pair matches."""
-
-    name = "recording"
-
-    def __init__(self) -> None:
-        self.received: list[bytes] = []
-
-    def compare(self, image_a: bytes, image_b: bytes) -> EngineVerdict:
-        self.received += [image_a, image_b]
-        return EngineVerdict(face_found=True, match=True, confidence=99.0)
 
 
 def photo(width: int, height: int, fmt: str = "JPEG", orientation: int | None = None) -> bytes:

@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from facematch_async.sandbox import make_test_image, sandbox_process
-
-from .conftest import CLIENT_ID, CLIENT_SECRET
+from tests.helpers import CLIENT_ID, CLIENT_SECRET, load_example, upload
 
 pytest.importorskip("fastapi", reason="the FastAPI example needs the 'examples' extra")
 from fastapi.testclient import TestClient
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def load_example(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
@@ -37,13 +24,6 @@ def kyc_app(cli_sandbox_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[T
     module = load_example("fastapi_kyc")
     with TestClient(module.app) as http:
         yield http
-
-
-def upload(selfie: bytes, document: bytes) -> dict[str, tuple[str, bytes, str]]:
-    return {
-        "selfie": ("selfie.jpg", selfie, "image/jpeg"),
-        "id_document": ("id.png", document, "image/png"),
-    }
 
 
 def test_fastapi_example_returns_the_decision(kyc_app: TestClient) -> None:

@@ -12,7 +12,6 @@ import importlib
 import io
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -27,10 +26,7 @@ from facematch_async.sandbox import (
     distance_to_confidence,
     dlib_available,
 )
-
-from .conftest import fetch_token
-
-FACES = Path(__file__).resolve().parents[2] / "shared" / "faces"
+from tests.helpers import FACES, fetch_token
 
 pytestmark = [
     pytest.mark.skipif(

@@ -12,8 +12,7 @@ from facematch_async import APIResponseValidationError, FaceMatchError, FaceMatc
 from facematch_async._responses import RawResponse, parse_authorize, parse_facematch
 from facematch_async._transport import MAX_RESPONSE_BYTES
 from facematch_async.sandbox import SandboxServer, ScriptedResponse
-
-from .conftest import Faces
+from tests.helpers import Faces
 
 SECRET = "the-secret-value"
 

@@ -19,8 +19,7 @@ from facematch_async._images import UploadImage, load_pair
 from facematch_async._readers import ReaderPool
 from facematch_async._transport import MultipartBody
 from facematch_async.sandbox import make_test_image
-
-from .conftest import Faces
+from tests.helpers import Faces
 
 IMAGES = (
     UploadImage("file_a", make_test_image("a", "jpeg"), "JPEG", "file_a.jpg", "image/jpeg"),

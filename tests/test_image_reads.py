@@ -29,8 +29,7 @@ from facematch_async import (
 )
 from facematch_async._images import load_pair
 from facematch_async.sandbox import SandboxServer, make_test_image
-
-from .conftest import Faces, MakeClient
+from tests.helpers import Faces, MakeClient
 
 needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX only")
 needs_dev_zero = pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="no /dev/zero")

@@ -17,8 +17,7 @@ from facematch_async import (
 )
 from facematch_async._images import detect_format
 from facematch_async.sandbox import SandboxServer, make_test_image
-
-from .conftest import Faces, MakeClient
+from tests.helpers import Faces, MakeClient
 
 GIF = b"GIF89a\x01\x00\x01\x00\x00\x00\x00;"
 WEBP = b"RIFF\x1a\x00\x00\x00WEBPVP8 "

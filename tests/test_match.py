@@ -20,10 +20,7 @@ from facematch_async import (
     UnsupportedFileFormatError,
 )
 from facematch_async.sandbox import SandboxConfig, SandboxServer, ScriptedResponse, make_test_image
-
-from .conftest import CLIENT_ID, CLIENT_SECRET, Faces, MakeClient
-
-FACEMATCH = "/v1/facematch"
+from tests.helpers import CLIENT_ID, CLIENT_SECRET, FACEMATCH, Faces, MakeClient
 
 
 async def test_same_person_matches(client, faces: Faces) -> None:

@@ -12,10 +12,7 @@ import pytest
 
 from facematch_async._events import RequestEvent
 from facematch_async.sandbox import SandboxServer, ScriptedResponse
-
-from .conftest import Faces, MakeClient
-
-FACEMATCH = "/v1/facematch"
+from tests.helpers import FACEMATCH, Faces, MakeClient
 
 
 async def test_one_debug_line_per_attempt(

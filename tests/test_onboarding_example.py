@@ -21,14 +21,11 @@ from facematch_async.sandbox import (
     ScriptedResponse,
     make_test_image,
 )
-
-from .conftest import CLIENT_ID, CLIENT_SECRET
-from .test_examples import load_example, upload
+from tests.helpers import CLIENT_ID, CLIENT_SECRET, FACEMATCH, load_example, upload
 
 pytest.importorskip("fastapi", reason="the FastAPI example needs the 'examples' extra")
 from fastapi.testclient import TestClient
 
-FACEMATCH = "/v1/facematch"
 SHAPE = {"code", "action", "message", "field", "transaction_id", "retry_after"}
 SAME = upload(make_test_image("meera", "jpeg"), make_test_image("meera", "png"))
 

@@ -26,8 +26,7 @@ from facematch_async._pacing import (
 )
 from facematch_async._ratelimit import Window
 from facematch_async.sandbox import SandboxConfig, SandboxServer, make_test_image
-
-from .conftest import CLIENT_ID, CLIENT_SECRET, FAST_RETRIES, RedisServer
+from tests.helpers import CLIENT_ID, CLIENT_SECRET, FAST_RETRIES, RedisServer
 
 
 class FakeTime:

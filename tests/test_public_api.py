@@ -7,6 +7,7 @@ from pathlib import Path
 
 import facematch_async
 from facematch_async import errors
+from tests.helpers import ROOT
 
 
 def test_all_is_sorted_and_complete() -> None:
@@ -55,5 +56,5 @@ def test_the_version_has_one_source() -> None:
     from importlib.metadata import version
 
     assert version("facematch-async") == facematch_async.__version__
-    pyproject = (Path(__file__).parent.parent / "pyproject.toml").read_text()
+    pyproject = (ROOT / "pyproject.toml").read_text()
     assert facematch_async.__version__ not in pyproject

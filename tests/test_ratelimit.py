@@ -20,23 +20,7 @@ from facematch_async._ratelimit import (
     parse_rate_limit,
 )
 from facematch_async.sandbox import SandboxConfig, SandboxServer, ScriptedResponse
-
-from .conftest import CLIENT_ID, CLIENT_SECRET, Faces, MakeClient
-from .test_batch import RecordingEngine
-
-
-class FakeClock:
-    """A clock that only moves when a task sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += max(0.0, seconds)
-        await anyio.lowlevel.checkpoint()
+from tests.helpers import CLIENT_ID, CLIENT_SECRET, Faces, FakeClock, MakeClient, RecordingEngine
 
 
 def limiter(spec: str, clock: FakeClock, margin: float = 0.0) -> RateLimiter:

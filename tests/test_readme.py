@@ -17,10 +17,9 @@ from pathlib import Path
 import pytest
 
 from facematch_async.sandbox import make_test_image
+from tests.helpers import CLIENT_ID, CLIENT_SECRET, ROOT
 
-from .conftest import CLIENT_ID, CLIENT_SECRET
-
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = ROOT / "README.md"
 SAMPLES = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
 
 

@@ -25,8 +25,7 @@ from facematch_async.sandbox import (
     make_test_image,
     sandbox_process,
 )
-
-from .conftest import CLIENT_ID, CLIENT_SECRET
+from tests.helpers import CLIENT_ID, CLIENT_SECRET
 
 PAIRS = 2000
 TRANSIENT = {"InternalServerError", "RateLimitError", "APIConnectionError", "APITimeoutError"}

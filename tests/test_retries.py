@@ -19,11 +19,9 @@ from facematch_async import (
 )
 from facematch_async._responses import parse_retry_after
 from facematch_async.sandbox import SandboxServer, ScriptedResponse
-
-from .conftest import Faces, MakeClient
+from tests.helpers import RATE_LIMITED, Faces, MakeClient
 
 FACEMATCH = "/v1/facematch"
-RATE_LIMITED = {"detail": "Rate limit exceeded. Please retry after some time."}
 
 
 def facematch_requests(sandbox: SandboxServer) -> int:
@@ -151,8 +149,7 @@ async def test_stalled_response_times_out_then_retries(
 async def test_unreachable_server_is_a_connection_error(faces: Faces) -> None:
     """Nothing listening on the port: APIConnectionError after the retries."""
     from facematch_async import FaceMatchClient
-
-    from .conftest import FAST_RETRIES
+    from tests.helpers import FAST_RETRIES
 
     async with FaceMatchClient(
         client_id="a", client_secret="b", base_url="http://127.0.0.1:9", retry_policy=FAST_RETRIES

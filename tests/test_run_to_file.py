@@ -10,7 +10,6 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -21,8 +20,7 @@ from facematch_async.sandbox import (
     make_test_image,
     sandbox_process,
 )
-
-from .conftest import CLIENT_ID, CLIENT_SECRET, Faces, MakeClient
+from tests.helpers import CLIENT_ID, CLIENT_SECRET, Faces, MakeClient, records
 
 # A bulk job as a user writes it (an Airflow or Prefect task, say): no CLI involved.
 JOB = """
@@ -55,10 +53,6 @@ def slow_sandbox() -> Iterator[str]:
         "0.05",
     ) as url:
         yield url
-
-
-def records(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_a_killed_python_job_resumes_with_each_pair_exactly_once(

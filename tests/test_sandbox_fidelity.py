@@ -32,22 +32,18 @@ from facematch_async import (
 from facematch_async.cli import build_parser
 from facematch_async.cli._sandbox import run_sandbox
 from facematch_async.sandbox import (
-    EngineVerdict,
     SandboxConfig,
     SandboxServer,
     ScriptedResponse,
-    TestEngine,
     dlib_available,
     make_test_image,
     sandbox_process,
 )
 from facematch_async.sandbox._server import TEST_ENGINE_WARNING, describe
-
-from .conftest import FAST_RETRIES, fetch_token
+from tests.helpers import EXAMPLES, FACES, FAST_RETRIES, RecordingEngine, fetch_token
 
 ID = "fidelity-client"
 SECRET = "fidelity-secret"
-FACES = Path(__file__).resolve().parents[2] / "shared" / "faces"
 REAL_FACES = dlib_available() and (FACES / "obama.jpg").is_file()
 needs_faces = pytest.mark.skipif(
     not REAL_FACES,
@@ -60,19 +56,6 @@ PNG = make_test_image("asha", "png")
 
 def config(**overrides: Any) -> SandboxConfig:
     return SandboxConfig(client_id=ID, client_secret=SECRET, **overrides)
-
-
-class RecordingEngine:
-    """The test engine, remembering every pair it was asked to judge."""
-
-    name = "recording"
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[bytes, bytes]] = []
-
-    def compare(self, image_a: bytes, image_b: bytes) -> EngineVerdict:
-        self.calls.append((image_a, image_b))
-        return TestEngine().compare(image_a, image_b)
 
 
 @pytest.fixture
@@ -615,7 +598,7 @@ def test_demo_shows_two_different_people(tmp_path: Path) -> None:
 
     from facematch_async.sandbox import DlibEngine
 
-    path = Path(__file__).resolve().parents[1] / "examples" / "demo.py"
+    path = EXAMPLES / "demo.py"
     spec = importlib.util.spec_from_file_location("facematch_demo", path)
     assert spec is not None and spec.loader is not None
     demo = importlib.util.module_from_spec(spec)

@@ -37,13 +37,11 @@ from facematch_async.sandbox import (
 )
 from facematch_async.sandbox._random_faults import FaultInjector
 from facematch_async.sandbox._ratelimit import SlidingWindowLimiter
-
-from .conftest import fetch_token
+from tests.helpers import RATE_LIMITED, FakeClock, fetch_token
 
 CLIENT_ID = "prod-client"
 SECRET = "prod-secret"
 ALICE = make_test_image("alice")
-RATE_LIMITED = {"detail": "Rate limit exceeded. Please retry after some time."}
 
 
 def config(**overrides: Any) -> SandboxConfig:
@@ -82,14 +80,6 @@ async def post_match(
         timeout=aiohttp.ClientTimeout(total=patience),
     ) as resp:
         return resp.status, await resp.text(), dict(resp.headers)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 # --- rate-limit specs and the sliding-window limiter -------------------------------------------

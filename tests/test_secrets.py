@@ -8,8 +8,7 @@ import pytest
 
 from facematch_async import FaceMatchClient, FaceMatchError
 from facematch_async.sandbox import SandboxServer, ScriptedResponse
-
-from .conftest import CLIENT_SECRET, Faces, MakeClient
+from tests.helpers import CLIENT_SECRET, Faces, MakeClient
 
 FACEMATCH = "/v1/facematch"
 

@@ -7,12 +7,12 @@ test files below neither import nor register it.
 from __future__ import annotations
 
 from importlib.metadata import entry_points
-from pathlib import Path
 
 import pytest
 
 from facematch_async.sandbox import dlib_available
 from facematch_async.testing import SandboxHandle
+from tests.helpers import FACES
 
 pytest_plugins = ["pytester"]
 
@@ -141,8 +141,6 @@ def test_handle_repr_hides_the_secret(facematch_sandbox: SandboxHandle) -> None:
     assert facematch_sandbox.base_url.startswith("http://127.0.0.1:")
     assert facematch_sandbox.client_secret not in repr(facematch_sandbox)
 
-
-FACES = Path(__file__).resolve().parents[2] / "shared" / "faces"
 
 USER_REAL_FACES_TEST = """
 import pytest
