@@ -495,7 +495,7 @@ async def test_cli_prints_the_url_first_and_the_engine_on_stderr() -> None:
         assert process.stdout is not None and process.stderr is not None
         line = (await asyncio.wait_for(process.stdout.readline(), timeout=20)).decode()
         assert line.startswith("Sandbox listening on http://127.0.0.1:"), line
-        # The test engine's warning comes first (tests/test_sandbox_fidelity.py checks it).
+        # The test engine's warning comes first (sandbox/test_sandbox_fidelity.py checks it).
         lines = [(await asyncio.wait_for(process.stderr.readline(), timeout=5)).decode()]
         while not lines[-1].startswith("Sandbox engine="):
             lines.append((await asyncio.wait_for(process.stderr.readline(), timeout=5)).decode())
