@@ -15,7 +15,7 @@ from typing import Protocol
 import anyio
 
 from facematch_async._deadline import Deadline
-from facematch_async._ratelimit import RateLimiter
+from facematch_async._ratelimit import RateLimiter, SlotBeyondWait
 from facematch_async._retry import RateLimitPauses
 from facematch_async.errors import RateLimitError
 
@@ -60,9 +60,14 @@ class LimiterPacing:
         wait = self.limiter.wait_time()
         if not deadline.fits(wait):
             raise _slot_too_late(wait, deadline)
+        remaining = deadline.remaining()
         try:
-            async with asyncio.timeout(deadline.remaining()):
-                await self.limiter.acquire()
+            # The limiter says at once when the slot opens too late (`within`); the timeout
+            # bounds the rest (other callers ahead of this one for the limiter's lock).
+            async with asyncio.timeout(remaining):
+                await self.limiter.acquire(within=remaining)
+        except SlotBeyondWait as late:
+            raise _slot_too_late(late.wait, deadline) from None
         except TimeoutError:
             raise _slot_too_late(self.limiter.wait_time(), deadline) from None
 

@@ -38,7 +38,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 
-from facematch_async._ratelimit import QUOTA_PERIOD, QuotaExhaustedError, RateLimiter, Window
+from facematch_async._ratelimit import (
+    QUOTA_PERIOD,
+    QuotaExhaustedError,
+    RateLimiter,
+    Window,
+    _check_within,
+)
 from facematch_async.errors import PacingStoreError
 
 if TYPE_CHECKING:
@@ -629,7 +635,7 @@ class Pacer(RateLimiter):
         self._grace_until = -math.inf
         self._next_probe = -math.inf
         self._adaptive_next = -math.inf
-        self._last_wait = 0.0
+        self._wait_until = -math.inf  # when the last refused acquire() was told a slot opens
         self._pending_member = ""
         self.fallbacks = 0  # times the shared store was lost
 
@@ -669,8 +675,12 @@ class Pacer(RateLimiter):
         super().pause(seconds)
 
     def wait_time(self) -> float:
-        """Seconds the last ``acquire()`` was told to wait, or the local pause, if longer."""
-        return max(self.paused_for, self._last_wait)
+        """Seconds left of the wait the last ``acquire()`` was told, or of the local pause.
+
+        The wait counts down from when it was told: an old answer must not keep refusing
+        callers with a deadline after the slot it named has opened.
+        """
+        return max(self.paused_for, self._wait_until - self._clock(), 0.0)
 
     def _tier(self, reserve: float) -> tuple[str, tuple[Window, ...], float]:
         if reserve == 0:
@@ -678,16 +688,30 @@ class Pacer(RateLimiter):
         windows = effective_windows(self.windows, reserve)
         return f"r{reserve:g}", windows, _spacing(windows)
 
-    async def acquire(self, *, stop_at_quota: bool = False, reserve: float | None = None) -> None:
+    async def acquire(
+        self,
+        *,
+        stop_at_quota: bool = False,
+        reserve: float | None = None,
+        within: float | None = None,
+    ) -> None:
         """Wait until every window (less ``reserve``) has room, then count one request.
+
+        Args:
+            stop_at_quota: Raise instead of waiting when a window of an hour or more is full.
+            reserve: Share of every window to leave to others (default: the pacer's).
+            within: Seconds the caller may wait at most (a call's deadline): when the store
+                says the slot opens later, raise at once instead of sleeping.
 
         Raises:
             QuotaExhaustedError: ``stop_at_quota`` and a window of an hour or more is full.
+            SlotBeyondWait: the slot opens after ``within`` seconds from the call.
             PacingStoreError: the shared store was unreachable at the first call.
         """
         if not self.windows:
-            await super().acquire(stop_at_quota=stop_at_quota)
+            await super().acquire(stop_at_quota=stop_at_quota, within=within)
             return
+        give_up = None if within is None else self._clock() + within
         tier, windows, spacing = self._tier(self.reserve if reserve is None else reserve)
         async with self._lock:
             if not self._started:
@@ -696,17 +720,20 @@ class Pacer(RateLimiter):
                 now = self._clock()
                 wait = max(self._paused_until, self._adaptive_next) - now
                 if wait > _EPSILON:
+                    _check_within(give_up, now, wait)
                     await self._sleep(wait)
                     continue
                 verdict = await self._ask(windows, tier, spacing)
                 if verdict.granted:
-                    self._last_wait = 0.0
+                    self._wait_until = -math.inf
                     self._granted()
                     return
                 window = verdict.window
                 if stop_at_quota and window is not None and window.period >= QUOTA_PERIOD:
                     raise QuotaExhaustedError(window, verdict.wait)
-                self._last_wait = verdict.wait
+                now = self._clock()
+                self._wait_until = now + verdict.wait
+                _check_within(give_up, now, verdict.wait)
                 await self._sleep(max(verdict.wait, _EPSILON))
 
     def _granted(self) -> None:

@@ -22,7 +22,14 @@ import anyio
 
 from facematch_async._plans import PLANS, Window, parse_rate_limit
 
-__all__ = ["PLANS", "QuotaExhaustedError", "RateLimiter", "Window", "parse_rate_limit"]
+__all__ = [
+    "PLANS",
+    "QuotaExhaustedError",
+    "RateLimiter",
+    "SlotBeyondWait",
+    "Window",
+    "parse_rate_limit",
+]
 
 
 # A daily quota that is used up is worth stopping for (``stop_at_quota``); shorter windows
@@ -41,6 +48,20 @@ class QuotaExhaustedError(Exception):
     def __init__(self, window: Window, wait: float) -> None:
         super().__init__(f"the {window} quota is used up; it reopens in {wait:.0f} s")
         self.window = window
+        self.wait = wait
+
+
+class SlotBeyondWait(Exception):
+    """The next slot opens later than the caller may wait (``acquire(within=...)``).
+
+    Raised before sleeping, so a caller with a deadline learns at once when to come back.
+
+    Attributes:
+        wait: Seconds until the slot may open.
+    """
+
+    def __init__(self, wait: float) -> None:
+        super().__init__(f"the next slot opens in {wait:.2f} s")
         self.wait = wait
 
 
@@ -145,18 +166,23 @@ class RateLimiter:
         """Seconds an ``acquire()`` would wait now (0 when it could go at once)."""
         return max(0.0, self._wait(self._clock())[0])
 
-    async def acquire(self, *, stop_at_quota: bool = False) -> None:
+    async def acquire(self, *, stop_at_quota: bool = False, within: float | None = None) -> None:
         """Wait until every window has room, then count one request.
 
         Args:
             stop_at_quota: Raise instead of waiting when a window of an hour or more is full.
+            within: Seconds the caller may wait at most (a call's deadline): a slot that
+                opens later raises at once instead of being waited for.
 
         Raises:
             QuotaExhaustedError: ``stop_at_quota`` and the daily window is used up.
+            SlotBeyondWait: the slot opens after ``within`` seconds from the call.
         """
+        give_up = None if within is None else self._clock() + within
         if not self.windows:
             wait = self._paused_until - self._clock()
             while wait > 0:
+                _check_within(give_up, self._clock(), wait)
                 await self._sleep(wait)
                 wait = self._paused_until - self._clock()
             return
@@ -169,6 +195,7 @@ class RateLimiter:
                     return
                 if stop_at_quota and window is not None and window.period >= QUOTA_PERIOD:
                     raise QuotaExhaustedError(window, wait)
+                _check_within(give_up, now, wait)
                 # Re-checked after the sleep: a pause may have started meanwhile.
                 await self._sleep(wait)
 
@@ -195,3 +222,10 @@ class RateLimiter:
                 if len(stamps) > window.limit:
                     stamps.popleft()
         return now if simulated == requests else now * requests / simulated
+
+
+def _check_within(give_up: float | None, now: float, wait: float) -> None:
+    """Raise :class:`SlotBeyondWait` when a wait of ``wait`` from ``now`` ends past
+    ``give_up`` (``None``: no bound)."""
+    if give_up is not None and now + wait >= give_up:
+        raise SlotBeyondWait(wait)
