@@ -30,7 +30,7 @@ from facematch_async._images import (
     start_load,
 )
 from facematch_async._models import FaceMatchResult
-from facematch_async._pacing import Pacer
+from facematch_async._pacing import Pacer, redact_url
 from facematch_async._ratelimit import RateLimiter, Window, parse_rate_limit
 from facematch_async._responses import RawResponse, parse_authorize, parse_facematch
 from facematch_async._retry import RateLimitPauses, RetryPolicy, call_with_retries
@@ -552,6 +552,11 @@ def _make_pacer(
         return None
     if store is not None and not client_id:
         raise ValueError("rate_limit_store keys the shared windows by client_id: pass it")
+    if store is not None and not store.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(
+            "rate_limit_store must be a redis://, rediss:// or unix:// URL, not "
+            f"{redact_url(store)!r}"
+        )
     # Adaptive: a 429 the windows did not predict (another user of the key) lowers this
     # process's rate, then it recovers; it needs a window of a minute or less to pace.
     adaptive = any(window.period <= 60 for window in windows)

@@ -32,6 +32,7 @@ from facematch_async.cli._common import (
     UsageError,
     add_connection_arguments,
     client_options,
+    make_client,
 )
 from facematch_async.errors import ImageError
 
@@ -378,7 +379,7 @@ async def _run(
     options: dict[str, Any],
     shard: tuple[int, int] | None,
 ) -> int:
-    from facematch_async import AuthenticationError, FaceMatchClient, PacingStoreError
+    from facematch_async import AuthenticationError, PacingStoreError
     from facematch_async._pacing import Pacer
 
     summary = BatchSummary()
@@ -399,7 +400,7 @@ async def _run(
 
     # The client paces every attempt (with a store: shared with the key's other processes).
     options = {**options, "rate_limit": windows, "rate_limit_store": args.rate_limit_store}
-    async with FaceMatchClient(**options) as client:
+    async with make_client(**options) as client:
         # Without a rate limit the runner must not fall back to its own default plan.
         unpaced: dict[str, Any] = {} if client.pacer is not None else {"rate_limit": None}
         runner = BatchRunner(

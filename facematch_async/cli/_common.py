@@ -6,7 +6,10 @@ import argparse
 import getpass
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from facematch_async import FaceMatchClient
 
 __all__ = [
     "EXIT_ABORTED",
@@ -19,6 +22,7 @@ __all__ = [
     "UsageError",
     "add_connection_arguments",
     "client_options",
+    "make_client",
     "read_secret",
 ]
 
@@ -93,6 +97,17 @@ def read_secret(args: argparse.Namespace) -> str:
     raise UsageError(
         "no client secret: set DEEPVUE_CLIENT_SECRET or pass --client-secret-file PATH"
     )
+
+
+def make_client(**options: Any) -> FaceMatchClient:
+    """A client from the options and the environment; a bad setting (``$DEEPVUE_RATE_LIMIT``,
+    ``$DEEPVUE_RATE_LIMIT_STORE``, ...) is a usage error, never a traceback."""
+    from facematch_async import FaceMatchClient
+
+    try:
+        return FaceMatchClient(**options)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def client_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from facematch_async.cli._common import (
     EXIT_PAIRS_FAILED,
     add_connection_arguments,
     client_options,
+    make_client,
 )
 
 __all__ = ["add_match_parser", "run_match"]
@@ -37,13 +38,13 @@ def add_match_parser(
 
 def run_match(args: argparse.Namespace) -> int:
     """``facematch-async match``: 0 with a decision, 1 on an error (printed as JSON)."""
-    from facematch_async import FaceMatchClient, FaceMatchError
+    from facematch_async import FaceMatchError
     from facematch_async._responses import redact
 
     options = client_options(args)
 
     async def call() -> int:
-        async with FaceMatchClient(api_version=args.api_version, **options) as client:
+        async with make_client(api_version=args.api_version, **options) as client:
             try:
                 result = await client.match(args.file_a, args.file_b)
             except Exception as error:  # a JSON error and one line, never a traceback

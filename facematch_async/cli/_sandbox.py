@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import os
 import sys
 
@@ -28,7 +29,7 @@ def add_sandbox_parser(
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (%(default)s)")
     parser.add_argument(
-        "--port", type=int, default=8080, help="TCP port, 0 for any free one (%(default)s)"
+        "--port", type=_port, default=8080, help="TCP port, 0 for any free one (%(default)s)"
     )
     parser.add_argument(
         "--client-id",
@@ -141,13 +142,24 @@ def _latency(text: str) -> float | tuple[float, float]:
         raise argparse.ArgumentTypeError(f"expected SECONDS or LOW-HIGH, got {text!r}") from None
 
 
+def _port(text: str) -> int:
+    """A TCP port, 0 to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {text!r}")
+    return port
+
+
 def _read_timeout(text: str) -> float | None:
     """Positive seconds, or 0 for none."""
     try:
         seconds = float(text)
     except ValueError:
         seconds = -1.0
-    if seconds < 0:
+    if not 0 <= seconds < math.inf:  # NaN and infinity too
         raise argparse.ArgumentTypeError(f"expected seconds (0 for none), got {text!r}")
     return seconds or None
 

@@ -348,3 +348,33 @@ def test_an_unreachable_api_exits_3_after_a_few_pairs(
     assert main([*args, "--max-retries", "0", "--concurrency", "2"]) == 3
     assert len(records(out)) < 40
     assert "unavailable" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("DEEPVUE_RATE_LIMIT", "garbage", "rate limit 'garbage'"),
+        ("DEEPVUE_RATE_LIMIT_STORE", "redis://127.0.0.1:1/0", "needs a rate_limit"),
+    ],
+)
+def test_a_bad_rate_limit_setting_is_a_usage_error_not_a_traceback(
+    images: Path, monkeypatch, capsys, variable: str, value: str, says: str
+) -> None:
+    """A bad $DEEPVUE_RATE_LIMIT(_STORE) is one line and exit 2, for match as for batch."""
+    monkeypatch.setenv("DEEPVUE_CLIENT_ID", CLIENT_ID)
+    monkeypatch.setenv("DEEPVUE_CLIENT_SECRET", CLIENT_SECRET)
+    monkeypatch.setenv(variable, value)
+    assert main(["match", str(images / "alice.png"), str(images / "alice.jpg")]) == 2
+    err = capsys.readouterr().err
+    assert says in err
+    assert "Traceback" not in err
+
+
+def test_a_store_that_is_not_a_redis_url_is_refused_when_the_client_is_built() -> None:
+    """rate_limit_store="http://..." fails at construction, naming the URL's kind."""
+    from facematch_async import FaceMatchClient
+
+    with pytest.raises(ValueError, match="redis://"):
+        FaceMatchClient(
+            client_id="id", client_secret="secret", rate_limit="5/s", rate_limit_store="http://x"
+        )
