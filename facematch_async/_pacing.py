@@ -29,12 +29,13 @@ import itertools
 import logging
 import math
 import os
+import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import anyio
 
@@ -252,6 +253,11 @@ local spacing = tonumber(ARGV[6])
 local retention = tonumber(ARGV[7])
 local n = tonumber(ARGV[8])
 local function f(x) return string.format('%.0f', x) end
+-- Callers on one key may name different plans: keep the longest retention any of them
+-- needs, so that a caller without a day window never trims or expires a day's history.
+local kept = tonumber(redis.call('HGET', KEYS[2], 'retention') or '0')
+if retention > kept then redis.call('HSET', KEYS[2], 'retention', f(retention)) end
+if kept > retention then retention = kept end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. f(now - retention))
 local function slot_of(field)
   local v = redis.call('HGET', KEYS[2], field)
@@ -285,8 +291,10 @@ local function advance(field, slot, step)
 end
 advance('all', all_slot, plan_spacing)
 if tier ~= 'all' then advance(tier, tier_slot, spacing) end
-redis.call('PEXPIRE', KEYS[1], math.ceil(retention / 1000) + 1000)
-redis.call('PEXPIRE', KEYS[2], math.ceil(math.max(plan_spacing, spacing) / 1000) + 1000)
+local ttl = math.ceil(retention / 1000) + 1000
+for _, key in ipairs(KEYS) do  -- extend, never shorten
+  if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
+end
 return {1, 0, -1}
 """
 
@@ -303,21 +311,22 @@ for i = 2, #ARGV, 2 do
     redis.call('ZADD', KEYS[1], 'NX', string.format('%.0f', score), ARGV[i])
   end
 end
-if #ARGV > 1 then redis.call('PEXPIRE', KEYS[1], math.ceil(retention / 1000) + 1000) end
+if #ARGV > 1 and redis.call('PTTL', KEYS[1]) < math.ceil(retention / 1000) + 1000 then
+  redis.call('PEXPIRE', KEYS[1], math.ceil(retention / 1000) + 1000)
+end
 return 1
 """
 
 
 def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (safe for logs and errors)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    """``url`` with any password replaced by ``***`` (safe for logs and errors): in the
+    user info, or as a ``password=`` query parameter (redis-py takes both)."""
+    url = re.sub(r"(?i)([?&]password=)[^&#]*", r"\1***", url)
+    netloc = urlsplit(url).netloc
+    userinfo, at, hostport = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        url = url.replace(netloc, f"{userinfo.split(':', 1)[0]}:***@{hostport}", 1)
+    return url
 
 
 def key_prefix(client_id: str, namespace: str = "facematch:pacing") -> str:

@@ -394,3 +394,30 @@ async def test_a_restarted_redis_gets_every_own_request_back(redis_server) -> No
     assert 1.9 < newest[0][1] - oldest[0][1] <= 2.0
     assert {oldest[0][0], newest[0][0]} == {"own:1999", "own:0"}
     await store.aclose()
+
+
+async def test_a_caller_with_a_shorter_plan_never_erases_a_days_history(redis_server) -> None:
+    """A live service on "50/s" beside a job on "50/s,30/day", one key: its calls neither
+    trim nor shorten the expiry of the day's requests, so the day's cap still holds."""
+    from facematch_async._ratelimit import QuotaExhaustedError
+
+    daily = Pacer("50/s,30/day", store=redis_server.url, client_id=CLIENT_ID)
+    live = Pacer("50/s", store=redis_server.url, client_id=CLIENT_ID)
+    try:
+        for _ in range(30):
+            await daily.acquire()
+        await live.acquire()
+        key = f"{key_prefix(CLIENT_ID)}:stamps"
+        assert int(redis_server.command("ZCARD", key)[1:].split(b"\r")[0]) == 31
+        assert int(redis_server.command("PTTL", key)[1:].split(b"\r")[0]) > 86_000_000
+        with pytest.raises(QuotaExhaustedError):
+            await daily.acquire(stop_at_quota=True)
+    finally:
+        await daily.aclose()
+        await live.aclose()
+
+
+def test_a_password_in_the_query_string_is_hidden_too() -> None:
+    """redis-py takes ?password=...: it is masked like the user-info form."""
+    assert redact_url("redis://h:6395/0?password=hunter2") == "redis://h:6395/0?password=***"
+    assert "hunter2" not in redact_url("unix:///tmp/r.sock?db=1&password=hunter2")
