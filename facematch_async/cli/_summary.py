@@ -2,12 +2,14 @@
 :func:`facematch_async.batch._combine.summarize`).
 
 Exit codes: 0 every manifest pair has exactly one line (or, without a manifest, no pair is
-in two files), 1 some are missing or in more than one file, 2 usage.
+in two files), 1 some are missing or in more than one file, or some lines are not results,
+2 usage.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
 from pathlib import Path
 
@@ -28,7 +30,7 @@ def add_summary_parser(
             "Combined counts per status and sub_code and latency percentiles across results "
             "files (e.g. one per shard); with --manifest, the pairs with no line in any file. "
             "Pairs with lines in more than one file are always listed. Exit codes: 0 complete, "
-            "1 pairs missing or repeated, 2 usage."
+            "1 pairs missing or repeated (or lines that are not results), 2 usage."
         ),
     )
     parser.add_argument("results", nargs="+", help="results files (JSONL, or CSV by suffix)")
@@ -39,13 +41,24 @@ def add_summary_parser(
 
 def run_summary(args: argparse.Namespace) -> int:
     """``facematch-async summary``: prints the report; 0 complete, 1 pairs missing/repeated."""
-    for path in [*args.results, *([args.manifest] if args.manifest else [])]:
+    for path in args.results:
+        if Path(path).is_dir():
+            raise UsageError(f"{path}: is a directory, not a results file")
         if not Path(path).is_file():
             raise UsageError(f"{path}: no such file")
+    if args.manifest and not Path(args.manifest).exists():  # a folder manifest is fine
+        raise UsageError(f"{args.manifest}: no such manifest")
     try:
         summary = summarize(args.results, args.manifest)
-    except OSError as exc:
+    except (OSError, ValueError, csv.Error) as exc:  # a manifest without its header, say
         raise UsageError(f"cannot read: {exc}") from None
     print(summary.format())
     sys.stdout.flush()
+    if summary.unreadable:  # a file in another format, or garbage: not a complete picture
+        print(
+            f"facematch-async summary: {summary.unreadable} line(s) are not results "
+            "(a file in another format? see --help)",
+            file=sys.stderr,
+        )
+        return EXIT_PAIRS_FAILED
     return EXIT_OK if summary.complete else EXIT_PAIRS_FAILED

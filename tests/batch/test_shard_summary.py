@@ -130,3 +130,21 @@ def test_summary_of_complete_csv_and_jsonl_shards_exits_0(tmp_path: Path, capsys
     out = capsys.readouterr().out
     assert "3 pairs in 2 files, 5 face-match requests" in out and "INTERNAL" in out
     assert main(["summary", str(tmp_path / "absent.jsonl")]) == 2
+
+
+def test_summary_refuses_what_it_cannot_read_in_one_line(tmp_path: Path, capsys) -> None:
+    """Random bytes as a CSV, a manifest without its header, a directory: exit 2, one line,
+    no traceback; lines that are not results make the exit 1, not 0."""
+    from facematch_async.cli import main as cli_main
+
+    garbage = tmp_path / "bad.csv"
+    garbage.write_bytes(bytes(range(256)) * 12)
+    results = tmp_path / "r.jsonl"
+    results.write_text('{"pair_id": "a", "status": "match"}\nnot a result\n')
+    assert cli_main(["summary", str(garbage)]) == 2
+    assert cli_main(["summary", str(results), "--manifest", str(garbage)]) == 2
+    assert cli_main(["summary", str(tmp_path)]) == 2
+    assert cli_main(["summary", str(results)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "not results" in err
