@@ -30,7 +30,7 @@ from facematch_async._images import (
     start_load,
 )
 from facematch_async._models import FaceMatchResult
-from facematch_async._pacing import Pacer, redact_url
+from facematch_async._pacing import Pacer, plan_pacer, redact_url
 from facematch_async._ratelimit import RateLimiter, Window, parse_rate_limit
 from facematch_async._responses import RawResponse, parse_authorize, parse_facematch
 from facematch_async._retry import RateLimitPauses, RetryPolicy, call_with_retries
@@ -557,10 +557,7 @@ def _make_pacer(
             "rate_limit_store must be a redis://, rediss:// or unix:// URL, not "
             f"{redact_url(store)!r}"
         )
-    # Adaptive: a 429 the windows did not predict (another user of the key) lowers this
-    # process's rate, then it recovers; it needs a window of a minute or less to pace.
-    adaptive = any(window.period <= 60 for window in windows)
-    return Pacer(windows, store=store, client_id=client_id, adaptive=adaptive)
+    return plan_pacer(windows, store=store, client_id=client_id)
 
 
 class _MatchCall:

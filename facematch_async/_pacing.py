@@ -61,6 +61,7 @@ __all__ = [
     "Verdict",
     "effective_windows",
     "key_prefix",
+    "plan_pacer",
     "redact_url",
 ]
 
@@ -856,3 +857,13 @@ class Pacer(RateLimiter):
             redact_url(self.store.url) if isinstance(self.store, RedisStore) else self.store,
             len(ages),
         )
+
+
+def plan_pacer(
+    windows: Sequence[Window], *, store: str | None = None, client_id: str | None = None
+) -> Pacer:
+    """The pacer the client (or a runner without one) uses for a plan: adaptive, so that a
+    429 the windows did not predict (another user of the key) lowers this process's rate
+    until it recovers, whenever a window of a minute or less gives it a pace to lower."""
+    adaptive = any(window.period <= _MAX_PACED_PERIOD for window in windows)
+    return Pacer(windows, store=store, client_id=client_id, adaptive=adaptive)

@@ -43,7 +43,7 @@ from typing import Any, Literal, TypeAlias
 from facematch_async._client import FaceMatchClient
 from facematch_async._images import PreparedMatch
 from facematch_async._models import FaceMatchResult
-from facematch_async._pacing import Pacer
+from facematch_async._pacing import Pacer, plan_pacer
 from facematch_async._ratelimit import (
     QUOTA_PERIOD,
     QuotaExhaustedError,
@@ -211,8 +211,7 @@ class BatchRunner:
             windows = parse_rate_limit(
                 "business" if isinstance(rate_limit, _FromClient) else rate_limit
             )
-            adaptive = any(window.period <= 60 for window in windows)
-            self.limiter = Pacer(windows, adaptive=adaptive)
+            self.limiter = plan_pacer(windows)
         if not 0 <= reserve < 1:
             raise ValueError(f"reserve must be a share from 0 to below 1, not {reserve!r}")
         if reserve and not isinstance(self.limiter, Pacer):
@@ -444,10 +443,9 @@ class BatchRunner:
                     summary.skipped = self.skipped
                     if on_outcome is not None:
                         on_outcome(outcome)
-            summary.skipped = self.skipped
             return summary
         finally:
-            if self.summary is not None:
+            if self.summary is not None:  # also for a run that raised
                 self.summary.skipped = self.skipped
             try:
                 results.close()
