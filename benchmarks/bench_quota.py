@@ -13,7 +13,9 @@ batch`` processes, as users run them:
    a share of our requests after the first long window, adaptive pacing (the client's
    ``rate_limit``) vs pause-and-resume (a plain ``RateLimiter`` given to the runner);
 4. one process saturating a ``10/s`` plan: share of the allowed rate and 429s, with the
-   pacer's default 50 ms ``margin`` and smaller ones, in memory and through Redis.
+   pacer's learned ``margin`` (the default) and fixed ones, in memory and through Redis;
+5. the same over a jittery path (a proxy holds each request back 0-30 ms at random before
+   the server sees it): what the learned margin costs to learn, and what it saves.
 
 The windows are scaled down (1 s and 10 s instead of a second and a minute) so the whole
 run takes about five minutes::
@@ -28,7 +30,9 @@ import argparse
 import asyncio
 import contextlib
 import importlib.util
+import math
 import os
+import random
 import shutil
 import signal
 import socket
@@ -365,16 +369,60 @@ async def with_stranger(files: Files, *, adaptive: bool, seconds: float) -> dict
 # --- 4. one process saturating the plan --------------------------------------------------
 
 
+@contextlib.asynccontextmanager
+async def jittery_path(base_url: str, jitter: float) -> AsyncIterator[str]:
+    """A TCP proxy to ``base_url`` that holds each request back 0 to ``jitter`` seconds at
+    random (one draw per request: a chunk after 5 ms of quiet starts a new one), in order
+    per connection, as a network path whose one-way delay varies."""
+    loop = asyncio.get_running_loop()
+    draw = random.Random(7).uniform
+    host, port = base_url.removeprefix("http://").rsplit(":", 1)
+
+    async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: bool) -> None:
+        queue: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
+
+        async def release() -> None:
+            while (item := await queue.get()) is not None:
+                await asyncio.sleep(max(0.0, item[0] - loop.time()))
+                writer.write(item[1])
+                await writer.drain()
+
+        releasing = asyncio.create_task(release())
+        delay, last_chunk, at = 0.0, -math.inf, -math.inf
+        with contextlib.suppress(OSError):
+            while data := await reader.read(1 << 16):
+                now = loop.time()
+                if up and now - last_chunk > 0.005:
+                    delay = draw(0.0, jitter)
+                last_chunk, at = now, max(at, now + delay)
+                queue.put_nowait((at, data))
+        queue.put_nowait(None)
+        with contextlib.suppress(OSError):
+            await releasing
+            writer.close()
+
+    async def connection(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        server_r, server_w = await asyncio.open_connection(host, int(port))
+        await asyncio.gather(forward(client_r, server_w, True), forward(server_r, client_w, False))
+
+    proxy = await asyncio.start_server(connection, "127.0.0.1", 0)
+    async with proxy:
+        yield f"http://127.0.0.1:{proxy.sockets[0].getsockname()[1]}"
+
+
 async def saturation(
-    files: Files, redis: Redis | None, *, margin: float, pairs: int
+    files: Files, redis: Redis | None, *, margin: float | None, pairs: int, jitter: float = 0.0
 ) -> dict[str, Any]:
-    client_id = f"sat-{'redis' if redis else 'memory'}-{margin:g}"
+    client_id = f"sat-{'redis' if redis else 'memory'}-{margin}-{jitter:g}"
     plan = "10/s"
-    async with sandbox(client_id, plan) as server:
+    async with sandbox(client_id, plan) as server, contextlib.AsyncExitStack() as stack:
+        base_url = server.base_url
+        if jitter:
+            base_url = await stack.enter_async_context(jittery_path(base_url, jitter))
         store = None if redis is None else redis.url
         pacer = Pacer(plan, store=store, client_id=client_id, margin=margin, adaptive=True)
         async with FaceMatchClient(
-            client_id=client_id, client_secret=SECRET, base_url=server.base_url, rate_limit=pacer
+            client_id=client_id, client_secret=SECRET, base_url=base_url, rate_limit=pacer
         ) as client:
             runner = BatchRunner(client, concurrency=16)
             items = ((f"s{i}", files.a, files.b) for i in range(pairs))
@@ -385,7 +433,13 @@ async def saturation(
             "refused": refused(server),
             "ok": statuses.count("match"),
             "pairs": pairs,
+            "margin": pacer.margin,
+            "second_half": used_share(stamps[len(stamps) // 2 :], 10.0),
         }
+
+
+def margin_name(margin: float | None) -> str:
+    return "learned (default)" if margin is None else f"{margin * 1000:g} ms fixed"
 
 
 # --- the run -----------------------------------------------------------------------------
@@ -401,7 +455,7 @@ def parts() -> Iterator[tuple[Files, Redis]]:
             redis.close()
 
 
-async def main(quick: bool) -> None:
+async def main(quick: bool, only: set[int]) -> None:
     scale = 0.5 if quick else 1.0
     started = time.monotonic()
     lines: list[str] = []
@@ -413,50 +467,72 @@ async def main(quick: bool) -> None:
     with parts() as (files, redis):
         say(f"plan {PLAN} (sustained {RATE:g}/s) unless said; sandbox and Redis on loopback")
         say()
-        say("| 1. three `--shard k/3` batch processes, one key | share of the plan | 429s |")
-        # (share: accepted / the most the plan lets through between the first and the last)
-        say("| --- | --: | --: |")
-        for shared in (True, False):
-            r = await shards(files, redis, shared=shared, pairs=int(240 * scale))
-            name = "with `--rate-limit-store` (one Redis)" if shared else "each pacing alone"
-            say(f"| {name} | {r['share']:.1%} | {r['refused']} |")
-            print(f"    max in window {r['max']}, exit codes {r['codes']}", file=sys.stderr)
-        say()
-        say("| 2. live `match` every 0.5 s beside a bulk job | p50 | p95 | max | 429s |")
-        say("| --- | --: | --: | --: | --: |")
-        for reserve in ("25%", "0"):
-            r = await live_beside_bulk(files, redis, reserve=reserve, seconds=20 * scale)
-            say(
-                f"| bulk `--reserve {reserve}` ({r['calls']} live calls, {r['errors']} failed) "
-                f"| {r['p50']:.3f} s | {r['p95']:.3f} s | {r['max']:.3f} s | {r['refused']} |"
-            )
-        say()
-        say("| 3. a stranger sends half the plan; after the first 10 s | our requests "
-            "| our 429s | share | stranger's 429s |")  # fmt: skip
-        say("| --- | --: | --: | --: | --: |")
-        for adaptive in (True, False):
-            r = await with_stranger(files, adaptive=adaptive, seconds=50 * scale)
-            name = "adaptive (client `rate_limit`)" if adaptive else "pause-and-resume"
-            say(
-                f"| {name} | {r['ours']} | {r['ours_429']} | {r['share_429']:.1%} "
-                f"| {r['stranger_429']} of {r['stranger']} |"
-            )
-        say()
-        say("| 4. one process, plan `10/s` | margin | share of the allowed rate | 429s |")
-        say("| --- | --: | --: | --: |")
-        for store in (None, redis):
-            for margin in (0.05, 0.01, 0.005):
-                r = await saturation(files, store, margin=margin, pairs=int(150 * scale))
-                where = "Redis store" if store else "in memory"
+        if 1 in only:
+            say("| 1. three `--shard k/3` batch processes, one key | share of the plan | 429s |")
+            # (share: accepted / the most the plan lets through between the first and the last)
+            say("| --- | --: | --: |")
+            for shared in (True, False):
+                r = await shards(files, redis, shared=shared, pairs=int(240 * scale))
+                name = "with `--rate-limit-store` (one Redis)" if shared else "each pacing alone"
+                say(f"| {name} | {r['share']:.1%} | {r['refused']} |")
+                print(f"    max in window {r['max']}, exit codes {r['codes']}", file=sys.stderr)
+            say()
+        if 2 in only:
+            say("| 2. live `match` every 0.5 s beside a bulk job | p50 | p95 | max | 429s |")
+            say("| --- | --: | --: | --: | --: |")
+            for reserve in ("25%", "0"):
+                r = await live_beside_bulk(files, redis, reserve=reserve, seconds=20 * scale)
                 say(
-                    f"| {where} ({r['ok']}/{r['pairs']} matched) | {margin * 1000:g} ms "
-                    f"| {r['share']:.1%} | {r['refused']} |"
+                    f"| bulk `--reserve {reserve}` ({r['calls']} live calls, {r['errors']} failed) "
+                    f"| {r['p50']:.3f} s | {r['p95']:.3f} s | {r['max']:.3f} s | {r['refused']} |"
                 )
-        say()
+            say()
+        if 3 in only:
+            say("| 3. a stranger sends half the plan; after the first 10 s | our requests "
+                "| our 429s | share | stranger's 429s |")  # fmt: skip
+            say("| --- | --: | --: | --: | --: |")
+            for adaptive in (True, False):
+                r = await with_stranger(files, adaptive=adaptive, seconds=50 * scale)
+                name = "adaptive (client `rate_limit`)" if adaptive else "pause-and-resume"
+                say(
+                    f"| {name} | {r['ours']} | {r['ours_429']} | {r['share_429']:.1%} "
+                    f"| {r['stranger_429']} of {r['stranger']} |"
+                )
+            say()
+        margins: tuple[float | None, ...] = (None, 0.05, 0.005)
+        if 4 in only:
+            say("| 4. one process, plan `10/s` | margin | share of the allowed rate | 429s "
+                "| margin at the end |")  # fmt: skip
+            say("| --- | --- | --: | --: | --: |")
+            for store in (None, redis):
+                for margin in margins:
+                    r = await saturation(files, store, margin=margin, pairs=int(150 * scale))
+                    where = "Redis store" if store else "in memory"
+                    say(
+                        f"| {where} ({r['ok']}/{r['pairs']} matched) | {margin_name(margin)} "
+                        f"| {r['share']:.1%} | {r['refused']} | {r['margin'] * 1000:g} ms |"
+                    )
+            say()
+        if 5 in only:
+            say("| 5. plan `10/s`, requests held back 0-30 ms at random | margin | share "
+                "| share, second half | 429s | margin at the end |")  # fmt: skip
+            say("| --- | --- | --: | --: | --: | --: |")
+            for margin in margins:
+                r = await saturation(
+                    files, None, margin=margin, pairs=int(300 * scale), jitter=0.03
+                )
+                say(
+                    f"| in memory ({r['ok']}/{r['pairs']} matched) | {margin_name(margin)} "
+                    f"| {r['share']:.1%} | {r['second_half']:.1%} | {r['refused']} "
+                    f"| {r['margin'] * 1000:g} ms |"
+                )
+            say()
         say(f"whole run: {time.monotonic() - started:.0f} s; {os.cpu_count()} CPUs")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="half-length runs")
-    asyncio.run(main(parser.parse_args().quick))
+    parser.add_argument("--only", default="1,2,3,4,5", help="scenarios, e.g. 4,5")
+    args = parser.parse_args()
+    asyncio.run(main(args.quick, {int(n) for n in args.only.split(",")}))

@@ -34,6 +34,10 @@ class CallPacing(Protocol):
     async def sleep(self, seconds: float) -> None:
         """Wait between two attempts (a backoff, a ``Retry-After``)."""
 
+    # Optional, looked up by name (so older implementations stay valid):
+    # ``def on_sent(self, delay: float) -> None`` hears, for each attempt, the seconds from
+    # ``before_attempt`` returning to the request's headers being on the wire.
+
 
 class LimiterPacing:
     """The client's pacing for one call: a slot of ``limiter`` before every attempt.
@@ -73,6 +77,9 @@ class LimiterPacing:
 
     def on_rate_limited(self, retry_after: float | None) -> None:
         self.pauses.pause(self.limiter, retry_after)
+
+    def on_sent(self, delay: float) -> None:
+        self.limiter.note_send_delay(delay)
 
     async def sleep(self, seconds: float) -> None:
         await anyio.sleep(seconds)

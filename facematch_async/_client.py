@@ -12,7 +12,7 @@ import ssl
 import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Literal, Self, TypeVar
+from typing import Literal, Self, TypeVar, cast
 
 import aiohttp
 
@@ -34,7 +34,7 @@ from facematch_async._pacing import Pacer, plan_pacer, redact_url
 from facematch_async._ratelimit import RateLimiter, Window, parse_rate_limit
 from facematch_async._responses import RawResponse, parse_authorize, parse_facematch
 from facematch_async._retry import RateLimitPauses, RetryPolicy, call_with_retries
-from facematch_async._transport import MultipartBody, Transport
+from facematch_async._transport import MultipartBody, SendListener, Transport
 from facematch_async.errors import (
     AuthenticationError,
     ClientClosedError,
@@ -579,11 +579,15 @@ class _MatchCall:
         self.request_id = request_id or os.urandom(8).hex()
         self.attempts = 0
         self.refreshed = False
+        # A pacing may want to hear how long each attempt took from its slot to the wire.
+        if callable(getattr(pacing, "on_sent", None)):
+            body.listener = cast(SendListener, pacing)
 
     async def attempt(self) -> FaceMatchResult:
         """One attempt, plus one more with a new token if the API rejects this one."""
         client = self.client
         token = await client._token_for_attempt(self.pacing)
+        self.body.ready_at = time.monotonic()
         try:
             return await client._send_once(self, token)
         except (AuthenticationError, PermissionDeniedError) as error:
@@ -597,4 +601,5 @@ class _MatchCall:
             self.refreshed = True
             client._tokens.invalidate(token)
             fresh = await client._token_for_attempt(self.pacing)
+            self.body.ready_at = time.monotonic()
             return await client._send_once(self, fresh)

@@ -70,6 +70,13 @@ logger = logging.getLogger("facematch_async")
 _EPSILON = 1e-9
 _MAX_PACED_PERIOD = 60.0  # as in _ratelimit: daily quotas are never spread evenly
 _LATENESS = 0.01  # seconds: a request this late after its slot still kept the pace
+# A learned margin (see Pacer): start where loopback and a steady network path need no more,
+# double on each 429 the windows did not predict, never past what a jittery path needs.
+MARGIN_START = 0.005
+MARGIN_MAX = 0.2
+_MARGIN_COOLDOWN = 1.0  # 429s this close together answer requests sent under one margin
+_AT_THE_EDGE = 5.0  # seconds: a 429 this soon after a window was full came from its edge
+_MAX_SEND_DELAY = 30.0  # seconds: a send delayed longer has met its timeout, not a queue
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,11 +87,14 @@ class Verdict:
         granted: A slot was reserved (the request may go now).
         wait: Otherwise, seconds until one may open.
         window: The window imposing that wait (``None``: the even spacing).
+        processes: A shared store's count of the processes that asked it lately (0: not
+            counted), the share each would take if the store went away.
     """
 
     granted: bool
     wait: float = 0.0
     window: Window | None = None
+    processes: int = 0
 
 
 @runtime_checkable
@@ -253,7 +263,15 @@ local tier = ARGV[5]
 local spacing = tonumber(ARGV[6])
 local retention = tonumber(ARGV[7])
 local n = tonumber(ARGV[8])
+local process = ARGV[9 + 2 * n]
+local presence = tonumber(ARGV[10 + 2 * n])
 local function f(x) return string.format('%.0f', x) end
+-- Who shares the key: each process that asked lately, so that all of them know how small
+-- a share of the plan to take if this store goes away.
+redis.call('ZADD', KEYS[3], f(now), process)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. f(now - presence))
+redis.call('PEXPIRE', KEYS[3], math.ceil(presence / 1000) + 1000)
+local processes = redis.call('ZCARD', KEYS[3])
 -- Callers on one key may name different plans: keep the longest retention any of them
 -- needs, so that a caller without a day window never trims or expires a day's history.
 local kept = tonumber(redis.call('HGET', KEYS[2], 'retention') or '0')
@@ -281,7 +299,7 @@ for i = 1, n do
     if reopens > wait then wait = reopens; blocking = i - 1 end
   end
 end
-if wait > 0 then return {0, math.ceil(wait), blocking} end
+if wait > 0 then return {0, math.ceil(wait), blocking, processes} end
 redis.call('ZADD', KEYS[1], f(now), member)
 local function advance(field, slot, step)
   local base = now
@@ -293,10 +311,10 @@ end
 advance('all', all_slot, plan_spacing)
 if tier ~= 'all' then advance(tier, tier_slot, spacing) end
 local ttl = math.ceil(retention / 1000) + 1000
-for _, key in ipairs(KEYS) do  -- extend, never shorten
+for _, key in ipairs({KEYS[1], KEYS[2]}) do  -- extend, never shorten
   if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
 end
-return {1, 0, -1}
+return {1, 0, -1, processes}
 """
 
 # Requests made while Redis was unreachable (or before it restarted empty), by age: added
@@ -344,7 +362,8 @@ class RedisStore:
 
     Keys: ``<prefix>:stamps`` (a sorted set of the longest window's requests, at most its
     limit) and ``<prefix>:slots`` (the next pacing slot per tier), both with a TTL of the
-    longest window, so Redis memory is bounded by the plan, not by the requests sent.
+    longest window, so Redis memory is bounded by the plan, not by the requests sent; and
+    ``<prefix>:processes`` (each process that asked in the last two short windows).
 
     Args:
         url: ``redis://[:password@]host:port/db`` (or ``rediss://``).
@@ -370,6 +389,7 @@ class RedisStore:
         self.prefix = key_prefix(client_id, namespace)
         self.stamps_key = f"{self.prefix}:stamps"
         self.slots_key = f"{self.prefix}:slots"
+        self.processes_key = f"{self.prefix}:processes"
         self._redis: Redis | None = None
         self._reserve: Any = None
         self._replay: Any = None
@@ -447,14 +467,17 @@ class RedisStore:
         ]
         for window in windows:
             args += [round(window.period * 1e6), window.limit]
-        reply = await self._call(
-            lambda: self._reserve(keys=[self.stamps_key, self.slots_key], args=args)
-        )
-        granted, wait_us, blocking = (int(x) for x in reply)
+        # A process counts as present for two of the longest short windows: one that waits
+        # on a full minute window still asks at least once a minute.
+        short = [w.period for w in windows if w.period <= _MAX_PACED_PERIOD]
+        args += [member.split(":", 1)[0], round(2 * max(short, default=60.0) * 1e6)]
+        keys = [self.stamps_key, self.slots_key, self.processes_key]
+        reply = await self._call(lambda: self._reserve(keys=keys, args=args))
+        granted, wait_us, blocking, processes = (int(x) for x in reply)
         if granted:
-            return Verdict(True)
+            return Verdict(True, processes=processes)
         blocked = windows[blocking] if 0 <= blocking < len(windows) else None
-        return Verdict(False, wait_us / 1e6, blocked)
+        return Verdict(False, wait_us / 1e6, blocked, processes)
 
     async def replay(self, grants: Sequence[tuple[str, float]], *, retention: float) -> None:
         """See :class:`PacingStore`."""
@@ -574,7 +597,8 @@ class AdaptiveRate:
         return True
 
 
-_Fallback = int | Literal["pause"]
+_Fallback = int | Literal["auto", "pause"]
+_UNCOUNTED_FALLBACK = 4  # processes assumed when the store was lost before it counted them
 
 
 class Pacer(RateLimiter):
@@ -593,12 +617,20 @@ class Pacer(RateLimiter):
             job passes 0.25, live callers 0. ``acquire(reserve=...)`` overrides it.
         adaptive: Lower this process's rate on 429s (``True`` or an :class:`AdaptiveRate`);
             the runner's ``pause()`` after a 429 is the signal.
-        fallback: When a shared store is lost mid-run: an assumed number of processes
-            sharing the key (each then paces at 1/N of the plan, after waiting out the
-            windows of a minute or less), or ``"pause"`` (no requests until it returns).
+        fallback: When a shared store is lost mid-run, each process waits out the windows
+            of a minute or less, then paces at 1/N of the plan. ``"auto"`` (the default):
+            N is the number of processes the store saw asking in the last two of those
+            windows (4 if it was lost before it answered once); an int fixes N; ``"pause"``
+            sends nothing until the store returns.
         retry_interval: Seconds between attempts to reach a lost store.
         store_timeout: Seconds per Redis call when ``store`` is a URL.
-        margin, clock, sleep: As for :class:`RateLimiter`.
+        margin: Seconds added to every window's period, to absorb the difference in delay
+            between two requests reaching the server. ``None`` (the default) learns it:
+            5 ms at first (a window of a second then costs 0.5% of the plan, not the 4.8% of
+            a fixed 50 ms), doubled on each 429 met while a window was full, up to 200 ms
+            (logged at INFO), plus the longest delay a recent request took from its slot to
+            the wire (see :attr:`margin`). A float fixes it.
+        clock, sleep: As for :class:`RateLimiter`.
     """
 
     def __init__(
@@ -609,22 +641,40 @@ class Pacer(RateLimiter):
         client_id: str | None = None,
         reserve: float = 0.0,
         adaptive: bool | AdaptiveRate = False,
-        fallback: _Fallback = 4,
+        fallback: _Fallback = "auto",
         retry_interval: float = 2.0,
         store_timeout: float = 0.5,
-        margin: float = 0.05,
+        margin: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     ) -> None:
+        learns = margin is None
+        margin = MARGIN_START if margin is None else margin
+        if not (math.isfinite(margin) and margin >= 0):
+            raise ValueError(f"margin must be a number of seconds >= 0: {margin!r}")
+        self._learns_margin = learns
         super().__init__(windows, margin=margin, clock=clock, sleep=sleep)
+        self._margin_widened_at = -math.inf
+        self._window_full_at = -math.inf  # when a window of a minute or less last said wait
+        # Recent requests' delays between their slot and their headers on the wire, as
+        # (when, delay) with delays decreasing: the front is the longest still remembered.
+        self._send_delays: deque[tuple[float, float]] = deque()
+        short = [w.period for w in self.windows if w.period <= _MAX_PACED_PERIOD]
+        self._delay_memory = max(short, default=0.0) + 1.0
         if isinstance(store, str):
             store = RedisStore(store, client_id or "", timeout=store_timeout)
         self.store: PacingStore = store if store is not None else MemoryStore(clock)
         effective_windows(self.windows, reserve)  # validates
         self.reserve = reserve
-        if fallback != "pause" and (not isinstance(fallback, int) or fallback < 1):
-            raise ValueError(f"fallback must be a process count >= 1 or 'pause': {fallback!r}")
+        if fallback not in ("auto", "pause") and (
+            not isinstance(fallback, int) or isinstance(fallback, bool) or fallback < 1
+        ):
+            raise ValueError(
+                f"fallback must be 'auto', a process count >= 1 or 'pause': {fallback!r}"
+            )
         self.fallback = fallback
+        self.processes = 0  # processes the shared store last saw on the key (0: not yet)
+        self._fallback_n = 1  # the share's N, fixed when the store was lost
         self.retry_interval = retry_interval
         plan_rate = 1.0 / self._spacing if self._spacing > 0 else 0.0
         if adaptive is True and plan_rate <= 0:
@@ -654,6 +704,35 @@ class Pacer(RateLimiter):
         return f"Pacer({spec!r}, store={self.store!r}, reserve={self.reserve})"
 
     @property
+    def margin(self) -> float:
+        """Seconds added to every window's period now.
+
+        A learned margin also adds the longest delay a recent request took from its slot to
+        its headers on the wire (a new connection's handshake, a busy event loop): the
+        server counts that request that much later than its slot, so the one that takes its
+        place in a window must wait as much longer.
+        """
+        if not self._learns_margin:
+            return self._margin
+        delays, now = self._send_delays, self._clock()
+        while delays and delays[0][0] < now - self._delay_memory:
+            delays.popleft()
+        return self._margin + (delays[0][1] if delays else 0.0)
+
+    @margin.setter
+    def margin(self, value: float) -> None:
+        self._margin = value
+
+    def note_send_delay(self, seconds: float) -> None:
+        """A request granted a slot went on the wire ``seconds`` later (see :attr:`margin`)."""
+        if not self._learns_margin or not seconds > 0:
+            return
+        delays = self._send_delays
+        while delays and delays[-1][1] <= seconds:
+            delays.pop()  # never the longest again while this one is remembered
+        delays.append((self._clock(), min(seconds, _MAX_SEND_DELAY)))
+
+    @property
     def current_rate(self) -> float | None:
         """This process's adaptive cap in requests/s, or ``None`` (only the windows apply)."""
         return None if self.adaptive is None else self.adaptive.rate()
@@ -679,10 +758,38 @@ class Pacer(RateLimiter):
             self.store.seed(sent_at, self._keep)
 
     def pause(self, seconds: float) -> None:
-        """Hold every request back; with ``adaptive``, a 429 also lowers this process's rate."""
-        if self.adaptive is not None:
+        """Hold every request back after a 429, and learn from it: a wider margin when the
+        windows were full, else (with ``adaptive``) a lower rate for this process."""
+        if not self._widen_margin() and self.adaptive is not None:
             self.adaptive.on_throttle()
         super().pause(seconds)
+
+    def _widen_margin(self) -> bool:
+        """Whether this 429 is put down to the margin (then it widens, at most once a second).
+
+        A 429 on a slot the windows granted has two causes. While a window was full (this
+        process sends at the plan's whole rate), the likeliest is two of our requests
+        reaching the server closer together than we let them go, at the window's edge: a
+        wider margin answers that, and halving the rate would cost far more. While the
+        windows had room, someone outside the store uses the key: the adaptive rate answers
+        that, as it does once the margin is at its widest.
+        """
+        now = self._clock()
+        if (
+            not self._learns_margin
+            or self._margin >= MARGIN_MAX
+            or now - self._window_full_at > _AT_THE_EDGE
+        ):
+            return False
+        if now - self._margin_widened_at >= _MARGIN_COOLDOWN:
+            self._margin_widened_at = now
+            old, self._margin = self._margin, min(MARGIN_MAX, self._margin * 2)
+            logger.info(
+                "rate-limit margin: a 429 at a full window's edge; %.0f -> %.0f ms",
+                old * 1000,
+                self._margin * 1000,
+            )
+        return True
 
     def wait_time(self) -> float:
         """Seconds left of the wait the last ``acquire()`` was told, or of the local pause.
@@ -742,6 +849,8 @@ class Pacer(RateLimiter):
                 if stop_at_quota and window is not None and window.period >= QUOTA_PERIOD:
                     raise QuotaExhaustedError(window, verdict.wait)
                 now = self._clock()
+                if window is not None and window.period <= _MAX_PACED_PERIOD:
+                    self._window_full_at = now
                 self._wait_until = now + verdict.wait
                 _check_within(give_up, now, verdict.wait)
                 await self._sleep(max(verdict.wait, _EPSILON))
@@ -779,6 +888,7 @@ class Pacer(RateLimiter):
             except PacingStoreError as error:
                 self._enter_fallback(error)
             else:
+                self.processes = verdict.processes or self.processes
                 if verdict.granted and local is not None:
                     local.record(
                         self._share(windows), tier=tier, spacing=spacing, plan_spacing=self._spacing
@@ -788,7 +898,7 @@ class Pacer(RateLimiter):
 
     def _share(self, windows: Sequence[Window]) -> tuple[Window, ...]:
         """A 1/N share of ``windows`` (at least one request per N-times-longer period)."""
-        n = 1 if self.fallback == "pause" else self.fallback
+        n = self._fallback_n
         return tuple(
             Window(w.limit // n, w.period) if w.limit >= n else Window(1, w.period * n / w.limit)
             for w in windows
@@ -825,6 +935,12 @@ class Pacer(RateLimiter):
                 self.retry_interval,
             )
             return
+        if self.fallback != "auto":
+            self._fallback_n, why = self.fallback, "fallback="
+        elif self.processes:
+            self._fallback_n, why = self.processes, "processes the store saw on the key: "
+        else:
+            self._fallback_n, why = _UNCOUNTED_FALLBACK, "the store counted none yet, assumed "
         # Other processes' requests in the windows of a minute or less are unknown now:
         # wait those windows out, then pace at 1/N of the plan.
         short = [w.period for w in self.windows if w.period <= _MAX_PACED_PERIOD]
@@ -832,10 +948,12 @@ class Pacer(RateLimiter):
         self._hold_until = now + hold
         share = ",".join(map(str, self._share(self.windows)))
         logger.warning(
-            "%s; FALLING BACK to a local share of the plan (1/%d: %s) after waiting %.1f s "
-            "for the short windows to empty; retrying the store every %g s",
+            "%s; FALLING BACK to a local share of the plan (1/%d, %s%d: %s) after waiting "
+            "%.1f s for the short windows to empty; retrying the store every %g s",
             error,
-            self.fallback,
+            self._fallback_n,
+            why,
+            self._fallback_n,
             share,
             hold,
             self.retry_interval,

@@ -124,6 +124,11 @@ class RateLimiter:
         """Hold every request back for ``seconds`` from now (extends, never shortens)."""
         self._paused_until = max(self._paused_until, self._clock() + seconds)
 
+    def note_send_delay(self, seconds: float) -> None:
+        """A request granted a slot went on the wire ``seconds`` later; this limiter's
+        ``margin`` is fixed, so it ignores it (a :class:`~facematch_async._pacing.Pacer`
+        learns from it)."""
+
     @property
     def paused_for(self) -> float:
         """Seconds left in the current pause (0 when not paused)."""

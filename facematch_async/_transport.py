@@ -7,7 +7,9 @@ import os
 import platform
 import re
 import ssl
+import time
 from collections.abc import Iterable, Mapping
+from typing import Protocol
 
 import aiohttp
 import aiohttp.payload
@@ -32,6 +34,12 @@ USER_AGENT = (
 )
 
 
+class SendListener(Protocol):
+    """Hears how long a request took from its slot to the wire."""
+
+    def on_sent(self, delay: float) -> None: ...
+
+
 class MultipartBody(aiohttp.payload.Payload):
     """A ``multipart/form-data`` body of file parts, laid out byte for byte as
     ``aiohttp.FormData`` does, but written to the socket chunk by chunk as it stands.
@@ -45,7 +53,15 @@ class MultipartBody(aiohttp.payload.Payload):
 
     Only aiohttp's public ``Payload`` API is used (``size``, ``autoclose``, ``decode``,
     ``write``, ``write_with_length``): the chunks live in this class's own attribute.
+
+    ``listener``, when set, hears each attempt's seconds from ``ready_at`` (its slot) to the
+    body's first write, just after its headers: when it reached the wire, what a rate limit
+    at the server counts by. (The listener holds no reference back to the body: no cycle
+    keeps the images alive.)
     """
+
+    listener: SendListener | None = None
+    ready_at = 0.0
 
     def __init__(self, images: Iterable[UploadImage]) -> None:
         boundary = os.urandom(16).hex()  # as random as aiohttp's uuid4().hex boundary
@@ -78,14 +94,16 @@ class MultipartBody(aiohttp.payload.Payload):
         return b"".join(self.chunks).decode(encoding, errors)
 
     async def write(self, writer: AbstractStreamWriter) -> None:
-        for chunk in self.chunks:
-            await writer.write(chunk)
+        await self.write_with_length(writer, None)
 
     async def write_with_length(
         self, writer: AbstractStreamWriter, content_length: int | None
     ) -> None:
+        if self.listener is not None:
+            self.listener.on_sent(time.monotonic() - self.ready_at)
         if content_length is None:
-            await self.write(writer)
+            for chunk in self.chunks:
+                await writer.write(chunk)
             return
         for chunk in self.chunks:
             if content_length <= 0:

@@ -772,6 +772,11 @@ class _PairPacing:
     def on_rate_limited(self, retry_after: float | None) -> None:
         self.runner._on_rate_limited(retry_after)
 
+    def on_sent(self, delay: float) -> None:
+        limiter = self.runner.limiter
+        if limiter is not None:
+            limiter.note_send_delay(delay)
+
     async def sleep(self, seconds: float) -> None:
         started = time.perf_counter()
         await self.runner._idle(asyncio.sleep(seconds))

@@ -15,6 +15,8 @@ import pytest
 
 from facematch_async import BatchRunner, FaceMatchClient, RateLimiter
 from facematch_async._pacing import (
+    MARGIN_MAX,
+    MARGIN_START,
     AdaptiveRate,
     MemoryStore,
     Pacer,
@@ -94,7 +96,7 @@ async def test_memory_pacer_lets_requests_go_at_the_rate_limiters_times() -> Non
     times: list[list[float]] = []
     for make in (RateLimiter, Pacer):
         fake = FakeTime()
-        limiter = make("5/s,12/5s", clock=fake.clock, sleep=fake.sleep)
+        limiter = make("5/s,12/5s", margin=0.05, clock=fake.clock, sleep=fake.sleep)
         stamps = []
         for _ in range(30):
             await limiter.acquire()
@@ -169,7 +171,9 @@ async def test_keys_expire_and_stay_bounded_by_the_plan(redis_server) -> None:
     assert int(redis_server.command("ZCARD", key)[1:].split(b"\r")[0]) <= 600
     ttl = int(redis_server.command("PTTL", key)[1:].split(b"\r")[0])
     assert 0 < ttl <= 3100
-    assert int(redis_server.command("DBSIZE")[1:].split(b"\r")[0]) == 2
+    assert int(redis_server.command("DBSIZE")[1:].split(b"\r")[0]) == 3
+    processes = f"{key_prefix(CLIENT_ID)}:processes"
+    assert redis_server.command("ZCARD", processes).startswith(b":1\r")  # this process
     await until(lambda: redis_server.command("DBSIZE").startswith(b":0"))
     assert redis_server.command("DBSIZE").startswith(b":0")
     await pacer.aclose()
@@ -280,6 +284,41 @@ async def test_losing_redis_mid_run_falls_back_and_recovers(redis_server, tmp_pa
     assert zset_scores(redis_server, f"{key_prefix(CLIENT_ID)}:stamps")
 
 
+async def test_a_lost_store_leaves_each_process_the_share_the_store_counted(
+    redis_server, caplog
+) -> None:
+    """Three processes asked on the key: when Redis goes, each paces at 1/3 of the plan, as
+    the store told each of them, and says so."""
+    caplog.set_level(logging.WARNING, "facematch_async")
+    pacers = [
+        Pacer("9/0.5s", store=redis_server.url, client_id=CLIENT_ID, retry_interval=60)
+        for _ in range(3)
+    ]
+    for pacer in pacers:
+        await pacer.acquire()
+    await pacers[0].acquire()  # the third process asked after this one's first call
+    assert [pacer.processes for pacer in pacers] == [3, 2, 3]
+    await anyio.to_thread.run_sync(redis_server.stop)
+    stamps = []
+    for _ in range(7):
+        await pacers[0].acquire()
+        stamps.append(anyio.current_time())
+    assert pacers[0].degraded
+    assert max_in_window(stamps, 0.5) <= 3  # 9 per 0.5 s, a third of it
+    assert "FALLING BACK" in caplog.text
+    assert "processes the store saw on the key: 3: 3/0.5s" in caplog.text
+    for pacer in pacers:
+        await pacer.aclose()
+
+
+def test_fallback_takes_auto_a_count_or_pause_only() -> None:
+    """The fallback is 'auto' by default; a count must be a whole number >= 1."""
+    assert Pacer("10/s").fallback == "auto"
+    for bad in (0, -1, True, 2.5, "half"):
+        with pytest.raises(ValueError, match="fallback"):
+            Pacer("10/s", fallback=bad)  # type: ignore[arg-type]
+
+
 async def test_fallback_pause_sends_nothing_until_the_store_returns(redis_server, caplog) -> None:
     """fallback='pause': while Redis is down no request is let go; it says so at WARNING."""
     fake_sleeps: list[float] = []
@@ -325,21 +364,98 @@ def test_adaptive_rate_halves_on_a_throttle_and_recovers_along_a_cubic(caplog) -
 
 
 async def test_a_pacer_with_adaptive_rate_slows_itself_after_a_429() -> None:
-    """pause() after a 429 lowers the pacer's own rate; the progress line can show it."""
+    """A 429 while the windows had room (a stranger on the key) lowers the pacer's own rate
+    (the progress line can show it) and leaves the margin alone."""
     fake = FakeTime()
     pacer = Pacer("10/s", adaptive=True, clock=fake.clock, sleep=fake.sleep)
     start = fake.now
-    for _ in range(20):
+    for _ in range(8):  # spaced, never filling the 1 s window
         await pacer.acquire()
     assert pacer.current_rate is None
     pacer.pause(0.0)
     rate = pacer.current_rate
     assert rate is not None and rate < 6
+    assert pacer.margin == MARGIN_START
     before = fake.now
     for _ in range(5):
         await pacer.acquire()
     assert fake.now - before > 4 * 0.1 * 1.5  # well below the plan's 10/s
     assert start < before
+
+
+async def fill_the_window(pacer: Pacer) -> None:
+    """Send at the plan's whole rate until the 1 s window has made a request wait."""
+    for _ in range(12):
+        await pacer.acquire()
+
+
+async def test_a_429_at_a_full_windows_edge_widens_the_margin_not_the_rate(caplog) -> None:
+    """While a window is full, a 429 means two requests met the server closer than they
+    were let go: the margin doubles (once per burst of 429s) up to its cap, the rate stays;
+    past the cap, the adaptive rate takes over."""
+    caplog.set_level(logging.INFO, "facematch_async")
+    fake = FakeTime()
+    pacer = Pacer("10/s", adaptive=True, clock=fake.clock, sleep=fake.sleep)
+    assert pacer.margin == MARGIN_START == 0.005
+    await fill_the_window(pacer)
+    pacer.pause(0.0)
+    pacer.pause(0.0)  # the same burst: counted once
+    assert pacer.margin == pytest.approx(0.01)
+    assert pacer.current_rate is None
+    assert "a 429 at a full window's edge; 5 -> 10 ms" in caplog.text
+    # From now on the 11th request of a 1 s window goes 1 s + 10 ms after the 1st.
+    fake.now += 2.0
+    stamps = []
+    for _ in range(11):
+        await pacer.acquire()
+        stamps.append(fake.now)
+    assert stamps[10] - stamps[0] == pytest.approx(1.01)
+    widths = []
+    while pacer.margin < MARGIN_MAX:
+        fake.now += 1.0
+        await fill_the_window(pacer)
+        pacer.pause(0.0)
+        widths.append(round(pacer.margin * 1000))
+    assert widths == [20, 40, 80, 160, 200]
+    assert pacer.current_rate is None
+    fake.now += 1.0
+    await fill_the_window(pacer)
+    pacer.pause(0.0)  # the margin cannot grow: this one lowers the rate
+    assert pacer.margin == MARGIN_MAX
+    assert pacer.current_rate is not None
+
+
+def test_a_slow_send_widens_the_margin_while_its_request_counts() -> None:
+    """A request that reached the wire 0.3 s after its slot (a new connection's handshake)
+    counts 0.3 s late at the server: the margin carries that delay for as long as a window
+    of a minute or less can hold the request, then forgets it."""
+    fake = FakeTime()
+    pacer = Pacer("10/s,100/min", clock=fake.clock, sleep=fake.sleep)
+    pacer.note_send_delay(0.3)
+    pacer.note_send_delay(0.001)
+    assert pacer.margin == pytest.approx(MARGIN_START + 0.3)
+    fake.now += 30
+    pacer.note_send_delay(0.002)
+    assert pacer.margin == pytest.approx(MARGIN_START + 0.3)  # still in the minute window
+    fake.now += 31.5
+    assert pacer.margin == pytest.approx(MARGIN_START + 0.002)
+    fake.now += 61
+    assert pacer.margin == MARGIN_START
+    fixed = Pacer("10/s", margin=0.05, clock=fake.clock, sleep=fake.sleep)
+    fixed.note_send_delay(0.3)
+    assert fixed.margin == 0.05
+
+
+async def test_a_fixed_margin_never_moves() -> None:
+    """Pacer(margin=0.05) keeps 50 ms whatever comes back; its 429s lower the rate."""
+    fake = FakeTime()
+    pacer = Pacer("10/s", adaptive=True, margin=0.05, clock=fake.clock, sleep=fake.sleep)
+    await fill_the_window(pacer)
+    pacer.pause(0.0)
+    assert pacer.margin == 0.05
+    assert pacer.current_rate is not None
+    with pytest.raises(ValueError, match="margin"):
+        Pacer("10/s", margin=math.nan)
 
 
 def test_memory_store_is_a_pacing_store() -> None:

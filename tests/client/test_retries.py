@@ -201,3 +201,31 @@ async def test_call_pacing_sees_every_attempt_and_each_429(
     assert (await client.send(prepared, pacing=CountingPacing())).match is True
     assert paced == 3
     assert waits == [0.01]
+
+
+async def test_a_pacing_that_listens_hears_when_each_attempt_reached_the_wire(
+    client, faces: Faces, sandbox: SandboxServer
+) -> None:
+    """A pacing with ``on_sent`` hears, per attempt, the seconds from its slot to the
+    request's headers on the wire (what a pacer adds to its margin); one without it (above)
+    is never asked."""
+    sandbox.scripted.add(ScriptedResponse(path=FACEMATCH, status=503, json={"detail": "x"}))
+    delays: list[float] = []
+
+    class ListeningPacing:
+        async def before_attempt(self) -> None:
+            pass
+
+        def on_rate_limited(self, retry_after: float | None) -> None:
+            pass
+
+        async def sleep(self, seconds: float) -> None:
+            await asyncio.sleep(seconds)
+
+        def on_sent(self, delay: float) -> None:
+            delays.append(delay)
+
+    prepared = await client.prepare(faces.alice_png, faces.alice_jpg)
+    assert (await client.send(prepared, pacing=ListeningPacing())).match is True
+    assert len(delays) == 2  # the 503's attempt and the one that matched
+    assert all(0 <= delay < 5 for delay in delays)

@@ -60,3 +60,25 @@ def test_readme_sample_runs(sample: str, cli_sandbox_url: str, tmp_path: Path) -
         check=False,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
+
+
+def test_every_test_the_guarantees_table_names_exists() -> None:
+    """Each `path::name` (or `::name`, under the path before it) in the Guarantees table is
+    a test module that defines that test, so the table cannot point at a renamed test."""
+    text = README.read_text(encoding="utf-8")
+    table = text.split("## Guarantees", 1)[1].split("\n## ", 1)[0]
+    named = 0
+    for row in table.splitlines():
+        if not row.startswith("| ") or row.startswith("| guarantee") or "---" in row:
+            continue
+        module: Path | None = None
+        for reference in re.findall(r"`([\w/]*(?:\.py)?(?:::\w+)?)`", row.rsplit(" | ", 1)[1]):
+            path, _, name = reference.partition("::")
+            if path:
+                module = ROOT / "tests" / path
+                assert module.exists(), f"{reference}: no such test file or folder"
+            if name:
+                assert module is not None and module.is_file(), f"{reference}: which module?"
+                assert re.search(rf"def {name}\(", module.read_text()), f"{module}: no {name}"
+                named += 1
+    assert named >= 40
