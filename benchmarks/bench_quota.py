@@ -510,7 +510,7 @@ async def main(quick: bool, only: set[int]) -> None:
                     where = "Redis store" if store else "in memory"
                     say(
                         f"| {where} ({r['ok']}/{r['pairs']} matched) | {margin_name(margin)} "
-                        f"| {r['share']:.1%} | {r['refused']} | {r['margin'] * 1000:g} ms |"
+                        f"| {r['share']:.1%} | {r['refused']} | {r['margin'] * 1000:.1f} ms |"
                     )
             say()
         if 5 in only:
@@ -524,7 +524,7 @@ async def main(quick: bool, only: set[int]) -> None:
                 say(
                     f"| in memory ({r['ok']}/{r['pairs']} matched) | {margin_name(margin)} "
                     f"| {r['share']:.1%} | {r['second_half']:.1%} | {r['refused']} "
-                    f"| {r['margin'] * 1000:g} ms |"
+                    f"| {r['margin'] * 1000:.1f} ms |"
                 )
             say()
         say(f"whole run: {time.monotonic() - started:.0f} s; {os.cpu_count()} CPUs")

@@ -89,12 +89,15 @@ class Verdict:
         window: The window imposing that wait (``None``: the even spacing).
         processes: A shared store's count of the processes that asked it lately (0: not
             counted), the share each would take if the store went away.
+        lost: The request ``expect`` named is gone: the store lost the windows while it
+            stayed up (nothing was reserved).
     """
 
     granted: bool
     wait: float = 0.0
     window: Window | None = None
     processes: int = 0
+    lost: bool = False
 
 
 @runtime_checkable
@@ -119,8 +122,11 @@ class PacingStore(Protocol):
         plan_spacing: float,
         margin: float,
         member: str,
+        expect: str = "",
     ) -> Verdict:
-        """Reserve a slot under ``member`` if every window has room, else say how long to wait.
+        """Reserve a slot under ``member`` if every window has room, else say how long to wait;
+        first, unless empty, check that the request ``expect`` (a member reserved earlier,
+        still within the windows) is still there, else answer ``lost``.
 
         Raises:
             PacingStoreError: the store is unreachable or slow (shared stores only).
@@ -232,8 +238,9 @@ class MemoryStore:
         plan_spacing: float,
         margin: float,
         member: str = "",
+        expect: str = "",
     ) -> Verdict:
-        """See :class:`PacingStore`; never raises."""
+        """See :class:`PacingStore`; never raises (and never loses a request)."""
         now = self._clock()
         verdict = self.check(windows, tier=tier, margin=margin, now=now)
         if verdict.granted:
@@ -265,6 +272,7 @@ local retention = tonumber(ARGV[7])
 local n = tonumber(ARGV[8])
 local process = ARGV[9 + 2 * n]
 local presence = tonumber(ARGV[10 + 2 * n])
+local expect = ARGV[11 + 2 * n]
 local function f(x) return string.format('%.0f', x) end
 -- Who shares the key: each process that asked lately, so that all of them know how small
 -- a share of the plan to take if this store goes away.
@@ -278,6 +286,11 @@ local kept = tonumber(redis.call('HGET', KEYS[2], 'retention') or '0')
 if retention > kept then redis.call('HSET', KEYS[2], 'retention', f(retention)) end
 if kept > retention then retention = kept end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. f(now - retention))
+-- A request the caller made within the retention is gone: the keys were wiped while Redis
+-- stayed up (FLUSHDB, eviction, a failover to a replica that lagged). Say so; reserve nothing.
+if expect ~= '' and not redis.call('ZSCORE', KEYS[1], expect) then
+  return {2, 0, -1, processes}
+end
 local function slot_of(field)
   local v = redis.call('HGET', KEYS[2], field)
   if v then return tonumber(v) end
@@ -408,12 +421,17 @@ class RedisStore:
                     'a Redis pacing store needs redis-py: pip install "facematch-async[redis]"'
                 ) from None
             # No retries inside redis-py: the pacer decides (fallback, periodic probe).
-            self._redis = Redis.from_url(
-                self.url,
-                socket_timeout=self.timeout,
-                socket_connect_timeout=self.timeout,
-                retry=Retry(NoBackoff(), 0),
-            )
+            try:
+                self._redis = Redis.from_url(
+                    self.url,
+                    socket_timeout=self.timeout,
+                    socket_connect_timeout=self.timeout,
+                    retry=Retry(NoBackoff(), 0),
+                )
+            except ValueError as exc:  # a port that is not a number, a bad query parameter
+                raise PacingStoreError(
+                    f"rate-limit store {redact_url(self.url)} is not a valid Redis URL: {exc}"
+                ) from None
             self._reserve = self._redis.register_script(_RESERVE_LUA)
             self._replay = self._redis.register_script(_REPLAY_LUA)
         return self._redis
@@ -451,6 +469,7 @@ class RedisStore:
         plan_spacing: float,
         margin: float,
         member: str,
+        expect: str = "",
     ) -> Verdict:
         """See :class:`PacingStore`."""
         self._client()
@@ -470,10 +489,12 @@ class RedisStore:
         # A process counts as present for two of the longest short windows: one that waits
         # on a full minute window still asks at least once a minute.
         short = [w.period for w in windows if w.period <= _MAX_PACED_PERIOD]
-        args += [member.split(":", 1)[0], round(2 * max(short, default=60.0) * 1e6)]
+        args += [member.split(":", 1)[0], round(2 * max(short, default=60.0) * 1e6), expect]
         keys = [self.stamps_key, self.slots_key, self.processes_key]
         reply = await self._call(lambda: self._reserve(keys=keys, args=args))
         granted, wait_us, blocking, processes = (int(x) for x in reply)
+        if granted == 2:
+            return Verdict(False, processes=processes, lost=True)
         if granted:
             return Verdict(True, processes=processes)
         blocked = windows[blocking] if 0 <= blocking < len(windows) else None
@@ -884,7 +905,11 @@ class Pacer(RateLimiter):
                     plan_spacing=self._spacing,
                     margin=self.margin,
                     member=self._pending_member,
+                    expect=self._expected(now),
                 )
+                if verdict.lost:
+                    await self._restore_lost_windows(now)
+                    return Verdict(False, _EPSILON)  # ask again, over the restored windows
             except PacingStoreError as error:
                 self._enter_fallback(error)
             else:
@@ -926,8 +951,7 @@ class Pacer(RateLimiter):
         self.degraded = True
         self.fallbacks += 1
         self._next_probe = now + self.retry_interval
-        self._local = MemoryStore(self._clock)
-        self._local.seed([stamp for _, stamp in self._own], self._keep)
+        why = self._start_local_share()
         if self.fallback == "pause":
             logger.warning(
                 "%s; PAUSING every request until it returns (retrying every %g s)",
@@ -935,12 +959,6 @@ class Pacer(RateLimiter):
                 self.retry_interval,
             )
             return
-        if self.fallback != "auto":
-            self._fallback_n, why = self.fallback, "fallback="
-        elif self.processes:
-            self._fallback_n, why = self.processes, "processes the store saw on the key: "
-        else:
-            self._fallback_n, why = _UNCOUNTED_FALLBACK, "the store counted none yet, assumed "
         # Other processes' requests in the windows of a minute or less are unknown now:
         # wait those windows out, then pace at 1/N of the plan.
         short = [w.period for w in self.windows if w.period <= _MAX_PACED_PERIOD]
@@ -959,10 +977,59 @@ class Pacer(RateLimiter):
             self.retry_interval,
         )
 
+    def _start_local_share(self) -> str:
+        """Keep this process's own requests locally, to pace at 1/N of the plan; says why N."""
+        self._local = MemoryStore(self._clock)
+        self._local.seed([stamp for _, stamp in self._own], self._keep)
+        if isinstance(self.fallback, int):
+            self._fallback_n, why = self.fallback, "fallback="
+        elif self.processes:
+            self._fallback_n, why = self.processes, "processes the store saw on the key: "
+        else:
+            self._fallback_n, why = _UNCOUNTED_FALLBACK, "the store counted none yet, assumed "
+        return why
+
+    def _retention(self) -> float:
+        return max((w.period for w in self.windows), default=0.0) + self.margin
+
+    def _expected(self, now: float) -> str:
+        """This process's last request, if the store must still hold it (else "")."""
+        if not self._own or not self.store.shared:
+            return ""
+        member, stamp = self._own[-1]
+        # Slack: the store stamps and trims by its own clock, a round trip after ours.
+        retention = self._retention()
+        return member if now - stamp < retention * 0.99 - 0.05 else ""
+
+    def _own_ages(self, now: float) -> tuple[list[tuple[str, float]], float]:
+        retention = self._retention()
+        return [(m, now - stamp) for m, stamp in self._own if now - stamp < retention], retention
+
+    async def _restore_lost_windows(self, now: float) -> None:
+        """The store lost the windows while it stayed up: put this process's own requests
+        back and, until the others have had a window's time to put theirs back too (each
+        does on its next request), also keep to a local 1/N share, as after an outage."""
+        ages, retention = self._own_ages(now)
+        await self.store.replay(ages, retention=retention)
+        why = self._start_local_share()
+        short = [w.period for w in self.windows if w.period <= _MAX_PACED_PERIOD]
+        self._grace_until = now + max(short, default=0.0) + self.margin
+        logger.warning(
+            "rate-limit store %s lost this key's windows while it stayed up (FLUSHDB, "
+            "eviction under maxmemory, or a failover to a replica that lagged): %d own "
+            "requests restored; keeping to 1/%d of the plan (%s%d) for %.1f s while the other "
+            "processes restore theirs",
+            redact_url(self.store.url) if isinstance(self.store, RedisStore) else self.store,
+            len(ages),
+            self._fallback_n,
+            why,
+            self._fallback_n,
+            self._grace_until - now,
+        )
+
     async def _probe(self, now: float) -> None:
         self._next_probe = now + self.retry_interval
-        retention = max((w.period for w in self.windows), default=0.0) + self.margin
-        ages = [(member, now - stamp) for member, stamp in self._own if now - stamp < retention]
+        ages, retention = self._own_ages(now)
         try:
             await self.store.replay(ages, retention=retention)
         except PacingStoreError:

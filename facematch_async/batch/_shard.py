@@ -24,14 +24,22 @@ COUNT_VARIABLE = "FACEMATCH_SHARD_COUNT"
 """Set this to the number of shards where the scheduler does not say (Kubernetes, AWS)."""
 
 
+def _whole(text: str) -> int:
+    """A whole number in plain ASCII digits: ``int()`` alone would also take ``1_0``,
+    ``+3`` or other scripts' digits, which no scheduler writes."""
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError(text)
+    return int(text)
+
+
 def _int(environ: Mapping[str, str], name: str) -> int | None:
     value = environ.get(name, "").strip()
     if not value:
         return None
     try:
-        return int(value)
+        return _whole(value)
     except ValueError:
-        raise ValueError(f"${name} must be an integer, not {value!r}") from None
+        raise ValueError(f"${name} must be a whole number, not {value!r}") from None
 
 
 def scheduler_shard(environ: Mapping[str, str]) -> tuple[str, int, int | None] | None:
@@ -71,14 +79,14 @@ def resolve_shard(
     head, _, tail = text.strip().partition("/")
     if head.lower() != "auto":
         try:
-            k, n = int(head), int(tail)
+            k, n = _whole(head), _whole(tail)
         except ValueError:
             raise ValueError(f"--shard must look like 2/8, auto or auto/8, not {text!r}") from None
         if not 1 <= k <= n:
             raise ValueError(f"--shard {text}: K must be between 1 and N")
         return k, n
     try:
-        given = int(tail) if tail else None
+        given = _whole(tail) if tail else None
     except ValueError:
         raise ValueError(f"--shard {text}: expected auto or auto/N") from None
     found = scheduler_shard(environ)

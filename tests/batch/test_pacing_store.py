@@ -121,6 +121,16 @@ def test_keys_hash_the_client_id_and_urls_hide_passwords() -> None:
     assert redact_url("redis://h:6379/0") == "redis://h:6379/0"
 
 
+async def test_a_malformed_store_url_is_a_pacing_store_error_naming_it() -> None:
+    """A port that is not a number, a bad query parameter: PacingStoreError with the URL
+    (password hidden), not redis-py's bare ValueError."""
+    for url in ("redis://:hunter2@h:abc/0", "redis://h:6379/0?socket_timeout=x"):
+        pacer = Pacer("5/s", store=url, client_id=CLIENT_ID)
+        with pytest.raises(PacingStoreError, match="is not a valid Redis URL") as caught:
+            await pacer.start()
+        assert "redis://" in str(caught.value) and "hunter2" not in str(caught.value)
+
+
 async def test_an_unreachable_store_fails_at_start_naming_the_url(redis_server) -> None:
     """Down at start: a clear error with the URL, without the password."""
     url = f"redis://:hunter2@127.0.0.1:{redis_server.port}/0"
@@ -307,6 +317,32 @@ async def test_a_lost_store_leaves_each_process_the_share_the_store_counted(
     assert max_in_window(stamps, 0.5) <= 3  # 9 per 0.5 s, a third of it
     assert "FALLING BACK" in caplog.text
     assert "processes the store saw on the key: 3: 3/0.5s" in caplog.text
+    for pacer in pacers:
+        await pacer.aclose()
+
+
+async def test_windows_wiped_while_redis_stays_up_are_noticed_and_restored(
+    redis_server, caplog
+) -> None:
+    """FLUSHALL between two requests (as eviction or a failover to a lagging replica would):
+    each process notices on its next request that its own last one is gone, puts its own
+    requests back, and keeps to its share of the plan until the others have put theirs back,
+    so no window holds more than the plan (without it: 8 in 2 s against 6)."""
+    caplog.set_level(logging.WARNING, "facematch_async")
+    pacers = [Pacer("6/2s", store=redis_server.url, client_id=CLIENT_ID) for _ in range(2)]
+    sent = []
+    for _ in range(3):  # three each, taking turns: the 2 s window is full
+        for pacer in pacers:
+            await pacer.acquire()
+            sent.append(anyio.current_time())
+    redis_server.command("FLUSHALL")
+    for pacer in pacers:  # each one's next request
+        await pacer.acquire()
+        sent.append(anyio.current_time())
+    assert max_in_window(sent, 2.0) <= 6
+    assert caplog.text.count("lost this key's windows while it stayed up") == 2
+    assert "3 own requests restored; keeping to 1/2 of the plan" in caplog.text
+    assert zset_scores(redis_server, f"{key_prefix(CLIENT_ID)}:stamps")  # shared again
     for pacer in pacers:
         await pacer.aclose()
 

@@ -57,9 +57,15 @@ def test_shard_resolves_from_each_scheduler(text, environ, expected) -> None:
         ("auto/4", {"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "8"}, "says 8"),
         ("auto/4", {"JOB_COMPLETION_INDEX": "4"}, "outside 0..3"),
         ("auto", {"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_STEP": "2"}, "grid"),
-        ("auto", {"JOB_COMPLETION_INDEX": "x"}, "integer"),
+        ("auto", {"JOB_COMPLETION_INDEX": "x"}, "whole number"),
+        ("auto/4", {"JOB_COMPLETION_INDEX": "1_0"}, "whole number"),
+        ("auto/4", {"JOB_COMPLETION_INDEX": "-1"}, "whole number"),
         ("4/3", {}, "between 1 and N"),
         ("x", {}, "2/8"),
+        ("1_0/2_0", {}, "2/8"),
+        ("+1/2", {}, "2/8"),
+        ("\u0661/\u0662", {}, "2/8"),  # Arabic-Indic digits: int() takes them
+        ("auto/1_0", {"JOB_COMPLETION_INDEX": "1"}, "auto/N"),
     ],
 )
 def test_shard_refuses_what_would_skip_or_repeat_pairs(text, environ, message) -> None:
