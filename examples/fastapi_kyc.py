@@ -146,8 +146,11 @@ class Answer(JSONResponse):
 
 
 def human_size(size: int) -> str:
-    """``15.0 MB``, ``850 KB``."""
-    return f"{size / MB:.1f} MB" if size >= MB else f"{math.ceil(size / 1024)} KB"
+    """``15.0 MB``, ``850 KB``: rounded up, so a file one byte over a 10 MB limit reads
+    10.1 MB, never "10.0 MB, over the 10 MB limit"."""
+    if size >= MB:
+        return f"{math.ceil(size * 10 / MB) / 10:.1f} MB"
+    return f"{math.ceil(size / 1024)} KB"
 
 
 def upload_size(upload: UploadFile) -> int:
@@ -223,13 +226,14 @@ def failure_answer(error: FaceMatchError) -> Answer:
     return Answer(500, "misconfigured", "none", message, transaction_id=transaction_id)
 
 
-def log_failure(code: str, error: BaseException, elapsed: float) -> None:
+def log_failure(code: str, error: BaseException, elapsed: float, what: str = "face match") -> None:
     """One line per failed call: what an on-call engineer needs, never a secret."""
     level = logging.ERROR if code == "misconfigured" else logging.WARNING
     logger.log(
         level,
-        "face match failed: code=%s error=%s sub_code=%s status=%s transaction_id=%s "
+        "%s failed: code=%s error=%s sub_code=%s status=%s transaction_id=%s "
         "attempts=%s elapsed_ms=%.0f",
+        what,
         code,
         type(error).__name__,
         getattr(error, "sub_code", None),
@@ -315,11 +319,12 @@ async def face_match(request: Request, selfie: UploadFile, id_document: UploadFi
 async def readyz(request: Request) -> Response:
     """200 while the credentials hold: no network call while the token is fresh."""
     client: FaceMatchClient = request.app.state.facematch
+    started = time.monotonic()
     try:
         await client.verify_credentials(deadline=2)
     except FaceMatchError as error:
         response = failure_answer(error)
-        log_failure(response.code, error, 0.0)
+        log_failure(response.code, error, time.monotonic() - started, "readiness check")
         return response
     return Answer(200, "ready", "none", "Ready.")
 

@@ -145,6 +145,15 @@ def test_a_15_mb_photo_is_told_in_megabytes(service: TestClient) -> None:
     assert "15.0 MB, over the 10 MB limit" in str(body["message"])
 
 
+def test_a_photo_one_byte_over_the_limit_never_reads_as_the_limit(service: TestClient) -> None:
+    """10 MB and one byte is "10.1 MB, over the 10 MB limit", not "10.0 MB, over ..."."""
+    big = make_test_image("meera", "jpeg")
+    big += b"\0" * (10 * 1024 * 1024 + 1 - len(big))
+    files = upload(big, make_test_image("meera", "png"))
+    body = error_body(service.post("/kyc/face-match", files=files), 422, "image_too_large")
+    assert "10.1 MB, over the 10 MB limit" in str(body["message"])
+
+
 def test_an_empty_photo(service: TestClient) -> None:
     files = upload(make_test_image("meera", "jpeg"), b"")
     body = error_body(service.post("/kyc/face-match", files=files), 422, "image_empty")
