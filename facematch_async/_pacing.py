@@ -71,12 +71,13 @@ _EPSILON = 1e-9
 _MAX_PACED_PERIOD = 60.0  # as in _ratelimit: daily quotas are never spread evenly
 _LATENESS = 0.01  # seconds: a request this late after its slot still kept the pace
 # A learned margin (see Pacer): start where loopback and a steady network path need no more,
-# double on each 429 the windows did not predict, never past what a jittery path needs.
+# double on each 429 met at a full window's edge, never past what a jittery path needs.
 MARGIN_START = 0.005
 MARGIN_MAX = 0.2
 _MARGIN_COOLDOWN = 1.0  # 429s this close together answer requests sent under one margin
 _AT_THE_EDGE = 5.0  # seconds: a 429 this soon after a window was full came from its edge
 _MAX_SEND_DELAY = 30.0  # seconds: a send delayed longer has met its timeout, not a queue
+_PRESENCE = 2 * _MAX_PACED_PERIOD  # seconds a process counts as sharing the key after asking
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,7 +377,7 @@ class RedisStore:
     Keys: ``<prefix>:stamps`` (a sorted set of the longest window's requests, at most its
     limit) and ``<prefix>:slots`` (the next pacing slot per tier), both with a TTL of the
     longest window, so Redis memory is bounded by the plan, not by the requests sent; and
-    ``<prefix>:processes`` (each process that asked in the last two short windows).
+    ``<prefix>:processes`` (each process that asked in the last two minutes).
 
     Args:
         url: ``redis://[:password@]host:port/db`` (or ``rediss://``).
@@ -486,10 +487,10 @@ class RedisStore:
         ]
         for window in windows:
             args += [round(window.period * 1e6), window.limit]
-        # A process counts as present for two of the longest short windows: one that waits
-        # on a full minute window still asks at least once a minute.
-        short = [w.period for w in windows if w.period <= _MAX_PACED_PERIOD]
-        args += [member.split(":", 1)[0], round(2 * max(short, default=60.0) * 1e6), expect]
+        # A process counts as present for two minutes after it last asked: one that waits
+        # on a full minute window still asks at least once a minute. (The same for every
+        # caller, whatever its plan, so none trims another's presence short.)
+        args += [member.split(":", 1)[0], round(_PRESENCE * 1e6), expect]
         keys = [self.stamps_key, self.slots_key, self.processes_key]
         reply = await self._call(lambda: self._reserve(keys=keys, args=args))
         granted, wait_us, blocking, processes = (int(x) for x in reply)
@@ -640,9 +641,9 @@ class Pacer(RateLimiter):
             the runner's ``pause()`` after a 429 is the signal.
         fallback: When a shared store is lost mid-run, each process waits out the windows
             of a minute or less, then paces at 1/N of the plan. ``"auto"`` (the default):
-            N is the number of processes the store saw asking in the last two of those
-            windows (4 if it was lost before it answered once); an int fixes N; ``"pause"``
-            sends nothing until the store returns.
+            N is the number of processes the store saw asking in the last two minutes (4 if
+            it was lost before it answered once); an int fixes N; ``"pause"`` sends nothing
+            until the store returns.
         retry_interval: Seconds between attempts to reach a lost store.
         store_timeout: Seconds per Redis call when ``store`` is a URL.
         margin: Seconds added to every window's period, to absorb the difference in delay
