@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Literal, Self, TypeVar, cast
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -557,7 +558,28 @@ def _make_pacer(
             "rate_limit_store must be a redis://, rediss:// or unix:// URL, not "
             f"{redact_url(store)!r}"
         )
+    if store is not None:
+        _check_store_url(store)
     return plan_pacer(windows, store=store, client_id=client_id)
+
+
+def _check_store_url(url: str) -> None:
+    """A malformed Redis URL fails when the client is built, as a bad argument (the
+    batch's exit 2), not later as an unreachable store: redis-py's own parser judges, when
+    the ``redis`` extra is installed (else the store says what to install)."""
+    try:
+        from redis.connection import parse_url
+    except ImportError:  # pragma: no cover (depends on the install)
+        return
+    try:
+        parsed = parse_url(url)  # type: ignore[no-untyped-call]
+    except ValueError as exc:
+        raise ValueError(
+            f"rate_limit_store {redact_url(url)!r} is not a Redis URL: {exc}"
+        ) from None
+    path = urlsplit(url).path.strip("/")
+    if url.startswith(("redis://", "rediss://")) and path and "db" not in parsed:
+        raise ValueError(f"rate_limit_store {redact_url(url)!r}: the database must be a number")
 
 
 class _MatchCall:

@@ -359,6 +359,8 @@ def redact_url(url: str) -> str:
     userinfo, at, hostport = netloc.rpartition("@")
     if at and ":" in userinfo:
         url = url.replace(netloc, f"{userinfo.split(':', 1)[0]}:***@{hostport}", 1)
+    elif at:  # `redis://secret@host`: a password written without its colon, likely
+        url = url.replace(netloc, f"***@{hostport}", 1)
     return url
 
 
@@ -1008,24 +1010,30 @@ class Pacer(RateLimiter):
 
     async def _restore_lost_windows(self, now: float) -> None:
         """The store lost the windows while it stayed up: put this process's own requests
-        back and, until the others have had a window's time to put theirs back too (each
-        does on its next request), also keep to a local 1/N share, as after an outage."""
+        back. Other processes' requests are unknown until each puts its own back on its next
+        request, and one asleep until a full window reopens will not ask for a while: so,
+        as after an outage, send nothing until the windows of a minute or less have emptied
+        (not needed when the store saw no other process on the key)."""
         ages, retention = self._own_ages(now)
         await self.store.replay(ages, retention=retention)
-        why = self._start_local_share()
+        store = redact_url(self.store.url) if isinstance(self.store, RedisStore) else self.store
+        what = (
+            f"rate-limit store {store} lost this key's windows while it stayed up (FLUSHDB, "
+            "eviction under maxmemory, or a failover to a replica that lagged): "
+            f"{len(ages)} own requests restored"
+        )
+        if self.processes <= 1:
+            logger.warning("%s; no other process was on the key", what)
+            return
         short = [w.period for w in self.windows if w.period <= _MAX_PACED_PERIOD]
-        self._grace_until = now + max(short, default=0.0) + self.margin
+        hold = max(short, default=0.0) + self.margin
+        RateLimiter.pause(self, hold)  # a hold, not a 429: nothing to learn from it
         logger.warning(
-            "rate-limit store %s lost this key's windows while it stayed up (FLUSHDB, "
-            "eviction under maxmemory, or a failover to a replica that lagged): %d own "
-            "requests restored; keeping to 1/%d of the plan (%s%d) for %.1f s while the other "
-            "processes restore theirs",
-            redact_url(self.store.url) if isinstance(self.store, RedisStore) else self.store,
-            len(ages),
-            self._fallback_n,
-            why,
-            self._fallback_n,
-            self._grace_until - now,
+            "%s; HOLDING every request for %.1f s, until the other %d process(es)' requests "
+            "in the short windows have expired",
+            what,
+            hold,
+            self.processes - 1,
         )
 
     async def _probe(self, now: float) -> None:

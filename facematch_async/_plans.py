@@ -51,6 +51,7 @@ PLANS: dict[str, tuple[Window, ...]] = {
 _UNITS = {"s": 1.0, "sec": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0, "hour": 3600.0}
 _UNITS.update(d=_DAY, day=_DAY)
 _PART = re.compile(r"\s*(\d+)\s*/\s*(\d*\.?\d*)\s*([a-z]+)\s*")
+_MOST_PER_WINDOW = 1_000_000_000  # requests: far above any plan, far below an overflow
 
 
 def parse_rate_limit(spec: str | Sequence[Window] | None) -> tuple[Window, ...]:
@@ -67,7 +68,10 @@ def parse_rate_limit(spec: str | Sequence[Window] | None) -> tuple[Window, ...]:
     if not isinstance(spec, str):
         return tuple(spec)
     name = spec.strip().lower()
-    if name in ("", "none", "off", "unlimited"):
+    if not name:
+        # An empty setting (`DEEPVUE_RATE_LIMIT=` in a manifest) must not quietly turn pacing off.
+        raise ValueError("the rate limit is empty: give a plan, a spec, or 'none' for no limit")
+    if name in ("none", "off", "unlimited"):
         return ()
     if name in PLANS:
         return PLANS[name]
@@ -80,5 +84,10 @@ def parse_rate_limit(spec: str | Sequence[Window] | None) -> tuple[Window, ...]:
                 "parts like '10/s,300/min,20000/day'"
             )
         count, multiple, unit = found.groups()
+        if int(count) > _MOST_PER_WINDOW:
+            raise ValueError(
+                f"rate limit {spec!r}: {count} is more than any plan allows in a window "
+                f"(at most {_MOST_PER_WINDOW:,}); use 'none' for no limit"
+            )
         windows.append(Window(int(count), float(multiple or 1) * _UNITS[unit]))
     return tuple(windows)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from facematch_async._images import DEFAULT_MAX_IMAGE_BYTES, load_pair
+from facematch_async._pacing import effective_windows, redact_url
 from facematch_async._ratelimit import RateLimiter, Window, parse_rate_limit
 from facematch_async.batch._index import IndexStorageError, KeyIndex, key_hash
 from facematch_async.batch._manifest import ManifestProblem, PairSpec, read_manifest
@@ -66,7 +67,8 @@ def add_batch_parser(
     )
     parser.add_argument(
         "--rate-limit",
-        default=os.environ.get("DEEPVUE_RATE_LIMIT", "business"),
+        # An empty DEEPVUE_RATE_LIMIT is unset (business), not "no limit".
+        default=os.environ.get("DEEPVUE_RATE_LIMIT", "").strip() or "business",
         help="plan (starter, business, growth, enterprise), a spec like "
         "'10/s,300/min,20000/day', or 'none' (env DEEPVUE_RATE_LIMIT, else %(default)s)",
     )
@@ -183,7 +185,14 @@ def _count_rows(path: Path) -> int | None:
 
 
 def _resume_command(args: argparse.Namespace) -> str:
+    """The command line again, with ``--resume``; a store URL's password shown as ``***``
+    (type it again, or set ``DEEPVUE_RATE_LIMIT_STORE`` instead of the flag)."""
     argv = list(args.argv)
+    for i, arg in enumerate(argv):
+        if arg.startswith("--rate-limit-store="):
+            argv[i] = "--rate-limit-store=" + redact_url(arg.partition("=")[2])
+        elif i and argv[i - 1] == "--rate-limit-store":
+            argv[i] = redact_url(arg)
     if "--resume" not in argv:
         argv.append("--resume")
     return shlex.join(["facematch-async", *argv])
@@ -288,9 +297,13 @@ def _dry_run(
     if examples:
         print("first problems:")
         print("\n".join(examples))
-    limiter = RateLimiter(windows)
-    rate = ",".join(map(str, windows)) or "no limit"
-    print(f"at {rate}: about {format_duration(limiter.estimate(ready))} for {ready} requests")
+    # With --reserve the batch takes only its share of every window.
+    paced = effective_windows(windows, args.reserve) if args.reserve else windows
+    rate = ",".join(map(str, paced)) or "no limit"
+    if args.reserve:
+        rate += f" (--reserve {args.reserve:.0%} of {','.join(map(str, windows))})"
+    estimate = format_duration(RateLimiter(paced).estimate(ready))
+    print(f"at {rate}: about {estimate} for {ready} requests")
     return EXIT_PAIRS_FAILED if failing else EXIT_OK
 
 

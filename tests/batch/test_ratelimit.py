@@ -328,3 +328,14 @@ async def test_requests_are_spaced_over_the_shortest_window() -> None:
     daily = limiter("3/day", FakeClock())
     await daily.acquire()
     assert daily.wait_time() == 0.0
+
+
+def test_an_empty_or_impossible_spec_is_refused() -> None:
+    """An empty spec is not "no limit" ('none' is), and a limit past any plan (which would
+    overflow the window's memory) is a ValueError, not an OverflowError."""
+    for spec in ("", "  "):
+        with pytest.raises(ValueError, match="empty"):
+            parse_rate_limit(spec)
+    with pytest.raises(ValueError, match="more than any plan"):
+        parse_rate_limit("99999999999999999999/s")
+    assert parse_rate_limit("none") == ()

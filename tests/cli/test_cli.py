@@ -378,3 +378,50 @@ def test_a_store_that_is_not_a_redis_url_is_refused_when_the_client_is_built() -
         FaceMatchClient(
             client_id="id", client_secret="secret", rate_limit="5/s", rate_limit_store="http://x"
         )
+
+
+def test_an_empty_rate_limit_setting_never_turns_pacing_off(
+    images: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """DEEPVUE_RATE_LIMIT left empty (as a deployment manifest may) is unset: the batch paces
+    at the default plan; an empty --rate-limit is a usage error, never "no limit"."""
+    monkeypatch.setenv("DEEPVUE_RATE_LIMIT", " ")
+    manifest = write_manifest(tmp_path / "pairs.csv", matching(200))
+    args = ["batch", str(manifest), "--dry-run", "--base-url", "http://127.0.0.1:9"]
+    assert main(args) == 0
+    assert "about 00:01:" in capsys.readouterr().out  # business: 2/s and 100/min
+    assert main([*args, "--rate-limit", ""]) == 2
+    assert "the rate limit is empty" in capsys.readouterr().err
+
+
+def test_the_resume_command_hides_the_stores_password() -> None:
+    """The line a stopped batch prints to resume it shows a store URL's password as ***."""
+    import argparse
+
+    from facematch_async.cli._batch import _resume_command
+
+    argv = ["batch", "p.csv", "--rate-limit-store", "redis://:hunter2@h:6379/0"]
+    line = _resume_command(argparse.Namespace(argv=[*argv, "--rate-limit-store=redis://pw3@h"]))
+    assert "hunter2" not in line and "pw3" not in line
+    assert "redis://:***@h:6379/0" in line and "--resume" in line
+
+
+def test_the_dry_runs_estimate_counts_the_reserve(images: Path, tmp_path: Path, capsys) -> None:
+    """With --reserve 25% the batch takes 7 of every 10/s: 300 requests take ~43 s, not 30."""
+    manifest = write_manifest(tmp_path / "pairs.csv", matching(300))
+    args = ["batch", str(manifest), "--dry-run", "--rate-limit", "10/s"]
+    assert main([*args, "--reserve", "25%"]) == 0
+    assert "at 7/s (--reserve 25% of 10/s): about 00:00:4" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("url", ["redis://:hunter2@h:abc/0", "redis://h:6379/abc"])
+def test_a_malformed_store_url_is_a_usage_error(images: Path, monkeypatch, capsys, url) -> None:
+    """A store URL redis-py cannot read is exit 2 and one line (password hidden), like an
+    http:// one, not exit 3 as if a good store were down."""
+    monkeypatch.setenv("DEEPVUE_CLIENT_ID", CLIENT_ID)
+    monkeypatch.setenv("DEEPVUE_CLIENT_SECRET", CLIENT_SECRET)
+    monkeypatch.setenv("DEEPVUE_RATE_LIMIT", "5/s")
+    monkeypatch.setenv("DEEPVUE_RATE_LIMIT_STORE", url)
+    assert main(["match", str(images / "alice.png"), str(images / "alice.jpg")]) == 2
+    err = capsys.readouterr().err
+    assert "rate_limit_store" in err and "hunter2" not in err and "Traceback" not in err
