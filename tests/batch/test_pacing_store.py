@@ -369,6 +369,21 @@ async def test_a_lone_process_restores_wiped_windows_without_holding(redis_serve
     await pacer.aclose()
 
 
+async def test_a_quiet_caller_still_counts_in_the_others_share(redis_server) -> None:
+    """A live caller that asked once, seconds ago, beside two busy processes on a `10/s`
+    plan: when Redis goes, the busy ones still count it (presence lasts two minutes, not two
+    of the plan's windows), so the three shares add up to the plan, not more."""
+    busy = [Pacer("10/s", store=redis_server.url, client_id=CLIENT_ID) for _ in range(2)]
+    quiet = Pacer("10/s", store=redis_server.url, client_id=CLIENT_ID)
+    await quiet.acquire()
+    for _ in range(20):  # two seconds of traffic: longer than two 1 s windows
+        for pacer in busy:
+            await pacer.acquire()
+    assert [pacer.processes for pacer in busy] == [3, 3]
+    for pacer in (*busy, quiet):
+        await pacer.aclose()
+
+
 def test_fallback_takes_auto_a_count_or_pause_only() -> None:
     """The fallback is 'auto' by default; a count must be a whole number >= 1."""
     assert Pacer("10/s").fallback == "auto"
