@@ -545,8 +545,11 @@ def _make_pacer(
         if store is not None:
             raise ValueError("rate_limit_store goes with a plan or spec, not a RateLimiter")
         return rate_limit
-    windows = parse_rate_limit(rate_limit or os.environ.get("DEEPVUE_RATE_LIMIT") or None)
-    store = store or os.environ.get("DEEPVUE_RATE_LIMIT_STORE") or None
+    # An empty argument is an error (parse_rate_limit says so); an empty variable is unset.
+    if rate_limit is None:
+        rate_limit = os.environ.get("DEEPVUE_RATE_LIMIT", "").strip() or None
+    windows = parse_rate_limit(rate_limit)
+    store = store or os.environ.get("DEEPVUE_RATE_LIMIT_STORE", "").strip() or None
     if not windows:
         if store is not None:
             raise ValueError("rate_limit_store needs a rate_limit (a plan or a spec)")
@@ -568,12 +571,16 @@ def _check_store_url(url: str) -> None:
     batch's exit 2), not later as an unreachable store: redis-py's own parser judges, when
     the ``redis`` extra is installed (else the store says what to install)."""
     try:
+        from redis.asyncio import ConnectionPool
         from redis.connection import parse_url
     except ImportError:  # pragma: no cover (depends on the install)
         return
     try:
         parsed = parse_url(url)  # type: ignore[no-untyped-call]
-    except ValueError as exc:
+        # An option redis-py does not know fails only when a connection is made: make one
+        # (nothing is connected).
+        ConnectionPool.from_url(url).make_connection()  # type: ignore[no-untyped-call]
+    except (TypeError, ValueError) as exc:
         raise ValueError(
             f"rate_limit_store {redact_url(url)!r} is not a Redis URL: {exc}"
         ) from None

@@ -52,6 +52,7 @@ _UNITS = {"s": 1.0, "sec": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0, "hour": 360
 _UNITS.update(d=_DAY, day=_DAY)
 _PART = re.compile(r"\s*(\d+)\s*/\s*(\d*\.?\d*)\s*([a-z]+)\s*")
 _MOST_PER_WINDOW = 1_000_000_000  # requests: far above any plan, far below an overflow
+_LONGEST_WINDOW = 366 * _DAY  # seconds: longer would overflow Redis's integer times
 
 
 def parse_rate_limit(spec: str | Sequence[Window] | None) -> tuple[Window, ...]:
@@ -89,5 +90,8 @@ def parse_rate_limit(spec: str | Sequence[Window] | None) -> tuple[Window, ...]:
                 f"rate limit {spec!r}: {count} is more than any plan allows in a window "
                 f"(at most {_MOST_PER_WINDOW:,}); use 'none' for no limit"
             )
-        windows.append(Window(int(count), float(multiple or 1) * _UNITS[unit]))
+        period = float(multiple or 1) * _UNITS[unit]
+        if period > _LONGEST_WINDOW:
+            raise ValueError(f"rate limit {spec!r}: a window longer than a year is not a plan")
+        windows.append(Window(int(count), period))
     return tuple(windows)

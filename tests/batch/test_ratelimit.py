@@ -338,4 +338,6 @@ def test_an_empty_or_impossible_spec_is_refused() -> None:
             parse_rate_limit(spec)
     with pytest.raises(ValueError, match="more than any plan"):
         parse_rate_limit("99999999999999999999/s")
+    with pytest.raises(ValueError, match="longer than a year"):
+        parse_rate_limit("10/99999999999999999999s")
     assert parse_rate_limit("none") == ()

@@ -370,6 +370,19 @@ def test_a_bad_rate_limit_setting_is_a_usage_error_not_a_traceback(
     assert "Traceback" not in err
 
 
+def test_an_empty_rate_limit_argument_is_an_error_and_an_empty_variable_is_unset(
+    monkeypatch,
+) -> None:
+    """rate_limit="" would quietly mean no pacing: a ValueError; DEEPVUE_RATE_LIMIT left
+    empty is unset (the client's default: no pacing), as an empty variable usually means."""
+    from facematch_async import FaceMatchClient
+
+    with pytest.raises(ValueError, match="empty"):
+        FaceMatchClient(client_id="id", client_secret="secret", rate_limit="")
+    monkeypatch.setenv("DEEPVUE_RATE_LIMIT", " ")
+    assert FaceMatchClient(client_id="id", client_secret="secret").pacer is None
+
+
 def test_a_store_that_is_not_a_redis_url_is_refused_when_the_client_is_built() -> None:
     """rate_limit_store="http://..." fails at construction, naming the URL's kind."""
     from facematch_async import FaceMatchClient
@@ -414,7 +427,9 @@ def test_the_dry_runs_estimate_counts_the_reserve(images: Path, tmp_path: Path, 
     assert "at 7/s (--reserve 25% of 10/s): about 00:00:4" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("url", ["redis://:hunter2@h:abc/0", "redis://h:6379/abc"])
+@pytest.mark.parametrize(
+    "url", ["redis://:hunter2@h:abc/0", "redis://h:6379/abc", "redis://:hunter2@h/0?bogus=1"]
+)
 def test_a_malformed_store_url_is_a_usage_error(images: Path, monkeypatch, capsys, url) -> None:
     """A store URL redis-py cannot read is exit 2 and one line (password hidden), like an
     http:// one, not exit 3 as if a good store were down."""
