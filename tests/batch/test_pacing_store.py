@@ -28,20 +28,7 @@ from facematch_async._pacing import (
 )
 from facematch_async._ratelimit import Window
 from facematch_async.sandbox import SandboxConfig, SandboxServer, make_test_image
-from tests.helpers import CLIENT_ID, CLIENT_SECRET, FAST_RETRIES, RedisServer
-
-
-class FakeTime:
-    """A clock that sleeps by jumping forward."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += max(seconds, 0.0)
+from tests.helpers import CLIENT_ID, CLIENT_SECRET, FAST_RETRIES, FakeClock, RedisServer
 
 
 def max_in_window(stamps: list[float], period: float) -> int:
@@ -95,8 +82,8 @@ async def test_memory_pacer_lets_requests_go_at_the_rate_limiters_times() -> Non
     """With the in-memory store, a Pacer spaces and windows requests exactly as RateLimiter."""
     times: list[list[float]] = []
     for make in (RateLimiter, Pacer):
-        fake = FakeTime()
-        limiter = make("5/s,12/5s", margin=0.05, clock=fake.clock, sleep=fake.sleep)
+        fake = FakeClock()
+        limiter = make("5/s,12/5s", margin=0.05, clock=fake, sleep=fake.sleep)
         stamps = []
         for _ in range(30):
             await limiter.acquire()
@@ -418,8 +405,8 @@ async def test_fallback_pause_sends_nothing_until_the_store_returns(redis_server
 def test_adaptive_rate_halves_on_a_throttle_and_recovers_along_a_cubic(caplog) -> None:
     """A 429 halves the measured rate; it climbs back in `recovery` s, then the cap lifts."""
     caplog.set_level(logging.INFO, "facematch_async")
-    fake = FakeTime()
-    adaptive = AdaptiveRate(10.0, recovery=10.0, clock=fake.clock)
+    fake = FakeClock()
+    adaptive = AdaptiveRate(10.0, recovery=10.0, clock=fake)
     for _ in range(16):  # 8 requests/s measured over 2 s
         fake.now += 0.125
         adaptive.on_send()
@@ -439,8 +426,8 @@ def test_adaptive_rate_halves_on_a_throttle_and_recovers_along_a_cubic(caplog) -
 async def test_a_pacer_with_adaptive_rate_slows_itself_after_a_429() -> None:
     """A 429 while the windows had room (a stranger on the key) lowers the pacer's own rate
     (the progress line can show it) and leaves the margin alone."""
-    fake = FakeTime()
-    pacer = Pacer("10/s", adaptive=True, clock=fake.clock, sleep=fake.sleep)
+    fake = FakeClock()
+    pacer = Pacer("10/s", adaptive=True, clock=fake, sleep=fake.sleep)
     start = fake.now
     for _ in range(8):  # spaced, never filling the 1 s window
         await pacer.acquire()
@@ -467,8 +454,8 @@ async def test_a_429_at_a_full_windows_edge_widens_the_margin_not_the_rate(caplo
     were let go: the margin doubles (once per burst of 429s) up to its cap, the rate stays;
     past the cap, the adaptive rate takes over."""
     caplog.set_level(logging.INFO, "facematch_async")
-    fake = FakeTime()
-    pacer = Pacer("10/s", adaptive=True, clock=fake.clock, sleep=fake.sleep)
+    fake = FakeClock()
+    pacer = Pacer("10/s", adaptive=True, clock=fake, sleep=fake.sleep)
     assert pacer.margin == MARGIN_START == 0.005
     await fill_the_window(pacer)
     pacer.pause(0.0)
@@ -502,8 +489,8 @@ def test_a_slow_send_widens_the_margin_while_its_request_counts() -> None:
     """A request that reached the wire 0.3 s after its slot (a new connection's handshake)
     counts 0.3 s late at the server: the margin carries that delay for as long as a window
     of a minute or less can hold the request, then forgets it."""
-    fake = FakeTime()
-    pacer = Pacer("10/s,100/min", clock=fake.clock, sleep=fake.sleep)
+    fake = FakeClock()
+    pacer = Pacer("10/s,100/min", clock=fake, sleep=fake.sleep)
     pacer.note_send_delay(0.3)
     pacer.note_send_delay(0.001)
     assert pacer.margin == pytest.approx(MARGIN_START + 0.3)
@@ -514,15 +501,15 @@ def test_a_slow_send_widens_the_margin_while_its_request_counts() -> None:
     assert pacer.margin == pytest.approx(MARGIN_START + 0.002)
     fake.now += 61
     assert pacer.margin == MARGIN_START
-    fixed = Pacer("10/s", margin=0.05, clock=fake.clock, sleep=fake.sleep)
+    fixed = Pacer("10/s", margin=0.05, clock=fake, sleep=fake.sleep)
     fixed.note_send_delay(0.3)
     assert fixed.margin == 0.05
 
 
 async def test_a_fixed_margin_never_moves() -> None:
     """Pacer(margin=0.05) keeps 50 ms whatever comes back; its 429s lower the rate."""
-    fake = FakeTime()
-    pacer = Pacer("10/s", adaptive=True, margin=0.05, clock=fake.clock, sleep=fake.sleep)
+    fake = FakeClock()
+    pacer = Pacer("10/s", adaptive=True, margin=0.05, clock=fake, sleep=fake.sleep)
     await fill_the_window(pacer)
     pacer.pause(0.0)
     assert pacer.margin == 0.05
