@@ -417,8 +417,8 @@ class RedisStore:
         if self._redis is None:
             try:
                 from redis.asyncio import Redis
+                from redis.asyncio.retry import Retry
                 from redis.backoff import NoBackoff
-                from redis.retry import Retry
             except ImportError:  # pragma: no cover (depends on the install)
                 raise PacingStoreError(
                     'a Redis pacing store needs redis-py: pip install "facematch-async[redis]"'

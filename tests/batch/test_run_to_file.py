@@ -74,7 +74,7 @@ def test_a_killed_python_job_resumes_with_each_pair_exactly_once(
         "DEEPVUE_BASE_URL": slow_sandbox,
     }
     command = [sys.executable, "-c", JOB, str(manifest), str(out)]
-    job = subprocess.Popen([*command, "new"], env=env, stdout=subprocess.PIPE, text=True)  # noqa: S603
+    job = subprocess.Popen([*command, "new"], env=env, stdout=subprocess.DEVNULL, text=True)  # noqa: S603
     deadline = time.monotonic() + 30
     while not (out.exists() and out.read_bytes().count(b"\n") >= 10):
         assert job.poll() is None, "the job finished before it could be killed"

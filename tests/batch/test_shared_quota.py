@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 import time
@@ -47,6 +48,10 @@ def pairs(tmp_path: Path) -> tuple[Path, Path, Path]:
     return a, b, tmp_path
 
 
+# What the batch command itself writes on stderr: its own messages and its progress lines.
+PROJECT_LINE = re.compile(r"facematch-async |\d+/\d+ \(\d+%\)|Resume with: ")
+
+
 def write_manifest(folder: Path, a: Path, b: Path, count: int) -> Path:
     manifest = folder / "pairs.csv"
     rows = "".join(f"q{i:04d},{a},{b}\n" for i in range(count))
@@ -70,8 +75,12 @@ def cli_env(base_url: str) -> dict[str, str]:
 async def start_batch(
     manifest: Path, out: Path, env: dict[str, str], *flags: str
 ) -> asyncio.subprocess.Process:
+    # -W error: a warning from a dependency (redis-py's, say) would be a line on every
+    # shard's stderr that the project did not write; here it is a failure.
     return await asyncio.create_subprocess_exec(
         sys.executable,
+        "-W",
+        "error",
         "-m",
         "facematch_async.cli",
         "batch",
@@ -260,6 +269,26 @@ async def test_a_dead_store_fails_verify_credentials_and_the_cli_in_one_line(
     assert len(said) == 1 and url in said[0], err
     assert "Traceback" not in err and stdout == b""
     assert not out.exists() or out.read_text() == ""
+
+
+async def test_a_batch_on_a_live_store_prints_only_its_own_lines(
+    redis_server, pairs, sandbox_url_plain: str
+) -> None:
+    """Under ``python -W error``, a batch through a live Redis exits 0 and its stderr holds
+    only lines the CLI writes itself (no dependency's warning): each starts with the
+    command's name or is a progress line."""
+    a, b, folder = pairs
+    manifest = write_manifest(folder, a, b, 6)
+    out = folder / "results.jsonl"
+    flags = ["--rate-limit", "20/s", "--rate-limit-store", redis_server.url]
+    batch = await start_batch(manifest, out, cli_env(sandbox_url_plain), *flags)
+    _, stderr = await batch.communicate()
+    err = stderr.decode()
+    assert batch.returncode == 0, err
+    assert len(out.read_text().splitlines()) == 6
+    foreign = [line for line in err.splitlines() if line.strip() and not PROJECT_LINE.match(line)]
+    assert foreign == [], err
+    assert "Warning" not in err and "site-packages" not in err
 
 
 @pytest.fixture

@@ -263,7 +263,7 @@ def test_kill_9_then_resume_gives_each_pair_exactly_once(env, images: Path, tmp_
     process = run_cli(args, env)
     wait_for_lines(out, 8, process)
     process.kill()
-    process.wait(timeout=10)
+    process.communicate(timeout=10)  # reaped, and its pipes closed
     with open(out, "ab") as file:
         file.write(b'{"pair_id": "p059", "sta')  # as if the kill tore a line mid-write
     done_before = len(out.read_text().splitlines()) - 1

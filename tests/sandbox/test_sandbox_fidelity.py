@@ -485,6 +485,12 @@ async def test_a_body_cut_short_by_the_connection_is_never_judged() -> None:
 # --- 7. read timeouts --------------------------------------------------------------------------
 
 
+# The header part of the read timeout is aiohttp's keep-alive timer, which aiohttp arms when a
+# connection opens only from 3.14.4 on (issue 26 gives the sandbox a read timeout of its own).
+_ARMS_AT_OPEN = tuple(int(part) for part in aiohttp.__version__.split(".")[:3]) >= (3, 14, 4)
+
+
+@pytest.mark.skipif(not _ARMS_AT_OPEN, reason="aiohttp < 3.14.4 times out no unsent headers")
 async def test_half_sent_requests_are_closed_after_the_read_timeout() -> None:
     """Connections that never finish headers or body are closed; the server keeps serving."""
     async with (
