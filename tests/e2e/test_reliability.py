@@ -200,7 +200,7 @@ def test_sigkill_at_random_moments_then_resume_sends_no_finished_pair_again(
             if run < 4:
                 time.sleep(chance.uniform(0.3, 1.2))
                 batch.send_signal(signal.SIGKILL)
-                batch.wait(10)
+                batch.communicate(timeout=10)  # reaped, and its pipe closed
             else:
                 _, err = batch.communicate(timeout=120)
                 assert batch.returncode == 0, err
