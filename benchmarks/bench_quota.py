@@ -48,7 +48,6 @@ from typing import Any
 import aiohttp
 
 from facematch_async import BatchRunner, FaceMatchClient, RateLimiter
-from facematch_async._pacing import Pacer
 from facematch_async.sandbox import (
     EngineVerdict,
     SandboxConfig,
@@ -420,7 +419,7 @@ async def saturation(
         if jitter:
             base_url = await stack.enter_async_context(jittery_path(base_url, jitter))
         store = None if redis is None else redis.url
-        pacer = Pacer(plan, store=store, client_id=client_id, margin=margin, adaptive=True)
+        pacer = RateLimiter(plan, store=store, client_id=client_id, margin=margin, adaptive=True)
         async with FaceMatchClient(
             client_id=client_id, client_secret=SECRET, base_url=base_url, rate_limit=pacer
         ) as client:

@@ -61,7 +61,9 @@ async def reverify(manifest: str | Path, database: str | Path, rate_limit: str |
         # DEEPVUE_* from the environment; the client paces every call within the plan (with
         # DEEPVUE_RATE_LIMIT_STORE, together with the key's other processes).
         async with FaceMatchClient(rate_limit=rate_limit) as client:
-            runner = BatchRunner(client, concurrency=16, rate_limit=client.pacer)  # None: none
+            runner = BatchRunner(
+                client, concurrency=16, rate_limit=client.rate_limiter
+            )  # None: none
             async for outcome in runner.run(read_manifest(manifest), skip=sink.done):
                 sink.write(outcome)
                 errors += outcome.status == "error"

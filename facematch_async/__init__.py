@@ -12,12 +12,13 @@ async with FaceMatchClient(client_id="...", client_secret="...") as client:
 ```
 """
 
-from facematch_async._call_pacing import CallPacing
 from facematch_async._client import PRODUCTION_BASE_URL, FaceMatchClient
 from facematch_async._events import RequestEvent, RequestHook
 from facematch_async._images import ImageInput, PreparedMatch
 from facematch_async._models import FaceMatchResult
-from facematch_async._ratelimit import RateLimiter
+from facematch_async._pacing import redact_url
+from facematch_async._plans import PLANS, Window, parse_rate_limit
+from facematch_async._ratelimit import PacingStatus, RateLimiter
 from facematch_async._retry import RetryPolicy
 from facematch_async._version import __version__
 from facematch_async.batch import (
@@ -36,6 +37,7 @@ from facematch_async.errors import (
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
+    CallStoppedError,
     ClientClosedError,
     CorruptImageError,
     DeadlineExceededError,
@@ -50,12 +52,14 @@ from facematch_async.errors import (
     NoFaceFoundError,
     PacingStoreError,
     PermissionDeniedError,
+    QuotaExceededError,
     RateLimitError,
     RequestValidationError,
     UnsupportedFileFormatError,
 )
 
 __all__ = [
+    "PLANS",
     "PRODUCTION_BASE_URL",
     "APIConnectionError",
     "APIResponseValidationError",
@@ -65,7 +69,7 @@ __all__ = [
     "BadRequestError",
     "BatchRunner",
     "BatchSummary",
-    "CallPacing",
+    "CallStoppedError",
     "ClientClosedError",
     "CorruptImageError",
     "DeadlineExceededError",
@@ -81,12 +85,14 @@ __all__ = [
     "InternalServerError",
     "InvalidTokenError",
     "NoFaceFoundError",
+    "PacingStatus",
     "PacingStoreError",
     "PairError",
     "PairOutcome",
     "PairSpec",
     "PermissionDeniedError",
     "PreparedMatch",
+    "QuotaExceededError",
     "RateLimitError",
     "RateLimiter",
     "RequestEvent",
@@ -95,6 +101,9 @@ __all__ = [
     "ResultsFile",
     "RetryPolicy",
     "UnsupportedFileFormatError",
+    "Window",
     "__version__",
+    "parse_rate_limit",
     "read_manifest",
+    "redact_url",
 ]

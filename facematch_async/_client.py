@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import copy
+import dataclasses
 import functools
 import itertools
 import logging
@@ -10,15 +13,14 @@ import math
 import os
 import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
-from typing import Literal, Self, TypeVar, cast
+from typing import Literal, Self, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
 
 from facematch_async._auth import AccessToken, StaticTokenSource, TokenManager, token_from_response
-from facematch_async._call_pacing import CallPacing, LimiterPacing
 from facematch_async._deadline import Deadline, validate_deadline
 from facematch_async._downscale import require_pillow
 from facematch_async._events import RequestEvent, RequestHook
@@ -31,21 +33,32 @@ from facematch_async._images import (
     start_load,
 )
 from facematch_async._models import FaceMatchResult
-from facematch_async._pacing import Pacer, plan_pacer, redact_url
-from facematch_async._ratelimit import RateLimiter, Window, parse_rate_limit
+from facematch_async._pacing import redact_url
+from facematch_async._ratelimit import RateLimiter, SlotUnavailable, Window, parse_rate_limit
 from facematch_async._responses import RawResponse, parse_authorize, parse_facematch
-from facematch_async._retry import RateLimitPauses, RetryPolicy, call_with_retries
-from facematch_async._transport import MultipartBody, SendListener, Transport
+from facematch_async._retry import RetryPolicy, call_with_retries
+from facematch_async._transport import MultipartBody, Transport
 from facematch_async.errors import (
     AuthenticationError,
+    CallStoppedError,
     ClientClosedError,
     FaceMatchError,
     InactiveClientError,
     PermissionDeniedError,
+    QuotaExceededError,
     RateLimitError,
 )
 
-__all__ = ["DEFAULT_MAX_IMAGE_BYTES", "PRODUCTION_BASE_URL", "FaceMatchClient"]
+__all__ = [
+    "DEFAULT_IMAGE_READ_TIMEOUT",
+    "DEFAULT_MAX_IMAGE_BYTES",
+    "PRODUCTION_BASE_URL",
+    "FaceMatchClient",
+    "ImageInput",
+    "PreparedMatch",
+    "RateLimiter",
+    "RetryPolicy",
+]
 
 T = TypeVar("T")
 logger = logging.getLogger("facematch_async")
@@ -107,6 +120,7 @@ class FaceMatchClient:
             such as ``"10/s,300/min,20000/day"``, or a :class:`RateLimiter`. Default:
             ``$DEEPVUE_RATE_LIMIT``, else none. A wait for a slot draws from the call's
             deadline; a 429 the windows did not predict lowers the rate, which recovers.
+            The limiter is :attr:`rate_limiter`.
         rate_limit_store: ``redis://host:6379/0`` (extra ``redis``): share the windows
             with every process, on any machine, that names the same Redis and client id.
             Default: ``$DEEPVUE_RATE_LIMIT_STORE``. Unreachable at the first call: the
@@ -187,8 +201,9 @@ class FaceMatchClient:
         self._tokens: TokenManager | StaticTokenSource = (
             StaticTokenSource(access_token) if access_token else TokenManager(self._authorize)
         )
-        self.pacer = _make_pacer(rate_limit, rate_limit_store, client_id)
-        self.rate_limit_pauses = RateLimitPauses(self.retry_policy.max_retry_after)
+        self.rate_limiter = _make_limiter(rate_limit, rate_limit_store, client_id)
+        self._derived = False  # a with_options() copy: the transport is not its own
+        self._owns_limiter = True
 
     @property
     def base_url(self) -> str:
@@ -219,11 +234,41 @@ class FaceMatchClient:
 
     async def aclose(self) -> None:
         """Close the connection pool (and the rate-limit store's). Safe to call twice; the
-        client cannot be reused."""
-        self._tokens.close()
-        await self._transport.aclose()
-        if isinstance(self.pacer, Pacer):
-            await self.pacer.aclose()
+        client cannot be reused. A :meth:`with_options` copy closes only its own rate
+        limiter: the connection pool and the token stay with the client it came from."""
+        if not self._derived:
+            self._tokens.close()
+            await self._transport.aclose()
+        if self.rate_limiter is not None and self._owns_limiter:
+            await self.rate_limiter.aclose()
+
+    def with_options(
+        self,
+        *,
+        rate_limit: str | Sequence[Window] | RateLimiter | None = None,
+        rate_limit_store: str | None = None,
+        retry_policy: RetryPolicy | None = None,
+        deadline: float | None = None,
+    ) -> FaceMatchClient:
+        """A copy of this client with other pacing, retries or deadline, sharing its
+        connection pool and its access token (as ``openai``'s ``with_options``).
+
+        How a batch with its own plan runs on a client that has none: the copy paces every
+        attempt with ``rate_limit``. Options left out are this client's.
+
+        Raises:
+            ValueError: an invalid option.
+        """
+        other = copy.copy(self)
+        other._derived, other._owns_limiter = True, False
+        if rate_limit is not None:
+            other.rate_limiter = _make_limiter(rate_limit, rate_limit_store, self.client_id)
+            other._owns_limiter = True
+        if retry_policy is not None:
+            other.retry_policy = retry_policy
+        if deadline is not None:
+            other.deadline = validate_deadline(deadline)
+        return other
 
     def _secrets(self) -> tuple[str, ...]:
         token = self._tokens.cached()
@@ -364,15 +409,9 @@ class FaceMatchClient:
             await budget.run(self._check_now)
 
     async def _check_now(self) -> None:
-        if isinstance(self.pacer, Pacer):
-            await self.pacer.start()  # a shared store: reachable now, or PacingStoreError
+        if self.rate_limiter is not None:
+            await self.rate_limiter.start()  # a shared store: reachable now, or say so
         await self._tokens.get()
-
-    def _pacing(self, pacing: CallPacing | None, deadline: Deadline | None) -> CallPacing | None:
-        """The pacing of one call: the caller's, else the client's own rate limit's."""
-        if pacing is not None or self.pacer is None:
-            return pacing
-        return LimiterPacing(self.pacer, self.rate_limit_pauses, deadline)
 
     async def prepare(
         self, file_a: ImageInput, file_b: ImageInput, *, deadline: float | None = None
@@ -456,7 +495,8 @@ class FaceMatchClient:
         """
         budget = self._start_deadline(deadline)
         prepared = await self._prepare(file_a, file_b, budget)
-        return await self._send(prepared, None, budget, None)
+        call = _MatchCall(self, prepared, None, budget, None, None, self.retry_policy)
+        return await self._send(call)
 
     async def send(
         self,
@@ -464,77 +504,68 @@ class FaceMatchClient:
         *,
         request_id: str | None = None,
         deadline: float | None = None,
-        pacing: CallPacing | None = None,
+        reserve: float | None = None,
+        stop: asyncio.Event | None = None,
+        retry_policy: RetryPolicy | None = None,
     ) -> FaceMatchResult:
-        """Send a prepared match: the API call of :meth:`match`, retries and token renewal
-        included.
+        """Send a prepared match: the API call of :meth:`match`, with every attempt it takes
+        (pacing, retries, token renewal), under one deadline: one call, one answer.
 
         Args:
             prepared: What :meth:`prepare` (or :meth:`prepare_soon`) returned.
             request_id: The id logs and :class:`RequestEvent` hooks show for the call (the
                 batch runner passes each pair's id); default: a random one.
             deadline: As for :meth:`match`.
-            pacing: Awaited before each attempt and told of each 429 (a
-                :class:`CallPacing`); default: the client's ``rate_limit``, if any.
+            reserve: The share of every window of the client's rate limit this call leaves
+                to the key's other callers (a bulk job's ``0.25``); default: the rate
+                limiter's own (0 unless it was built with one).
+            stop: When this event is set, a call that is waiting (for a rate-limit slot, or
+                between attempts) sends nothing more and raises :class:`CallStoppedError`;
+                a request already on the wire is answered as usual.
+            retry_policy: This call's retry rules; default: the client's ``retry_policy``.
 
         Raises:
-            As :meth:`match`, but for the local image errors.
+            As :meth:`match`, but for the local image errors; and
+            :class:`CallStoppedError` (``stop`` was set while the call waited).
         """
-        return await self._send(prepared, request_id, self._start_deadline(deadline), pacing)
+        if reserve is not None and not 0 <= reserve < 1:
+            raise ValueError(f"reserve must be a share from 0 to below 1, not {reserve!r}")
+        budget = self._start_deadline(deadline)
+        policy = retry_policy or self.retry_policy
+        call = _MatchCall(self, prepared, request_id, budget, reserve, stop, policy)
+        return await self._send(call)
 
-    async def _send(
-        self,
-        prepared: PreparedMatch,
-        request_id: str | None,
-        budget: Deadline | None,
-        pacing: CallPacing | None,
-    ) -> FaceMatchResult:
-        pacing = self._pacing(pacing, budget)
-        call = _MatchCall(self, MultipartBody(prepared), request_id, pacing)
+    async def _send(self, call: _MatchCall) -> FaceMatchResult:
+        started = time.perf_counter()
         try:
             result = await call_with_retries(
                 call.attempt,
                 max_retries=self.max_retries,
-                policy=self.retry_policy,
-                deadline=budget,
-                sleep=None if pacing is None else pacing.sleep,
+                policy=call.policy,
+                deadline=call.deadline,
+                limiter=call.limiter,
+                sleep=call.sleep,
             )
         except FaceMatchError as error:
             error.attempts = call.attempts
+            error.latency = time.perf_counter() - started - call.waited
             raise
-        if isinstance(pacing, LimiterPacing):
-            self.rate_limit_pauses.reset()  # (a batch's own pacing resets it itself)
-        return result
+        if call.limiter is not None:
+            call.limiter.on_success()
+        latency = time.perf_counter() - started - call.waited
+        return dataclasses.replace(result, attempts=call.attempts, latency=latency)
 
     async def _send_once(self, call: _MatchCall, token: str) -> FaceMatchResult:
         call.attempts += 1
         headers = {"Authorization": f"Bearer {token}", "x-api-key": self._client_secret}
         secrets = (self._client_secret, token)
         path = f"/{self.api_version}/facematch"
-        try:
-            return await self._exchange(
-                path, call.body, headers, parse_facematch, secrets, call.request_id, call.attempts
-            )
-        except RateLimitError as error:
-            if call.pacing is not None:
-                call.pacing.on_rate_limited(error.retry_after)
-            raise
-
-    async def _token_for_attempt(self, pacing: CallPacing | None) -> str:
-        """Wait for the call's pacing (a rate limiter's slot), then pick the token.
-
-        A token first (the authorize call is not paced), so that the request goes out as
-        soon as the limiter lets it: the limiter counts it from then, and an authorize in
-        between would let the server count it later. And the token is picked again after
-        the wait, so that a long wait cannot leave the request with one that expired.
-        """
-        if pacing is not None:
-            await self._tokens.get()
-            await pacing.before_attempt()
-        return await self._tokens.get()
+        return await self._exchange(
+            path, call.body, headers, parse_facematch, secrets, call.request_id, call.attempts
+        )
 
 
-def _make_pacer(
+def _make_limiter(
     rate_limit: str | Sequence[Window] | RateLimiter | None,
     store: str | None,
     client_id: str | None,
@@ -563,7 +594,7 @@ def _make_pacer(
         )
     if store is not None:
         _check_store_url(store)
-    return plan_pacer(windows, store=store, client_id=client_id)
+    return RateLimiter(windows, store=store, client_id=client_id)
 
 
 def _check_store_url(url: str) -> None:
@@ -593,30 +624,48 @@ class _MatchCall:
     """One call's state across its attempts: an object rather than a closure, whose cells,
     function and counter would cost the garbage collector more per call."""
 
-    __slots__ = ("attempts", "body", "client", "pacing", "refreshed", "request_id")
+    __slots__ = (
+        "attempts",
+        "body",
+        "client",
+        "deadline",
+        "limiter",
+        "policy",
+        "refreshed",
+        "request_id",
+        "reserve",
+        "stop",
+        "waited",
+    )
 
     def __init__(
         self,
         client: FaceMatchClient,
-        body: MultipartBody,
+        prepared: PreparedMatch,
         request_id: str | None,
-        pacing: CallPacing | None,
+        deadline: Deadline | None,
+        reserve: float | None,
+        stop: asyncio.Event | None,
+        policy: RetryPolicy,
     ) -> None:
         self.client = client
-        self.body = body  # immutable: every attempt sends the same body
-        self.pacing = pacing
+        self.policy = policy
+        self.body = MultipartBody(prepared)  # immutable: every attempt sends the same body
         self.request_id = request_id or os.urandom(8).hex()
+        self.deadline = deadline
+        self.limiter = client.rate_limiter
+        self.reserve = reserve
+        self.stop = stop
         self.attempts = 0
         self.refreshed = False
-        # A pacing may want to hear how long each attempt took from its slot to the wire.
-        if callable(getattr(pacing, "on_sent", None)):
-            body.listener = cast(SendListener, pacing)
+        self.waited = 0.0  # seconds spent waiting for slots and between attempts
+        # The limiter hears how long each attempt took from its slot to the wire.
+        self.body.listener = self.limiter
 
     async def attempt(self) -> FaceMatchResult:
         """One attempt, plus one more with a new token if the API rejects this one."""
         client = self.client
-        token = await client._token_for_attempt(self.pacing)
-        self.body.ready_at = time.monotonic()
+        token = await self._token_for_attempt()
         try:
             return await client._send_once(self, token)
         except (AuthenticationError, PermissionDeniedError) as error:
@@ -629,6 +678,96 @@ class _MatchCall:
                 raise
             self.refreshed = True
             client._tokens.invalidate(token)
-            fresh = await client._token_for_attempt(self.pacing)
-            self.body.ready_at = time.monotonic()
-            return await client._send_once(self, fresh)
+            return await client._send_once(self, await self._token_for_attempt())
+
+    async def _token_for_attempt(self) -> str:
+        """Wait for a rate-limit slot, then pick the token.
+
+        A token first (the authorize call is not paced), so that the request goes out as
+        soon as the limiter lets it: the limiter counts it from then, and an authorize in
+        between would let the server count it later. And the token is picked again after
+        the wait, so that a long wait cannot leave the request with one that expired.
+        """
+        tokens = self.client._tokens
+        if self.stop is not None and self.stop.is_set():
+            raise CallStoppedError("stopped before the next attempt")
+        if self.limiter is not None:
+            await tokens.get()
+            started = time.perf_counter()
+            await self._slot(self.limiter)
+            self.waited += time.perf_counter() - started
+        self.body.ready_at = time.monotonic()
+        return await tokens.get()
+
+    async def _slot(self, limiter: RateLimiter) -> None:
+        """A slot of the key's windows, within the deadline; released by ``stop``."""
+        if not limiter.windows:  # pauses only (after 429s): no store to ask
+            while (wait := limiter.paused_for) > 0:
+                if self.deadline is not None and not self.deadline.fits(wait):
+                    raise self._too_late(wait, quota=False)
+                await self._wait(wait, "stopped while the rate limit paused")
+            return
+        within = None
+        if self.deadline is not None:
+            if not self.deadline.fits(limiter.wait_time()):
+                raise self._too_late(limiter.wait_time(), quota=False)
+            within = self.deadline.remaining()
+        acquire = limiter.acquire(
+            reserve=self.reserve, within=within, wait_for_quota=self.policy.wait_for_quota
+        )
+        try:
+            if self.stop is None:
+                await acquire
+            else:
+                await _unless_stopped(acquire, self.stop)
+        except SlotUnavailable as late:
+            raise self._too_late(late.wait, quota=late.quota) from None
+
+    def _too_late(self, wait: float, *, quota: bool) -> RateLimitError:
+        if quota:
+            return QuotaExceededError(
+                f"the rate limit's daily quota is used up; it reopens in {wait:.0f} s",
+                retry_after=wait,
+            )
+        deadline = self.deadline
+        assert deadline is not None
+        return RateLimitError(
+            f"the rate limit's next slot opens in {wait:.2f} s, after the {deadline.budget:g} s "
+            f"deadline ({deadline.remaining():.2f} s left)",
+            retry_after=wait,
+        )
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait between two attempts; ``stop`` ends the wait, and the call."""
+        started = time.perf_counter()
+        try:
+            await self._wait(seconds, "stopped while waiting to retry")
+        finally:
+            self.waited += time.perf_counter() - started
+
+    async def _wait(self, seconds: float, stopped: str) -> None:
+        if self.stop is None:
+            await asyncio.sleep(seconds)
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self.stop.wait()
+                raise CallStoppedError(stopped)
+
+
+async def _unless_stopped(wait: Awaitable[None], stop: asyncio.Event) -> None:
+    """Await ``wait`` unless ``stop`` is set first: then cancel it and raise
+    :class:`CallStoppedError`."""
+    waiting = asyncio.ensure_future(wait)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((waiting, stopped), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not waiting.done():
+            waiting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiting
+    if waiting.cancelled():
+        raise CallStoppedError("stopped while waiting for a rate-limit slot")
+    waiting.result()

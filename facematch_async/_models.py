@@ -22,6 +22,9 @@ class FaceMatchResult:
         message: The API's message.
         timestamp: Server time of the decision in epoch milliseconds (v1 only).
         raw: The whole JSON body as received.
+        attempts: Face-match requests the call sent, retries included.
+        latency: Seconds the call's requests took (token fetch and attempts; waits for a
+            rate-limit slot and between retries left out), when the client measured it.
     """
 
     match: bool
@@ -31,3 +34,5 @@ class FaceMatchResult:
     message: str | None = None
     timestamp: int | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    attempts: int = field(default=1, compare=False)
+    latency: float | None = field(default=None, repr=False, compare=False)

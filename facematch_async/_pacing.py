@@ -1,83 +1,58 @@
-"""Pacing one API key's quota across tasks, processes and machines.
+"""Where one API key's rate windows live: this process, or a Redis every process shares.
 
 Deepvue counts requests per API key, so every caller of one key (a web service's replicas, a
-bulk job, its shards on other machines) must share one set of windows. This module keeps the
-spaced, multi-window sliding-window behaviour of :class:`~facematch_async.RateLimiter` and
-moves the windows into a **store**:
+bulk job, its shards on other machines) must share one set of windows. A **store** keeps them
+and answers one question atomically: may a request go now, and if not, how long until it may?
 
-* :class:`MemoryStore`: this process only (today's behaviour);
+* :class:`MemoryStore`: this process only; the one in-process window algorithm.
 * :class:`RedisStore`: every process that names the same Redis URL and client id, checked
   and reserved atomically in one Lua script on the Redis server's clock.
 
-:class:`Pacer` is the limiter on top: a :class:`RateLimiter` (so ``BatchRunner`` takes it
-as ``rate_limit=``) that asks a store, keeps a ``reserve`` of every window for live callers,
-falls back to a local share of the plan when Redis goes away, and can lower its own rate
-after 429s nobody predicted (:class:`AdaptiveRate`, botocore's adaptive mode).
-
-```python
-pacer = Pacer("business", store="redis://redis:6379/0", client_id="acme", reserve=0.25)
-await pacer.start()        # fails at once, naming the URL, if Redis is unreachable
-await pacer.acquire()      # before every HTTP attempt
-```
+:class:`~facematch_async.RateLimiter` asks a store before every attempt.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import itertools
 import logging
 import math
-import os
 import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 import anyio
 
-from facematch_async._ratelimit import (
-    QUOTA_PERIOD,
-    QuotaExhaustedError,
-    RateLimiter,
-    Window,
-    _check_within,
-)
+from facematch_async._plans import Window
 from facematch_async.errors import PacingStoreError
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
 __all__ = [
-    "AdaptiveRate",
+    "MAX_PACED_PERIOD",
     "MemoryStore",
-    "Pacer",
     "PacingStore",
-    "PacingStoreError",
     "RedisStore",
     "Verdict",
     "effective_windows",
     "key_prefix",
-    "plan_pacer",
     "redact_url",
+    "spacing",
 ]
 
 logger = logging.getLogger("facematch_async")
 
-_EPSILON = 1e-9
-_MAX_PACED_PERIOD = 60.0  # as in _ratelimit: daily quotas are never spread evenly
+EPSILON = 1e-9  # seconds: a wait this short is no wait (float rounding must not spin)
+# Requests are spread evenly over the shortest window of a minute or less: spreading a daily
+# quota evenly would hold requests back for hours.
+MAX_PACED_PERIOD = 60.0
 _LATENESS = 0.01  # seconds: a request this late after its slot still kept the pace
-# A learned margin (see Pacer): start where loopback and a steady network path need no more,
-# double on each 429 met at a full window's edge, never past what a jittery path needs.
-MARGIN_START = 0.005
-MARGIN_MAX = 0.2
-_MARGIN_COOLDOWN = 1.0  # 429s this close together answer requests sent under one margin
-_AT_THE_EDGE = 5.0  # seconds: a 429 this soon after a window was full came from its edge
-_MAX_SEND_DELAY = 30.0  # seconds: a send delayed longer has met its timeout, not a queue
-_PRESENCE = 2 * _MAX_PACED_PERIOD  # seconds a process counts as sharing the key after asking
+_PRESENCE = 2 * MAX_PACED_PERIOD  # seconds a process counts as sharing the key after asking
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,23 +131,28 @@ def effective_windows(windows: Sequence[Window], reserve: float) -> tuple[Window
     )
 
 
-def _spacing(windows: Sequence[Window]) -> float:
-    short = [w for w in windows if w.period <= _MAX_PACED_PERIOD]
+def spacing(windows: Sequence[Window]) -> float:
+    """Seconds between two requests spread evenly over the shortest window of a minute or
+    less (0 without one)."""
+    short = [w for w in windows if w.period <= MAX_PACED_PERIOD]
     shortest = min(short, key=lambda w: w.period, default=None)
     return 0.0 if shortest is None else shortest.period / shortest.limit
 
 
-def _next_slot(slot: float, now: float, spacing: float) -> float:
+def _next_slot(slot: float, now: float, step: float) -> float:
     # A request let go just after its slot kept the pace: the next slot follows the slot,
-    # not the moment it went, so late sleeps do not slip the rate (as in RateLimiter).
+    # not the moment it went. A sleep ends a little late (~0.5 ms on a busy loop), and
+    # counting from that would slip the rate: 2,000 paced requests would take a second
+    # longer. Idle, or held back by a window or a pause, the pace restarts from now.
     base = slot if slot <= now < slot + _LATENESS else now
-    return max(slot, base + spacing)
+    return max(slot, base + step)
 
 
 class MemoryStore:
-    """The windows of this process: the in-process behaviour of :class:`RateLimiter`.
+    """The windows of this process, over a strict sliding window per window.
 
-    Memory is bounded by the largest limit seen (the last ``limit`` stamps decide a wait).
+    Memory is bounded by the largest limit seen (the last ``limit`` stamps decide a wait:
+    50,000 for Enterprise's day), never by the number of requests made.
     """
 
     shared = False
@@ -209,7 +189,7 @@ class MemoryStore:
             reopens = stamps[-window.limit] + window.period + margin - now
             if reopens > wait:
                 wait, longest = reopens, window
-        if wait <= _EPSILON:
+        if wait <= EPSILON:
             return Verdict(True)
         return Verdict(False, wait, longest)
 
@@ -524,540 +504,3 @@ class RedisStore:
                 await redis.aclose()
             except Exception:  # closing a pool to a dead server must not raise
                 logger.debug("closing the Redis pool failed", exc_info=True)
-
-
-class AdaptiveRate:
-    """This process's send rate, lowered on throttling and recovered gradually (AIMD/CUBIC).
-
-    Like botocore's adaptive retry mode: a 429 the windows did not predict means someone
-    outside the store uses the key, so this process multiplies its measured rate by
-    ``beta`` (never below ``floor`` requests/s), then recovers along a cubic curve that
-    reaches the rate it had before in ``recovery`` seconds and grows past it afterwards,
-    until it reaches ``ceiling`` (the plan's rate) and the cap is lifted.
-
-    Args:
-        ceiling: The rate without throttling (requests/s), e.g. the plan's.
-        beta: Factor applied on throttling.
-        floor: Lowest rate (requests/s).
-        recovery: Seconds to climb back to the rate before the last decrease.
-        cooldown: 429s closer than this to the last decrease count once (they answer
-            requests sent before it).
-        clock: Monotonic seconds.
-    """
-
-    def __init__(
-        self,
-        ceiling: float,
-        *,
-        beta: float = 0.5,
-        floor: float = 0.1,
-        recovery: float = 20.0,
-        cooldown: float = 1.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        if ceiling <= 0 or not 0 < beta < 1 or floor <= 0 or recovery <= 0:
-            raise ValueError(
-                "AdaptiveRate needs ceiling > 0, 0 < beta < 1, floor > 0 and recovery > 0"
-            )
-        self.ceiling = ceiling
-        self.beta = beta
-        self.floor = min(floor, ceiling)
-        self.recovery = recovery
-        self.cooldown = cooldown
-        self._clock = clock
-        self._sent: deque[float] = deque()
-        self._measure = 2.0  # seconds of sends the measured rate looks at
-        self._last_max = ceiling  # the rate before the last decrease
-        self._decreased_at: float | None = None
-        self.decreases = 0
-
-    def on_send(self) -> None:
-        """Count one request sent (feeds the measured rate)."""
-        now = self._clock()
-        self._sent.append(now)
-        while self._sent and self._sent[0] < now - self._measure:
-            self._sent.popleft()
-
-    def measured(self) -> float:
-        """Requests/s sent over the last two seconds."""
-        now = self._clock()
-        while self._sent and self._sent[0] < now - self._measure:
-            self._sent.popleft()
-        return len(self._sent) / self._measure
-
-    def rate(self) -> float | None:
-        """The current cap in requests/s, or ``None`` when not throttled."""
-        if self._decreased_at is None:
-            return None
-        elapsed = self._clock() - self._decreased_at
-        # CUBIC: W(t) = C (t - K)^3 + W_max, with K the time back to W_max.
-        scale = self._last_max * (1 - self.beta) / self.recovery**3
-        value = scale * (elapsed - self.recovery) ** 3 + self._last_max
-        if value >= self.ceiling:
-            self._decreased_at = None
-            logger.info("adaptive rate: back to the full %.2f requests/s", self.ceiling)
-            return None
-        return max(self.floor, value)
-
-    def on_throttle(self) -> bool:
-        """A 429 the windows did not predict; returns whether the rate was lowered."""
-        now = self._clock()
-        if self._decreased_at is not None and now - self._decreased_at < self.cooldown:
-            return False
-        current = self.rate()
-        base = self.measured() or (current if current is not None else self.ceiling)
-        if current is not None:
-            base = min(base, current)
-        self._last_max = max(self.floor, base)
-        self._decreased_at = now
-        self.decreases += 1
-        new = max(self.floor, self.beta * self._last_max)
-        logger.info(
-            "adaptive rate: a 429 the windows did not predict; %.2f -> %.2f requests/s",
-            base,
-            new,
-        )
-        # Start the curve at the lowered rate: rate() at elapsed 0 is beta * last_max.
-        return True
-
-
-_Fallback = int | Literal["auto", "pause"]
-_UNCOUNTED_FALLBACK = 4  # processes assumed when the store was lost before it counted them
-
-
-class Pacer(RateLimiter):
-    """A :class:`RateLimiter` whose windows live in a store, optionally shared through Redis.
-
-    Every ``acquire()`` reserves a slot in the store when every window (less ``reserve``)
-    has room and the pace allows, else sleeps for the wait the store reports and asks
-    again. One task per process asks at a time (a fair lock), so a waiting process costs
-    Redis about one script call per slot.
-
-    Args:
-        windows: A plan name, a spec or windows (see :func:`parse_rate_limit`).
-        store: ``None`` (this process), a ``redis://`` URL, or a :class:`PacingStore`.
-        client_id: The key's client id; required with a Redis URL (only its hash is used).
-        reserve: Share of every window left to other callers by default (0 to <1): a bulk
-            job passes 0.25, live callers 0. ``acquire(reserve=...)`` overrides it.
-        adaptive: Lower this process's rate on 429s (``True`` or an :class:`AdaptiveRate`);
-            the runner's ``pause()`` after a 429 is the signal.
-        fallback: When a shared store is lost mid-run, each process waits out the windows
-            of a minute or less, then paces at 1/N of the plan. ``"auto"`` (the default):
-            N is the number of processes the store saw asking in the last two minutes (4 if
-            it was lost before it answered once); an int fixes N; ``"pause"`` sends nothing
-            until the store returns.
-        retry_interval: Seconds between attempts to reach a lost store.
-        store_timeout: Seconds per Redis call when ``store`` is a URL.
-        margin: Seconds added to every window's period, to absorb the difference in delay
-            between two requests reaching the server. ``None`` (the default) learns it:
-            5 ms at first (a window of a second then costs 0.5% of the plan, not the 4.8% of
-            a fixed 50 ms), doubled on each 429 met while a window was full, up to 200 ms
-            (logged at INFO), plus the longest delay a recent request took from its slot to
-            the wire (see :attr:`margin`). A float fixes it.
-        clock, sleep: As for :class:`RateLimiter`.
-    """
-
-    def __init__(
-        self,
-        windows: str | Sequence[Window] | None,
-        *,
-        store: str | PacingStore | None = None,
-        client_id: str | None = None,
-        reserve: float = 0.0,
-        adaptive: bool | AdaptiveRate = False,
-        fallback: _Fallback = "auto",
-        retry_interval: float = 2.0,
-        store_timeout: float = 0.5,
-        margin: float | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
-    ) -> None:
-        learns = margin is None
-        margin = MARGIN_START if margin is None else margin
-        if not (math.isfinite(margin) and margin >= 0):
-            raise ValueError(f"margin must be a number of seconds >= 0: {margin!r}")
-        self._learns_margin = learns
-        super().__init__(windows, margin=margin, clock=clock, sleep=sleep)
-        self._margin_widened_at = -math.inf
-        self._window_full_at = -math.inf  # when a window of a minute or less last said wait
-        # Recent requests' delays between their slot and their headers on the wire, as
-        # (when, delay) with delays decreasing: the front is the longest still remembered.
-        self._send_delays: deque[tuple[float, float]] = deque()
-        short = [w.period for w in self.windows if w.period <= _MAX_PACED_PERIOD]
-        self._delay_memory = max(short, default=0.0) + 1.0
-        if isinstance(store, str):
-            store = RedisStore(store, client_id or "", timeout=store_timeout)
-        self.store: PacingStore = store if store is not None else MemoryStore(clock)
-        effective_windows(self.windows, reserve)  # validates
-        self.reserve = reserve
-        if fallback not in ("auto", "pause") and (
-            not isinstance(fallback, int) or isinstance(fallback, bool) or fallback < 1
-        ):
-            raise ValueError(
-                f"fallback must be 'auto', a process count >= 1 or 'pause': {fallback!r}"
-            )
-        self.fallback = fallback
-        self.processes = 0  # processes the shared store last saw on the key (0: not yet)
-        self._fallback_n = 1  # the share's N, fixed when the store was lost
-        self.retry_interval = retry_interval
-        plan_rate = 1.0 / self._spacing if self._spacing > 0 else 0.0
-        if adaptive is True and plan_rate <= 0:
-            raise ValueError("adaptive pacing needs a window of a minute or less")
-        self.adaptive: AdaptiveRate | None = (
-            AdaptiveRate(plan_rate, clock=clock) if adaptive is True else adaptive or None
-        )
-        self._keep = max((w.limit for w in self.windows), default=0)
-        # This process's own requests (member, clock time), to restore them in a store that
-        # lost them and to seed the local fallback: bounded by the largest limit.
-        self._own: deque[tuple[str, float]] = deque(maxlen=self._keep or 1)
-        self._token = os.urandom(6).hex()
-        self._counter = itertools.count()
-        self._started = False
-        self.degraded = False  # the shared store is unreachable: pacing locally
-        self._local: MemoryStore | None = None
-        self._hold_until = -math.inf
-        self._grace_until = -math.inf
-        self._next_probe = -math.inf
-        self._adaptive_next = -math.inf
-        self._wait_until = -math.inf  # when the last refused acquire() was told a slot opens
-        self._pending_member = ""
-        self.fallbacks = 0  # times the shared store was lost
-
-    def __repr__(self) -> str:
-        spec = ",".join(map(str, self.windows)) or "none"
-        return f"Pacer({spec!r}, store={self.store!r}, reserve={self.reserve})"
-
-    @property
-    def margin(self) -> float:
-        """Seconds added to every window's period now.
-
-        A learned margin also adds the longest delay a recent request took from its slot to
-        its headers on the wire (a new connection's handshake, a busy event loop): the
-        server counts that request that much later than its slot, so the one that takes its
-        place in a window must wait as much longer.
-        """
-        if not self._learns_margin:
-            return self._margin
-        delays, now = self._send_delays, self._clock()
-        while delays and delays[0][0] < now - self._delay_memory:
-            delays.popleft()
-        return self._margin + (delays[0][1] if delays else 0.0)
-
-    @margin.setter
-    def margin(self, value: float) -> None:
-        self._margin = value
-
-    def note_send_delay(self, seconds: float) -> None:
-        """A request granted a slot went on the wire ``seconds`` later (see :attr:`margin`)."""
-        if not self._learns_margin or not seconds > 0:
-            return
-        delays = self._send_delays
-        while delays and delays[-1][1] <= seconds:
-            delays.pop()  # never the longest again while this one is remembered
-        delays.append((self._clock(), min(seconds, _MAX_SEND_DELAY)))
-
-    @property
-    def current_rate(self) -> float | None:
-        """This process's adaptive cap in requests/s, or ``None`` (only the windows apply)."""
-        return None if self.adaptive is None else self.adaptive.rate()
-
-    async def start(self) -> None:
-        """Connect to the store (a no-op in memory).
-
-        Raises:
-            PacingStoreError: a shared store is unreachable (the message names its URL).
-        """
-        ping = getattr(self.store, "ping", None)
-        if ping is not None:
-            await ping()
-        self._started = True
-
-    async def aclose(self) -> None:
-        """Release the store's connections."""
-        await self.store.aclose()
-
-    def seed(self, sent_at: Sequence[float]) -> None:
-        """Count earlier requests (``clock()`` times); only a local store needs them."""
-        if isinstance(self.store, MemoryStore):
-            self.store.seed(sent_at, self._keep)
-
-    def pause(self, seconds: float) -> None:
-        """Hold every request back after a 429, and learn from it: a wider margin when the
-        windows were full, else (with ``adaptive``) a lower rate for this process."""
-        if not self._widen_margin() and self.adaptive is not None:
-            self.adaptive.on_throttle()
-        super().pause(seconds)
-
-    def _widen_margin(self) -> bool:
-        """Whether this 429 is put down to the margin (then it widens, at most once a second).
-
-        A 429 on a slot the windows granted has two causes. While a window was full (this
-        process sends at the plan's whole rate), the likeliest is two of our requests
-        reaching the server closer together than we let them go, at the window's edge: a
-        wider margin answers that, and halving the rate would cost far more. While the
-        windows had room, someone outside the store uses the key: the adaptive rate answers
-        that, as it does once the margin is at its widest.
-        """
-        now = self._clock()
-        if (
-            not self._learns_margin
-            or self._margin >= MARGIN_MAX
-            or now - self._window_full_at > _AT_THE_EDGE
-        ):
-            return False
-        if now - self._margin_widened_at >= _MARGIN_COOLDOWN:
-            self._margin_widened_at = now
-            old, self._margin = self._margin, min(MARGIN_MAX, self._margin * 2)
-            logger.info(
-                "rate-limit margin: a 429 at a full window's edge; %.0f -> %.0f ms",
-                old * 1000,
-                self._margin * 1000,
-            )
-        return True
-
-    def wait_time(self) -> float:
-        """Seconds left of the wait the last ``acquire()`` was told, or of the local pause.
-
-        The wait counts down from when it was told: an old answer must not keep refusing
-        callers with a deadline after the slot it named has opened.
-        """
-        return max(self.paused_for, self._wait_until - self._clock(), 0.0)
-
-    def _tier(self, reserve: float) -> tuple[str, tuple[Window, ...], float]:
-        if reserve == 0:
-            return "all", self.windows, self._spacing
-        windows = effective_windows(self.windows, reserve)
-        return f"r{reserve:g}", windows, _spacing(windows)
-
-    async def acquire(
-        self,
-        *,
-        stop_at_quota: bool = False,
-        reserve: float | None = None,
-        within: float | None = None,
-    ) -> None:
-        """Wait until every window (less ``reserve``) has room, then count one request.
-
-        Args:
-            stop_at_quota: Raise instead of waiting when a window of an hour or more is full.
-            reserve: Share of every window to leave to others (default: the pacer's).
-            within: Seconds the caller may wait at most (a call's deadline): when the store
-                says the slot opens later, raise at once instead of sleeping.
-
-        Raises:
-            QuotaExhaustedError: ``stop_at_quota`` and a window of an hour or more is full.
-            SlotBeyondWait: the slot opens after ``within`` seconds from the call.
-            PacingStoreError: the shared store was unreachable at the first call.
-        """
-        if not self.windows:
-            await super().acquire(stop_at_quota=stop_at_quota, within=within)
-            return
-        give_up = None if within is None else self._clock() + within
-        tier, windows, spacing = self._tier(self.reserve if reserve is None else reserve)
-        async with self._lock:
-            if not self._started:
-                await self.start()
-            while True:
-                now = self._clock()
-                wait = max(self._paused_until, self._adaptive_next) - now
-                if wait > _EPSILON:
-                    _check_within(give_up, now, wait)
-                    await self._sleep(wait)
-                    continue
-                verdict = await self._ask(windows, tier, spacing)
-                if verdict.granted:
-                    self._wait_until = -math.inf
-                    self._granted()
-                    return
-                window = verdict.window
-                if stop_at_quota and window is not None and window.period >= QUOTA_PERIOD:
-                    raise QuotaExhaustedError(window, verdict.wait)
-                now = self._clock()
-                if window is not None and window.period <= _MAX_PACED_PERIOD:
-                    self._window_full_at = now
-                self._wait_until = now + verdict.wait
-                _check_within(give_up, now, verdict.wait)
-                await self._sleep(max(verdict.wait, _EPSILON))
-
-    def _granted(self) -> None:
-        now = self._clock()
-        self._own.append((self._pending_member, now))
-        if self.adaptive is not None:
-            self.adaptive.on_send()
-            rate = self.adaptive.rate()
-            self._adaptive_next = now + 1.0 / rate if rate else -math.inf
-
-    async def _ask(self, windows: tuple[Window, ...], tier: str, spacing: float) -> Verdict:
-        self._pending_member = f"{self._token}:{next(self._counter)}"
-        now = self._clock()
-        if self.degraded and now >= self._next_probe:
-            await self._probe(now)
-        if not self.degraded:
-            # Just back from a fallback: other processes may still pace locally and unseen,
-            # so this one keeps to its local share too until every one has had time to return.
-            local = self._local if now < self._grace_until else None
-            if local is not None:
-                check = local.check(self._share(windows), tier=tier, margin=self.margin)
-                if not check.granted:
-                    return check
-            try:
-                verdict = await self.store.reserve(
-                    windows,
-                    tier=tier,
-                    spacing=spacing,
-                    plan_spacing=self._spacing,
-                    margin=self.margin,
-                    member=self._pending_member,
-                    expect=self._expected(now),
-                )
-                if verdict.lost:
-                    await self._restore_lost_windows(now)
-                    return Verdict(False, _EPSILON)  # ask again, over the restored windows
-            except PacingStoreError as error:
-                self._enter_fallback(error)
-            else:
-                self.processes = verdict.processes or self.processes
-                if verdict.granted and local is not None:
-                    local.record(
-                        self._share(windows), tier=tier, spacing=spacing, plan_spacing=self._spacing
-                    )
-                return verdict
-        return self._ask_locally(windows, tier, spacing)
-
-    def _share(self, windows: Sequence[Window]) -> tuple[Window, ...]:
-        """A 1/N share of ``windows`` (at least one request per N-times-longer period)."""
-        n = self._fallback_n
-        return tuple(
-            Window(w.limit // n, w.period) if w.limit >= n else Window(1, w.period * n / w.limit)
-            for w in windows
-        )
-
-    def _ask_locally(self, windows: tuple[Window, ...], tier: str, spacing: float) -> Verdict:
-        now = self._clock()
-        probe = max(self._next_probe - now, _EPSILON)
-        if self.fallback == "pause":
-            return Verdict(False, probe)
-        if now < self._hold_until:
-            return Verdict(False, min(self._hold_until - now, probe))
-        assert self._local is not None
-        share = self._share(windows)
-        verdict = self._local.check(share, tier=tier, margin=self.margin, now=now)
-        if not verdict.granted:
-            # Wake for the next probe too, so recovery is not delayed by a long local wait.
-            return Verdict(False, min(verdict.wait, probe), verdict.window)
-        pace = _spacing(share)
-        self._local.record(share, tier=tier, spacing=pace, plan_spacing=pace, now=now)
-        return verdict
-
-    def _enter_fallback(self, error: PacingStoreError) -> None:
-        now = self._clock()
-        self.degraded = True
-        self.fallbacks += 1
-        self._next_probe = now + self.retry_interval
-        why = self._start_local_share()
-        if self.fallback == "pause":
-            logger.warning(
-                "%s; PAUSING every request until it returns (retrying every %g s)",
-                error,
-                self.retry_interval,
-            )
-            return
-        # Other processes' requests in the windows of a minute or less are unknown now:
-        # wait those windows out, then pace at 1/N of the plan.
-        short = [w.period for w in self.windows if w.period <= _MAX_PACED_PERIOD]
-        hold = max(short, default=0.0) + self.margin
-        self._hold_until = now + hold
-        share = ",".join(map(str, self._share(self.windows)))
-        logger.warning(
-            "%s; FALLING BACK to a local share of the plan (1/%d, %s%d: %s) after waiting "
-            "%.1f s for the short windows to empty; retrying the store every %g s",
-            error,
-            self._fallback_n,
-            why,
-            self._fallback_n,
-            share,
-            hold,
-            self.retry_interval,
-        )
-
-    def _start_local_share(self) -> str:
-        """Keep this process's own requests locally, to pace at 1/N of the plan; says why N."""
-        self._local = MemoryStore(self._clock)
-        self._local.seed([stamp for _, stamp in self._own], self._keep)
-        if isinstance(self.fallback, int):
-            self._fallback_n, why = self.fallback, "fallback="
-        elif self.processes:
-            self._fallback_n, why = self.processes, "processes the store saw on the key: "
-        else:
-            self._fallback_n, why = _UNCOUNTED_FALLBACK, "the store counted none yet, assumed "
-        return why
-
-    def _retention(self) -> float:
-        return max((w.period for w in self.windows), default=0.0) + self.margin
-
-    def _expected(self, now: float) -> str:
-        """This process's last request, if the store must still hold it (else "")."""
-        if not self._own or not self.store.shared:
-            return ""
-        member, stamp = self._own[-1]
-        # Slack: the store stamps and trims by its own clock, a round trip after ours.
-        retention = self._retention()
-        return member if now - stamp < retention * 0.99 - 0.05 else ""
-
-    def _own_ages(self, now: float) -> tuple[list[tuple[str, float]], float]:
-        retention = self._retention()
-        return [(m, now - stamp) for m, stamp in self._own if now - stamp < retention], retention
-
-    async def _restore_lost_windows(self, now: float) -> None:
-        """The store lost the windows while it stayed up: put this process's own requests
-        back. Other processes' requests are unknown until each puts its own back on its next
-        request, and one asleep until a full window reopens will not ask for a while: so,
-        as after an outage, send nothing until the windows of a minute or less have emptied
-        (not needed when the store saw no other process on the key)."""
-        ages, retention = self._own_ages(now)
-        await self.store.replay(ages, retention=retention)
-        store = redact_url(self.store.url) if isinstance(self.store, RedisStore) else self.store
-        what = (
-            f"rate-limit store {store} lost this key's windows while it stayed up (FLUSHDB, "
-            "eviction under maxmemory, or a failover to a replica that lagged): "
-            f"{len(ages)} own requests restored"
-        )
-        if self.processes <= 1:
-            logger.warning("%s; no other process was on the key", what)
-            return
-        short = [w.period for w in self.windows if w.period <= _MAX_PACED_PERIOD]
-        hold = max(short, default=0.0) + self.margin
-        RateLimiter.pause(self, hold)  # a hold, not a 429: nothing to learn from it
-        logger.warning(
-            "%s; HOLDING every request for %.1f s, until the other %d process(es)' requests "
-            "in the short windows have expired",
-            what,
-            hold,
-            self.processes - 1,
-        )
-
-    async def _probe(self, now: float) -> None:
-        self._next_probe = now + self.retry_interval
-        ages, retention = self._own_ages(now)
-        try:
-            await self.store.replay(ages, retention=retention)
-        except PacingStoreError:
-            return
-        self.degraded = False
-        short = [w.period for w in self.windows if w.period <= _MAX_PACED_PERIOD]
-        self._grace_until = now + max(short, default=0.0) + self.margin + self.retry_interval
-        logger.warning(
-            "rate-limit store %s is back: shared pacing resumed (%d own requests restored)",
-            redact_url(self.store.url) if isinstance(self.store, RedisStore) else self.store,
-            len(ages),
-        )
-
-
-def plan_pacer(
-    windows: Sequence[Window], *, store: str | None = None, client_id: str | None = None
-) -> Pacer:
-    """The pacer the client (or a runner without one) uses for a plan: adaptive, so that a
-    429 the windows did not predict (another user of the key) lowers this process's rate
-    until it recovers, whenever a window of a minute or less gives it a pace to lower."""
-    adaptive = any(window.period <= _MAX_PACED_PERIOD for window in windows)
-    return Pacer(windows, store=store, client_id=client_id, adaptive=adaptive)

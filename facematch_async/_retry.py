@@ -1,10 +1,15 @@
-"""Which failures are retried, and how long to wait between attempts.
+"""Which failures are retried, and how long to wait between attempts: the one retry loop.
 
 Connection errors, timeouts, 429 and 500/502/503/504 are retried with exponential
 backoff and jitter; each scheduled retry is one INFO line on the ``facematch_async``
 logger. A server's ``Retry-After`` or ``retry-after-ms`` replaces the backoff when it is
 within ``max_retry_after``; a longer one (a used-up daily window) is not waited out here:
-the error is raised with its ``retry_after`` for the caller.
+the call raises :class:`~facematch_async.errors.QuotaExceededError` with its
+``retry_after``, unless the policy says ``wait_for_quota``.
+
+With a rate limiter, a 429 is the limiter's to answer (it pauses every caller of the key
+and learns from it, :meth:`~facematch_async.RateLimiter.on_rate_limited`): the next
+attempt's wait for a slot is the wait. Without one, the loop sleeps.
 
 With a :class:`~facematch_async._deadline.Deadline`, every attempt runs for at most what
 is left of it, and a wait that what is left cannot cover is not started: a 429 is raised
@@ -15,26 +20,30 @@ as it is (its ``retry_after`` says when to come back), any other failure as
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 
 from facematch_async._deadline import Deadline
-from facematch_async._ratelimit import RateLimiter
 from facematch_async.errors import (
     APIConnectionError,
     APIStatusError,
     DeadlineExceededError,
     FaceMatchError,
+    InvalidTokenError,
+    QuotaExceededError,
     RateLimitError,
 )
 
+if TYPE_CHECKING:
+    from facematch_async._ratelimit import RateLimiter
+
 __all__ = [
     "RETRYABLE_STATUSES",
-    "RateLimitPauses",
     "RetryPolicy",
     "call_with_retries",
     "is_retryable",
@@ -44,12 +53,13 @@ T = TypeVar("T")
 logger = logging.getLogger("facematch_async")
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
-_MAX_PAUSE = 60.0
+_DAY = 86400.0
 
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """How the client waits between attempts (the number of retries is ``max_retries``).
+    """Every rule about retrying a call (the number of ordinary retries is the client's
+    ``max_retries``).
 
     Attributes:
         backoff_initial: Seconds before the first retry; each later wait doubles.
@@ -57,53 +67,23 @@ class RetryPolicy:
         backoff_max: The longest wait between two attempts.
         backoff_jitter: Up to this many random seconds are added to each wait, so that
             many clients that failed together do not retry together.
-        max_retry_after: The longest ``Retry-After`` honoured; a longer one is raised.
+        max_retry_after: The longest ``Retry-After`` honoured (and the longest pause a 429
+            imposes on a rate limiter's callers); a longer one is the daily quota.
+        rate_limit_rounds: After ``max_retries``, more attempts for a call that keeps
+            meeting 429 (each after the key's pause), or whose token the API refuses again
+            right after its renewal. A batch gives its pairs 5; a live call 0.
+        wait_for_quota: Wait for a used-up daily quota to reopen (at most the longest
+            window of the rate limit, else a day) instead of raising
+            :class:`~facematch_async.errors.QuotaExceededError`. A batch that should run
+            until done, rather than stop for tomorrow, sets it.
     """
 
     backoff_initial: float = 1.0
     backoff_max: float = 30.0
     backoff_jitter: float = 1.0
     max_retry_after: float = 60.0
-
-
-class RateLimitPauses:
-    """What a 429 means for every caller sharing a rate limiter: the one place that decides.
-
-    A ``Retry-After`` within ``cap`` holds every caller back that long. None at all, or one
-    that means no wait (0, negative, NaN, a past date: all parse to 0), holds them back 1 s,
-    doubling up to 60 s while 429s go on; the many calls in flight that meet the same
-    refusal double it once. A ``Retry-After`` past ``cap`` is not a rate window: most likely
-    the daily quota, which the caller decides about (:meth:`pause` returns ``False``).
-
-    Args:
-        cap: The longest ``Retry-After`` taken as a pause (the policy's ``max_retry_after``).
-    """
-
-    __slots__ = ("_backoff", "cap")
-
-    def __init__(self, cap: float) -> None:
-        self.cap = cap
-        self._backoff = 1.0
-
-    def beyond_cap(self, retry_after: float | None) -> bool:
-        """Whether ``retry_after`` is too long to be a rate window (``inf`` and NaN too)."""
-        return retry_after is not None and not retry_after <= self.cap
-
-    def pause(self, limiter: RateLimiter, retry_after: float | None) -> bool:
-        """Hold ``limiter``'s callers back after a 429; ``False`` when it is beyond the cap
-        (nothing paused: the caller decides)."""
-        if self.beyond_cap(retry_after):
-            return False
-        if retry_after is not None and retry_after > 0:
-            limiter.pause(retry_after)
-        elif limiter.paused_for <= 0:  # the first of a burst of 429s doubles the wait
-            limiter.pause(self._backoff)
-            self._backoff = min(_MAX_PAUSE, self._backoff * 2)
-        return True
-
-    def reset(self) -> None:
-        """A request went through: the next 429 starts again from 1 s."""
-        self._backoff = 1.0
+    rate_limit_rounds: int = 0
+    wait_for_quota: bool = False
 
 
 def is_retryable(error: BaseException) -> bool:
@@ -149,41 +129,97 @@ def _check_wait(deadline: Deadline, wait_for: float, error: Exception) -> None:
     ) from error
 
 
+def _quota(error: RateLimitError) -> QuotaExceededError:
+    """The server's 429 with a Retry-After too long for a rate window: the daily quota."""
+    quota = QuotaExceededError(
+        f"the API asked to wait {error.retry_after} s: taken as the daily quota ({error.message})",
+        status_code=error.status_code,
+        sub_code=error.sub_code,
+        detail=error.detail,
+        transaction_id=error.transaction_id,
+        retry_after=error.retry_after,
+    )
+    quota.__cause__ = error
+    return quota
+
+
+def _wait_for_quota(limiter: RateLimiter, retry_after: float | None, cap: float) -> None:
+    """Pause every caller of ``limiter`` until the quota reopens: the server's wait, but at
+    most the limiter's longest window (a nonsense ``Retry-After`` must not stop it for good)."""
+    longest = max((w.period for w in limiter.windows), default=_DAY) + limiter.margin
+    wait = longest if retry_after is None or not math.isfinite(retry_after) else retry_after
+    wait = min(wait, longest)
+    if limiter.paused_for < wait - 1:  # the first call to meet it says so
+        logger.warning(
+            "the API asked to wait %s s (Retry-After), longer than %g s: taken as the daily "
+            "quota; every call waits %.0f s",
+            retry_after,
+            cap,
+            wait,
+        )
+    limiter.pause(wait, reason="the daily quota (a long Retry-After)")
+
+
 async def call_with_retries(
     attempt: Callable[[], Awaitable[T]],
     *,
     max_retries: int,
     policy: RetryPolicy,
     deadline: Deadline | None = None,
+    limiter: RateLimiter | None = None,
     sleep: Callable[[float], Awaitable[None]] | None = None,
 ) -> T:
-    """Await ``attempt()`` until it succeeds, fails for good, or ``max_retries`` are spent.
+    """Await ``attempt()`` until it succeeds, fails for good, or the retries are spent.
 
     With a ``deadline``, each attempt is cut off (cancelled) when the deadline passes, and
     a wait that does not fit in what is left is not started (see the module's docstring).
-    ``sleep`` (default ``anyio.sleep``) waits between attempts.
+    With a ``limiter``, each 429 goes to it, and ``attempt`` is expected to wait for its
+    slot. ``sleep`` (default ``anyio.sleep``) waits between attempts.
 
     A plain loop rather than a retry library: the first attempt, which almost always
     succeeds, then costs nothing beyond the call itself.
     """
-    attempt_number = 1
+    retries = rounds = 0
     while True:
         try:
             if deadline is None:
                 return await attempt()
             return await deadline.run(attempt)
         except Exception as error:  # cancellation and other BaseExceptions pass through
-            if attempt_number > max_retries or not _should_retry(error, policy):
+            rate_limited = isinstance(error, RateLimitError) and error.status_code == 429
+            if isinstance(error, RateLimitError) and rate_limited:
+                retry_after = error.retry_after
+                if limiter is not None:
+                    if not limiter.on_rate_limited(retry_after, cap=policy.max_retry_after):
+                        if not policy.wait_for_quota:
+                            raise _quota(error) from None
+                        _wait_for_quota(limiter, retry_after, policy.max_retry_after)
+                elif not _should_retry(error, policy):
+                    raise _quota(error) from None
+            elif not (_should_retry(error, policy) or isinstance(error, InvalidTokenError)):
                 raise
-            wait_for = _wait_before(attempt_number, error, policy)
+            if retries < max_retries and not isinstance(error, InvalidTokenError):
+                retries += 1
+            elif (rate_limited or isinstance(error, InvalidTokenError)) and (
+                rounds < policy.rate_limit_rounds
+            ):
+                rounds += 1
+            else:
+                raise
+            # With a limiter, a 429's wait is the limiter's pause: the next slot waits it.
+            wait_for = (
+                0.0
+                if rate_limited and limiter is not None
+                else _wait_before(retries + rounds, error, policy)
+            )
             if deadline is not None:
                 _check_wait(deadline, wait_for, error)
             logger.info(
                 "retrying in %.2f s (attempt %d of %d failed): %r",
-                wait_for,
-                attempt_number,
-                max_retries + 1,
+                wait_for if limiter is None else max(wait_for, limiter.wait_time()),
+                retries + rounds,
+                max_retries + policy.rate_limit_rounds + 1,
                 error,
             )
-        await (sleep or anyio.sleep)(wait_for)
-        attempt_number += 1
+        if wait_for > 0:
+            await (sleep or anyio.sleep)(wait_for)

@@ -3,6 +3,7 @@
 ```
 FaceMatchError                       base: status_code, sub_code, message, detail, transaction_id
 ├── ClientClosedError                the client was closed before or during the call
+├── CallStoppedError                 the caller's stop signal was set: no further attempt sent
 ├── PacingStoreError                 the shared rate-limit store (Redis) cannot be reached at start
 ├── ImageError                       an input image cannot be matched (found locally or by the API)
 │   ├── ImageReadError               the file cannot be read: missing, a directory, no permission
@@ -22,7 +23,8 @@ FaceMatchError                       base: status_code, sub_code, message, detai
     │   └── InactiveClientError      "Inactive client_id" (never retried)
     ├── PermissionDeniedError        403 for another reason (e.g. IP allow-list)
     ├── RequestValidationError       422: the form fields were not accepted
-    ├── RateLimitError               429                                              (retried)
+    ├── RateLimitError               429, or no rate-limit slot within the deadline   (retried)
+    │   └── QuotaExceededError       the day's quota is used up                          (final)
     └── InternalServerError          5xx                                    (500, 502-504 retried)
 ```
 
@@ -41,6 +43,7 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "CallStoppedError",
     "ClientClosedError",
     "CorruptImageError",
     "DeadlineExceededError",
@@ -55,6 +58,7 @@ __all__ = [
     "NoFaceFoundError",
     "PacingStoreError",
     "PermissionDeniedError",
+    "QuotaExceededError",
     "RateLimitError",
     "RequestValidationError",
     "UnsupportedFileFormatError",
@@ -72,9 +76,12 @@ class FaceMatchError(Exception):
         transaction_id: Deepvue's ``transaction_id``; log it when reporting a problem to them.
         attempts: Set when a ``match`` call fails: the face-match requests it sent
             (retries included; ``0`` when it failed before sending one).
+        latency: Set when a ``match`` call fails: seconds its requests took (token fetch and
+            attempts; waits for a rate-limit slot and between retries left out).
     """
 
     attempts: int | None = None
+    latency: float | None = None
 
     def __init__(
         self,
@@ -114,6 +121,12 @@ class PacingStoreError(FaceMatchError):
 
 class ClientClosedError(FaceMatchError):
     """The client was closed (``aclose()``) before or while the call ran."""
+
+
+class CallStoppedError(FaceMatchError):
+    """The caller's stop signal (``send(..., stop=event)``) was set while the call waited for
+    a rate-limit slot or a retry: no further request was sent (``attempts`` tells how many
+    were). How a batch stops without waiting out a pause."""
 
 
 class ImageError(FaceMatchError):
@@ -228,7 +241,17 @@ class RequestValidationError(APIStatusError):
 
 
 class RateLimitError(APIStatusError):
-    """429: a per-second, per-minute or per-day window of the plan is used up. Retried."""
+    """429: a per-second, per-minute or per-day window of the plan is used up. Retried.
+
+    Also raised, without a request, when the client's own rate limit cannot give the call a
+    slot within its deadline: then ``status_code`` is ``None`` and ``retry_after`` says when
+    a slot opens (a web service can answer 503 with that ``Retry-After``)."""
+
+
+class QuotaExceededError(RateLimitError):
+    """The key's daily quota is used up: the API asked to wait longer than the retry
+    policy's ``max_retry_after``, or the client's own day window is full. Not retried (unless
+    the policy says ``wait_for_quota``); ``retry_after`` says when it reopens, when known."""
 
 
 class InternalServerError(APIStatusError):

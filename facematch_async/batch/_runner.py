@@ -5,15 +5,19 @@ pairs ──▶ producer task: dedupe (KeyIndex) ─ skip? ─ client.prepare_so
                 │                                            │ a free slot (Semaphore)
                 │ manifest problems                          ▼ one task per pair
                 ▼                                 client.send(prepared, request_id=pair key,
-         outcome queue ◀─────────────────────────  pacing=_PairPacing: limiter slot before
-                │                                  every attempt, 429 → batch-wide pause)
+         outcome queue ◀─────────────────────────  reserve=, stop=, retry_policy=): one call,
+                │                                  one answer (a result or a typed error)
                 ▼
       run() yields outcomes as they complete; taking one frees its slot
 ```
 
-The runner drives the client through its public seam only (``prepare_soon`` and ``send``);
-the limiter is the client's own ``rate_limit`` when it has one (shared with every other
-caller of that client, and through a store with other processes), else the runner's.
+The runner drives the client through its public seam only (``prepare_soon`` and ``send``)
+and is never called back: every attempt-level decision (a slot of the key's windows, the
+reserve, the pause a 429 imposes on every caller, backoff, the deadline, the daily quota)
+is the client's, configured per call. The rate limit is the client's own ``rate_limit``
+when it has one (shared with every other caller of that client, and through a store with
+other processes), else a copy of the client paced with the runner's
+(:meth:`FaceMatchClient.with_options`).
 Every pair holds a slot from the moment it starts until its outcome is taken, so the
 producer pulls the next pair only when one is free and the consumer keeps up: memory
 depends on ``concurrency``, not on the number of pairs. Plain asyncio primitives, not
@@ -25,46 +29,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import math
 import time
-from collections.abc import (
-    AsyncGenerator,
-    AsyncIterable,
-    AsyncIterator,
-    Callable,
-    Coroutine,
-    Iterable,
-)
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
 from pathlib import Path
-from typing import Any, Literal, TypeAlias
+from typing import Literal, TypeAlias
 
-from facematch_async._client import FaceMatchClient
-from facematch_async._images import PreparedMatch
+from facematch_async._client import FaceMatchClient, PreparedMatch, RateLimiter
 from facematch_async._models import FaceMatchResult
-from facematch_async._pacing import Pacer, plan_pacer
-from facematch_async._ratelimit import (
-    QUOTA_PERIOD,
-    QuotaExhaustedError,
-    RateLimiter,
-    Window,
-    parse_rate_limit,
-)
+from facematch_async._plans import Window, parse_rate_limit
 from facematch_async._retry import is_retryable
 from facematch_async.batch._index import KeyIndex
 from facematch_async.batch._manifest import ManifestProblem, PairSpec
 from facematch_async.batch._outcome import PairError, PairOutcome
-from facematch_async.batch._progress import format_duration
 from facematch_async.batch._sink import ResultFormat, ResultsFile, ResultsFileError
 from facematch_async.batch._summary import BatchSummary
 from facematch_async.errors import (
     AuthenticationError,
+    CallStoppedError,
     ClientClosedError,
     FaceMatchError,
     InvalidTokenError,
     NoFaceFoundError,
     PacingStoreError,
+    QuotaExceededError,
     RateLimitError,
 )
 
@@ -83,13 +74,8 @@ class _FromClient:
 
 
 _FROM_CLIENT = _FromClient()
-_DAY = 86400.0
 _READ_AHEAD = 16
 """Pairs whose images are read in one worker-thread hop, ahead of a free slot."""
-
-
-class _Abandoned(Exception):
-    """Raised before an attempt once the batch is stopping."""
 
 
 def _discard(read: asyncio.Future[PreparedMatch]) -> None:
@@ -165,7 +151,10 @@ class BatchRunner:
             across processes with the client's ``rate_limit_store``. Default 0.
 
     Attributes:
-        limiter: The rate limiter in use.
+        client: The client the pairs are sent with: the one given, or a copy of it paced
+            with ``rate_limit`` (:meth:`FaceMatchClient.with_options`).
+        retry_policy: The rules each pair's call follows: the client's, with
+            ``rate_limit_rounds``, ``max_pause`` and ``stop_at_quota`` (``wait_for_quota``).
         stop_reason: ``None`` while running or after a complete run; ``"stopped"``
             (:meth:`stop`), ``"quota"``, ``"credentials"`` or ``"unavailable"`` when the
             run ended early.
@@ -174,7 +163,6 @@ class BatchRunner:
             or for a retry's backoff is released at once, so a stop never waits on a
             rate-limit pause.
         skipped: Pairs the ``skip`` predicate of :meth:`run` passed over.
-        rate_limited: 429 answers met, all pairs together.
     """
 
     def __init__(
@@ -193,47 +181,49 @@ class BatchRunner:
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, not {concurrency}")
-        self.client = client
-        self.concurrency = concurrency
-        if client.pacer is not None:
+        if client.rate_limiter is not None:
             same = isinstance(rate_limit, str | tuple) and (
-                parse_rate_limit(rate_limit) == client.pacer.windows
+                parse_rate_limit(rate_limit) == client.rate_limiter.windows
             )
-            if not (rate_limit is _FROM_CLIENT or rate_limit is client.pacer or same):
+            if not (rate_limit is _FROM_CLIENT or rate_limit is client.rate_limiter or same):
                 raise ValueError(
-                    f"the client paces every call with its own rate_limit ({client.pacer!r}): "
-                    "leave the runner's out"
+                    "the client paces every call with its own rate_limit "
+                    f"({client.rate_limiter!r}): leave the runner's out"
                 )
-            self.limiter = client.pacer
-        elif isinstance(rate_limit, RateLimiter):
-            self.limiter = rate_limit
         else:
-            windows = parse_rate_limit(
-                "business" if isinstance(rate_limit, _FromClient) else rate_limit
-            )
-            self.limiter = plan_pacer(windows)
+            if isinstance(rate_limit, _FromClient):
+                rate_limit = "business"
+            # Even without windows, a limiter: a 429 then pauses the whole batch.
+            limiter = rate_limit if isinstance(rate_limit, RateLimiter) else RateLimiter(rate_limit)
+            client = client.with_options(rate_limit=limiter)
         if not 0 <= reserve < 1:
             raise ValueError(f"reserve must be a share from 0 to below 1, not {reserve!r}")
-        if reserve and not isinstance(self.limiter, Pacer):
-            raise ValueError("reserve needs a Pacer (a rate_limit spec), not a plain RateLimiter")
+        if reserve and client.rate_limiter is None:
+            raise ValueError("reserve leaves a share of a rate limit: give one")
+        self.client = client
+        self.concurrency = concurrency
         self.reserve = reserve
         self.stop_at_quota = stop_at_quota
-        self.rate_limit_rounds = rate_limit_rounds
         self.outage_threshold = outage_threshold
         self.index_dir = index_dir
-        self.max_pause = client.retry_policy.max_retry_after if max_pause is None else max_pause
+        policy = client.retry_policy
+        self.retry_policy = dataclasses.replace(
+            policy,
+            rate_limit_rounds=rate_limit_rounds,
+            max_retry_after=policy.max_retry_after if max_pause is None else max_pause,
+            wait_for_quota=not stop_at_quota,
+        )
         # A batch keeps its own rules: no deadline per pair unless asked (not the client's).
         self.deadline = math.inf if deadline is None else deadline
-        self._quota_wait_until: float | None = None  # wall clock: a long Retry-After's end
+        self._stopping = asyncio.Event()  # set when the batch stops: waiting pairs give up
+        self._rate_limited_before = 0
         self._transient_streak = 0
         self.stop_reason: StopReason | None = None
         self.fatal_error: FaceMatchError | None = None
         self.unrecorded = 0
         self.skipped = 0
-        self.rate_limited = 0
         self.in_flight = 0
         self._tasks: set[asyncio.Task[bool]] = set()
-        self._waiting: set[asyncio.Task[object]] = set()  # pairs that send nothing now
         self.summary: BatchSummary | None = None
         self._crash: BaseException | None = None
 
@@ -250,49 +240,22 @@ class BatchRunner:
         """
         if self.stop_reason is None:
             self.stop_reason = "stopped"
-        self._release_waiting()
+        self._stopping.set()
         if grace is not None:
             asyncio.get_running_loop().call_later(grace, self.cancel)
 
-    def _release_waiting(self) -> None:
-        for task in self._waiting:
-            task.cancel()
+    @property
+    def rate_limited(self) -> int:
+        """429 answers the rate limiter heard since this run started (from every caller
+        that shares it: the batch's pairs, and the client's other calls)."""
+        limiter = self.client.rate_limiter
+        return 0 if limiter is None else limiter.rate_limited - self._rate_limited_before
 
     def waiting_reason(self) -> str | None:
-        """Why the batch sends nothing now, for a progress line (``None`` when it sends)."""
-        if self._quota_wait_until is not None:
-            left = self._quota_wait_until - time.time()
-            if left > 0:
-                until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self._quota_wait_until))
-                return (
-                    "the API answered 429 with a long Retry-After: waiting until "
-                    f"{until} ({format_duration(left)})"
-                )
-            self._quota_wait_until = None
-        paused = self.limiter.wait_time()
-        if paused > 5:
-            return f"waiting {format_duration(paused)} for the rate limit"
-        return None
-
-    def _acquire(self) -> Coroutine[Any, Any, None]:
-        if self.reserve:
-            assert isinstance(self.limiter, Pacer)
-            return self.limiter.acquire(stop_at_quota=self.stop_at_quota, reserve=self.reserve)
-        return self.limiter.acquire(stop_at_quota=self.stop_at_quota)
-
-    async def _idle(self, wait: Coroutine[Any, Any, None]) -> None:
-        """Await ``wait`` (a limiter slot, a backoff) as a pair that sends nothing meanwhile:
-        a stop releases it at once (see :meth:`stop`)."""
-        if self.stop_reason is not None:
-            wait.close()
-            raise _Abandoned
-        task = asyncio.current_task()
-        assert task is not None
-        self._waiting.add(task)
-        try:
-            await wait
-        finally:
-            self._waiting.discard(task)
+        """Why the batch sends nothing now, or slower than the plan, for a progress line
+        (``None`` when it sends at the plan's pace)."""
+        limiter = self.client.rate_limiter
+        return None if limiter is None else limiter.status().describe()
 
     def cancel(self) -> None:
         """Stop dispatching and abandon the pairs in flight (they stay unrecorded)."""
@@ -303,7 +266,7 @@ class BatchRunner:
     def _halt(self, reason: StopReason) -> None:
         if self.stop_reason in (None, "stopped"):
             self.stop_reason = reason
-        self._release_waiting()
+        self._stopping.set()
 
     async def run(
         self,
@@ -333,6 +296,9 @@ class BatchRunner:
         self.fatal_error = None
         self._transient_streak = 0
         self._crash = None
+        self._stopping = asyncio.Event()
+        limiter = self.client.rate_limiter
+        self._rate_limited_before = 0 if limiter is None else limiter.rate_limited
         # Unbounded, yet never longer than ``concurrency``: each outcome in it holds a slot.
         outcomes: asyncio.Queue[PairOutcome | None] = asyncio.Queue()
         slots = asyncio.Semaphore(self.concurrency)
@@ -407,7 +373,9 @@ class BatchRunner:
         self.summary = None
         results = ResultsFile(path, fmt, index_dir=self.index_dir)
         # The longest window's worth of the last day's requests seeds the limiter.
-        seed = max((window.limit for window in self.limiter.windows), default=0)
+        limiter = self.client.rate_limiter
+        windows = () if limiter is None else limiter.windows
+        seed = max((window.limit for window in windows), default=0)
         results.open(resume=resume or retry_failed, seed_limit=seed)
         try:
             if results.repaired:
@@ -424,8 +392,9 @@ class BatchRunner:
                     results.unreadable,
                     results.removed_path,
                 )
-            offset = time.monotonic() - time.time()  # the file holds wall-clock times
-            self.limiter.seed(sorted(stamp + offset for stamp in results.recent))
+            if limiter is not None:
+                offset = time.monotonic() - time.time()  # the file holds wall-clock times
+                limiter.seed(sorted(stamp + offset for stamp in results.recent))
             summary = self.summary = BatchSummary() if summary is None else summary
             outcomes = self.run(
                 pairs, skip=results.skip_rule(resume=resume, retry_failed=retry_failed)
@@ -631,153 +600,70 @@ class BatchRunner:
         self._halt("unavailable")
         return True
 
-    def _beyond_cap(self, retry_after: float | None) -> bool:
-        """Whether a 429's wait is too long to be a rate window: a daily quota, or nonsense."""
-        return retry_after is not None and not retry_after <= self.max_pause  # inf, nan too
-
-    def _quota_window(self) -> float:
-        """The longest the batch waits on one long ``Retry-After``: the plan's day window."""
-        return max((w.period for w in self.limiter.windows), default=_DAY) + self.limiter.margin
-
-    def _on_rate_limited(self, retry_after: float | None) -> None:
-        """A 429: hold the whole batch back (and the client's other callers), not just this
-        pair. The pause itself is the client's rule (``RateLimitPauses``); a wait past the
-        cap is the batch's to decide: the daily quota."""
-        self.rate_limited += 1
-        if not self._beyond_cap(retry_after):
-            self.client.rate_limit_pauses.pause(self.limiter, retry_after)
-            return
-        if self.stop_at_quota:
-            self._halt("quota")
-            return
-        assert retry_after is not None
-        window = self._quota_window()
-        wait = min(retry_after, window) if math.isfinite(retry_after) else window
-        if self.limiter.paused_for < wait - 1:  # the first pair to meet it says so
-            self._quota_wait_until = time.time() + wait
-            until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self._quota_wait_until))
-            logger.warning(
-                "the API asked to wait %s s (Retry-After), longer than %g s: taken as the "
-                "daily quota; the batch waits until %s (stop with Ctrl-C and resume later, "
-                "or run with --stop-at-quota)",
-                retry_after,
-                self.max_pause,
-                until,
-            )
-        self.limiter.pause(wait)
-
     async def _match(
         self, spec: PairSpec, read: asyncio.Future[PreparedMatch]
     ) -> PairOutcome | None:
-        pacing = _PairPacing(self)
-        started = time.perf_counter()
-        rounds = 0
-        while True:
-            try:
-                # Read ahead; a read error is raised here, as match would raise it.
-                prepared = await read
-                result = await self.client.send(
-                    prepared, request_id=spec.key, deadline=self.deadline, pacing=pacing
-                )
-            except QuotaExhaustedError:
+        """One pair, one call: its outcome, or ``None`` when the batch stops under it."""
+        status: Literal["no_face", "error"]
+        outcome_error: FaceMatchError
+        try:
+            prepared = await read  # read ahead; a read error is raised here, as match would
+            result = await self.client.send(
+                prepared,
+                request_id=spec.key,
+                deadline=self.deadline,
+                reserve=self.reserve or None,
+                stop=self._stopping,
+                retry_policy=self.retry_policy,
+            )
+        except CallStoppedError:
+            return None  # stopping: sent nothing more, left for a resume
+        except QuotaExceededError:
+            self._halt("quota")
+            return None
+        except RateLimitError as error:
+            if self.stop_at_quota and error.status_code == 429:
+                # Still refused after every round: most likely the server's daily quota
+                # (used by another client of the key, say). Stop rather than fail pairs.
                 self._halt("quota")
                 return None
-            except _Abandoned:
-                return None
-            except NoFaceFoundError as error:
-                status: Literal["no_face", "error"] = "no_face"
-                pair_error = PairError.from_exception(error)
-            except RateLimitError as error:
-                if self.stop_at_quota and (
-                    self._beyond_cap(error.retry_after)
-                    or (error.retry_after is not None and error.retry_after >= QUOTA_PERIOD)
-                ):
-                    self._halt("quota")
+            status, outcome_error = "error", error
+        except NoFaceFoundError as error:
+            status, outcome_error = "no_face", error
+        except InvalidTokenError as error:
+            # Refused again after its renewal and every round: not a credentials problem
+            # (authorize works), so record the pair and never stop the batch for it.
+            status, outcome_error = "error", error
+        except (AuthenticationError, ClientClosedError, PacingStoreError) as error:
+            # Every later pair would fail alike: stop, and leave this one for a resume.
+            if self.fatal_error is None:
+                self.fatal_error = error
+                logger.error("stopping the batch: %r", error)
+            self._halt("credentials" if isinstance(error, AuthenticationError) else "stopped")
+            return None
+        except FaceMatchError as error:
+            if is_retryable(error):
+                if self._outage(error):
                     return None
-                if rounds < self.rate_limit_rounds and self.stop_reason is None:
-                    rounds += 1
-                    continue  # the limiter holds the retry until the batch-wide pause ends
-                if self.stop_at_quota:
-                    # Still refused after every round: most likely the server's daily quota
-                    # (used by another client of the key, say). Stop rather than fail pairs.
-                    self._halt("quota")
-                    return None
-                status, pair_error = "error", PairError.from_exception(error)
-            except InvalidTokenError as error:
-                # The client already renewed the token once; authorize works, so this is
-                # not a credentials problem (tokens revoked under load, a clock edge). Give
-                # the pair more rounds, then record it: never stop the batch for it.
-                if rounds < self.rate_limit_rounds and self.stop_reason is None:
-                    rounds += 1
-                    continue
-                status, pair_error = "error", PairError.from_exception(error)
-            except (AuthenticationError, ClientClosedError, PacingStoreError) as error:
-                # Every later pair would fail alike: stop, and leave this one for a resume.
-                if self.fatal_error is None:
-                    self.fatal_error = error
-                    logger.error("stopping the batch: %r", error)
-                self._halt("credentials" if isinstance(error, AuthenticationError) else "stopped")
-                return None
-            except FaceMatchError as error:
-                if is_retryable(error):
-                    if self._outage(error):
-                        return None
-                elif error.status_code is not None:
-                    self._transient_streak = 0  # the API answered: it is up
-                status, pair_error = "error", PairError.from_exception(error)
-            except Exception as error:  # one bad pair never stops the batch
-                logger.exception("pair %r failed unexpectedly", spec.pair_id)
-                status, pair_error = "error", PairError.from_exception(error)
-            else:
-                self.client.rate_limit_pauses.reset()
-                self._transient_streak = 0
-                return self._outcome(
-                    spec,
-                    "match" if result.match else "no_match",
-                    result=result,
-                    attempts=pacing.attempts,
-                    latency=time.perf_counter() - started - pacing.waited,
-                )
+            elif error.status_code is not None:
+                self._transient_streak = 0  # the API answered: it is up
+            status, outcome_error = "error", error
+        except Exception as error:  # one bad pair never stops the batch
+            logger.exception("pair %r failed unexpectedly", spec.pair_id)
+            return self._outcome(spec, "error", PairError.from_exception(error))
+        else:
+            self._transient_streak = 0
             return self._outcome(
                 spec,
-                status,
-                pair_error,
-                attempts=pacing.attempts,
-                latency=time.perf_counter() - started - pacing.waited,
+                "match" if result.match else "no_match",
+                result=result,
+                attempts=result.attempts,
+                latency=result.latency,
             )
-
-
-class _PairPacing:
-    """One pair's :class:`CallPacing`: a slot of the batch's limiter before every attempt,
-    waits a stop releases at once, every 429 heard batch-wide; counts the attempts and the
-    time spent waiting (which a pair's latency leaves out)."""
-
-    __slots__ = ("attempts", "runner", "waited")
-
-    def __init__(self, runner: BatchRunner) -> None:
-        self.runner = runner
-        self.attempts = 0
-        self.waited = 0.0
-
-    async def before_attempt(self) -> None:
-        runner = self.runner
-        self.attempts += 1
-        started = time.perf_counter()
-        # Stopping: send nothing more, leave the pair for a resume.
-        await runner._idle(runner._acquire())
-        self.waited += time.perf_counter() - started
-        if runner.stop_reason is not None:
-            raise _Abandoned  # the batch began stopping while this pair waited its turn
-
-    def on_rate_limited(self, retry_after: float | None) -> None:
-        self.runner._on_rate_limited(retry_after)
-
-    def on_sent(self, delay: float) -> None:
-        limiter = self.runner.limiter
-        if limiter is not None:
-            limiter.note_send_delay(delay)
-
-    async def sleep(self, seconds: float) -> None:
-        started = time.perf_counter()
-        await self.runner._idle(asyncio.sleep(seconds))
-        self.waited += time.perf_counter() - started
+        return self._outcome(
+            spec,
+            status,
+            PairError.from_exception(outcome_error),
+            attempts=outcome_error.attempts or 0,
+            latency=outcome_error.latency,
+        )

@@ -393,7 +393,6 @@ async def _run(
     shard: tuple[int, int] | None,
 ) -> int:
     from facematch_async import AuthenticationError, PacingStoreError
-    from facematch_async._pacing import Pacer
 
     summary = BatchSummary()
     total = _count_rows(Path(args.manifest))
@@ -415,7 +414,7 @@ async def _run(
     options = {**options, "rate_limit": windows, "rate_limit_store": args.rate_limit_store}
     async with make_client(**options) as client:
         # Without a rate limit the runner must not fall back to its own default plan.
-        unpaced: dict[str, Any] = {} if client.pacer is not None else {"rate_limit": None}
+        unpaced: dict[str, Any] = {} if client.rate_limiter is not None else {"rate_limit": None}
         runner = BatchRunner(
             client,
             concurrency=args.concurrency,
@@ -424,9 +423,9 @@ async def _run(
             reserve=args.reserve,
             **unpaced,
         )
-        if isinstance(client.pacer, Pacer):
+        if client.rate_limiter is not None:
             try:
-                await client.pacer.start()  # a shared store: reachable now, or say so
+                await client.rate_limiter.start()  # a shared store: reachable now, or say so
             except PacingStoreError as error:
                 print(f"facematch-async batch: {error}", file=sys.stderr)
                 return EXIT_CREDENTIALS
@@ -457,11 +456,7 @@ async def _run(
             while True:
                 await asyncio.sleep(progress.interval)
                 summary.skipped = runner.skipped
-                rate = getattr(client.pacer, "current_rate", None)
-                notes = [runner.waiting_reason() or ""]
-                if rate is not None:
-                    notes.append(f"pacing at {rate:.1f}/s (adaptive, after 429s)")
-                progress.note = " | ".join(note for note in notes if note)
+                progress.note = runner.waiting_reason() or ""
                 progress.tick()
 
         reporter = asyncio.create_task(report())

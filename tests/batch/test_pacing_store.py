@@ -13,20 +13,21 @@ from typing import Any
 import anyio
 import pytest
 
-from facematch_async import BatchRunner, FaceMatchClient, RateLimiter
+from facematch_async import BatchRunner, FaceMatchClient, PacingStoreError, RateLimiter
 from facematch_async._pacing import (
-    MARGIN_MAX,
-    MARGIN_START,
-    AdaptiveRate,
     MemoryStore,
-    Pacer,
-    PacingStoreError,
     RedisStore,
     effective_windows,
     key_prefix,
     redact_url,
 )
-from facematch_async._ratelimit import Window
+from facematch_async._ratelimit import (
+    MARGIN_MAX,
+    MARGIN_START,
+    AdaptiveRate,
+    SlotUnavailable,
+    Window,
+)
 from facematch_async.sandbox import SandboxConfig, SandboxServer, make_test_image
 from tests.helpers import CLIENT_ID, CLIENT_SECRET, FAST_RETRIES, FakeClock, RedisServer
 
@@ -78,19 +79,17 @@ def write_images(folder: Path) -> tuple[Path, Path]:
     return a, b
 
 
-async def test_memory_pacer_lets_requests_go_at_the_rate_limiters_times() -> None:
-    """With the in-memory store, a Pacer spaces and windows requests exactly as RateLimiter."""
-    times: list[list[float]] = []
-    for make in (RateLimiter, Pacer):
-        fake = FakeClock()
-        limiter = make("5/s,12/5s", margin=0.05, clock=fake, sleep=fake.sleep)
-        stamps = []
-        for _ in range(30):
-            await limiter.acquire()
-            stamps.append(round(fake.now, 6))
-        times.append(stamps)
-    assert times[0] == times[1]
-    assert max_in_window(times[1], 1.0) <= 5 and max_in_window(times[1], 5.0) <= 12
+async def test_the_memory_store_paces_as_the_estimate_simulates() -> None:
+    """In memory, requests are spaced and windowed, and ``estimate`` (a simulation over the
+    same window algorithm) predicts exactly when the last one goes."""
+    fake = FakeClock()
+    limiter = RateLimiter("5/s,12/5s", margin=0.05, clock=fake, sleep=fake.sleep)
+    stamps = []
+    for _ in range(30):
+        await limiter.acquire()
+        stamps.append(round(fake.now, 6))
+    assert max_in_window(stamps, 1.0) <= 5 and max_in_window(stamps, 5.0) <= 12
+    assert stamps[-1] - stamps[0] == pytest.approx(limiter.estimate(30))
 
 
 def test_reserve_shrinks_every_window_but_never_below_one() -> None:
@@ -112,7 +111,7 @@ async def test_a_malformed_store_url_is_a_pacing_store_error_naming_it() -> None
     """A port that is not a number, a bad query parameter: PacingStoreError with the URL
     (password hidden), not redis-py's bare ValueError."""
     for url in ("redis://:hunter2@h:abc/0", "redis://h:6379/0?socket_timeout=x"):
-        pacer = Pacer("5/s", store=url, client_id=CLIENT_ID)
+        pacer = RateLimiter("5/s", store=url, client_id=CLIENT_ID)
         with pytest.raises(PacingStoreError, match="is not a valid Redis URL") as caught:
             await pacer.start()
         assert "redis://" in str(caught.value) and "hunter2" not in str(caught.value)
@@ -122,7 +121,7 @@ async def test_an_unreachable_store_fails_at_start_naming_the_url(redis_server) 
     """Down at start: a clear error with the URL, without the password."""
     url = f"redis://:hunter2@127.0.0.1:{redis_server.port}/0"
     redis_server.stop()
-    pacer = Pacer("5/s", store=url, client_id=CLIENT_ID)
+    pacer = RateLimiter("5/s", store=url, client_id=CLIENT_ID)
     with pytest.raises(PacingStoreError) as caught:
         await pacer.acquire()
     assert f"127.0.0.1:{redis_server.port}" in str(caught.value)
@@ -134,13 +133,13 @@ async def test_a_bulk_caller_leaves_a_quarter_of_each_window_to_live_callers(
     redis_server,
 ) -> None:
     """reserve=0.25 over Redis: bulk takes at most 3 of 4 per second; live callers the rest."""
-    bulk = Pacer("4/s,100/min", store=redis_server.url, client_id=CLIENT_ID, reserve=0.25)
-    live = Pacer("4/s,100/min", store=redis_server.url, client_id=CLIENT_ID)
+    bulk = RateLimiter("4/s,100/min", store=redis_server.url, client_id=CLIENT_ID, reserve=0.25)
+    live = RateLimiter("4/s,100/min", store=redis_server.url, client_id=CLIENT_ID)
     loop = asyncio.get_running_loop()
     bulk_times: list[float] = []
     live_times: list[float] = []
 
-    async def run(pacer: Pacer, into: list[float], count: int) -> None:
+    async def run(pacer: RateLimiter, into: list[float], count: int) -> None:
         for _ in range(count):
             await pacer.acquire()
             into.append(loop.time())
@@ -162,7 +161,7 @@ async def test_a_bulk_caller_leaves_a_quarter_of_each_window_to_live_callers(
 async def test_keys_expire_and_stay_bounded_by_the_plan(redis_server) -> None:
     """Many requests later, Redis holds at most the longest window's limit, then nothing but
     this process's presence (one entry, gone two minutes after its last request)."""
-    pacer = Pacer("500/s,600/2s", store=redis_server.url, client_id=CLIENT_ID)
+    pacer = RateLimiter("500/s,600/2s", store=redis_server.url, client_id=CLIENT_ID)
     for _ in range(1500):
         await pacer.acquire()
     key = f"{key_prefix(CLIENT_ID)}:stamps"
@@ -181,7 +180,7 @@ async def test_keys_expire_and_stay_bounded_by_the_plan(redis_server) -> None:
 
 async def test_a_slow_store_times_out_and_the_pacer_falls_back(redis_server, caplog) -> None:
     """A script call slower than the timeout is a failure: fallback, WARNING, no crash."""
-    pacer = Pacer(
+    pacer = RateLimiter(
         "20/s", store=redis_server.url, client_id=CLIENT_ID, store_timeout=0.2, retry_interval=0.3
     )
     await pacer.acquire()
@@ -199,12 +198,12 @@ async def test_a_slow_store_times_out_and_the_pacer_falls_back(redis_server, cap
 _WORKER = """
 import asyncio, json, sys
 from facematch_async import BatchRunner, FaceMatchClient, RetryPolicy
-from facematch_async._pacing import Pacer
+from facematch_async import RateLimiter
 
 base_url, redis_url, client_id, secret, a, b, count, name = sys.argv[1:]
 
 async def main():
-    pacer = Pacer("5/s,60/min", store=redis_url, client_id=client_id)
+    pacer = RateLimiter("5/s,60/min", store=redis_url, client_id=client_id)
     await pacer.start()
     async with FaceMatchClient(client_id=client_id, client_secret=secret, base_url=base_url,
                                max_retries=0) as client:
@@ -252,7 +251,9 @@ async def test_losing_redis_mid_run_falls_back_and_recovers(redis_server, tmp_pa
     a, b = write_images(tmp_path)
     plan = "5/s,12/3s"
     config = SandboxConfig(client_id=CLIENT_ID, client_secret=CLIENT_SECRET, rate_limit=plan)
-    pacer = Pacer(plan, store=redis_server.url, client_id=CLIENT_ID, fallback=2, retry_interval=0.3)
+    pacer = RateLimiter(
+        plan, store=redis_server.url, client_id=CLIENT_ID, fallback=2, retry_interval=0.3
+    )
     async with SandboxServer(config) as sandbox:
         async with FaceMatchClient(
             client_id=CLIENT_ID,
@@ -291,7 +292,7 @@ async def test_a_lost_store_leaves_each_process_the_share_the_store_counted(
     the store told each of them, and says so."""
     caplog.set_level(logging.WARNING, "facematch_async")
     pacers = [
-        Pacer("9/0.5s", store=redis_server.url, client_id=CLIENT_ID, retry_interval=60)
+        RateLimiter("9/0.5s", store=redis_server.url, client_id=CLIENT_ID, retry_interval=60)
         for _ in range(3)
     ]
     for pacer in pacers:
@@ -320,7 +321,7 @@ async def test_windows_wiped_while_redis_stays_up_are_noticed_and_restored(
     asleep until its window reopens, its requests unknown), so no window holds more than the
     plan (without it: 8 in 2 s against 6)."""
     caplog.set_level(logging.WARNING, "facematch_async")
-    pacers = [Pacer("6/2s", store=redis_server.url, client_id=CLIENT_ID) for _ in range(2)]
+    pacers = [RateLimiter("6/2s", store=redis_server.url, client_id=CLIENT_ID) for _ in range(2)]
     sent = []
     for _ in range(3):  # three each, taking turns: the 2 s window is full
         for pacer in pacers:
@@ -344,7 +345,7 @@ async def test_a_lone_process_restores_wiped_windows_without_holding(redis_serve
     """Alone on the key, a process knows every request the wipe lost: it puts them back
     and goes on at the plan's pace, without a hold."""
     caplog.set_level(logging.WARNING, "facematch_async")
-    pacer = Pacer("20/s", store=redis_server.url, client_id=CLIENT_ID)
+    pacer = RateLimiter("20/s", store=redis_server.url, client_id=CLIENT_ID)
     for _ in range(5):
         await pacer.acquire()
     redis_server.command("FLUSHALL")
@@ -360,8 +361,8 @@ async def test_a_quiet_caller_still_counts_in_the_others_share(redis_server) -> 
     """A live caller that asked once, seconds ago, beside two busy processes on a `10/s`
     plan: when Redis goes, the busy ones still count it (presence lasts two minutes, not two
     of the plan's windows), so the three shares add up to the plan, not more."""
-    busy = [Pacer("10/s", store=redis_server.url, client_id=CLIENT_ID) for _ in range(2)]
-    quiet = Pacer("10/s", store=redis_server.url, client_id=CLIENT_ID)
+    busy = [RateLimiter("10/s", store=redis_server.url, client_id=CLIENT_ID) for _ in range(2)]
+    quiet = RateLimiter("10/s", store=redis_server.url, client_id=CLIENT_ID)
     await quiet.acquire()
     for _ in range(20):  # two seconds of traffic: longer than two 1 s windows
         for pacer in busy:
@@ -373,16 +374,16 @@ async def test_a_quiet_caller_still_counts_in_the_others_share(redis_server) -> 
 
 def test_fallback_takes_auto_a_count_or_pause_only() -> None:
     """The fallback is 'auto' by default; a count must be a whole number >= 1."""
-    assert Pacer("10/s").fallback == "auto"
+    assert RateLimiter("10/s").fallback == "auto"
     for bad in (0, -1, True, 2.5, "half"):
         with pytest.raises(ValueError, match="fallback"):
-            Pacer("10/s", fallback=bad)  # type: ignore[arg-type]
+            RateLimiter("10/s", fallback=bad)  # type: ignore[arg-type]
 
 
 async def test_fallback_pause_sends_nothing_until_the_store_returns(redis_server, caplog) -> None:
     """fallback='pause': while Redis is down no request is let go; it says so at WARNING."""
     fake_sleeps: list[float] = []
-    pacer = Pacer("10/s", store=redis_server.url, client_id=CLIENT_ID, fallback="pause",
+    pacer = RateLimiter("10/s", store=redis_server.url, client_id=CLIENT_ID, fallback="pause",
                   retry_interval=0.2)  # fmt: skip
     await pacer.acquire()
     redis_server.stop()
@@ -427,12 +428,12 @@ async def test_a_pacer_with_adaptive_rate_slows_itself_after_a_429() -> None:
     """A 429 while the windows had room (a stranger on the key) lowers the pacer's own rate
     (the progress line can show it) and leaves the margin alone."""
     fake = FakeClock()
-    pacer = Pacer("10/s", adaptive=True, clock=fake, sleep=fake.sleep)
+    pacer = RateLimiter("10/s", adaptive=True, clock=fake, sleep=fake.sleep)
     start = fake.now
     for _ in range(8):  # spaced, never filling the 1 s window
         await pacer.acquire()
     assert pacer.current_rate is None
-    pacer.pause(0.0)
+    pacer.on_rate_limited(0.001)
     rate = pacer.current_rate
     assert rate is not None and rate < 6
     assert pacer.margin == MARGIN_START
@@ -443,7 +444,7 @@ async def test_a_pacer_with_adaptive_rate_slows_itself_after_a_429() -> None:
     assert start < before
 
 
-async def fill_the_window(pacer: Pacer) -> None:
+async def fill_the_window(pacer: RateLimiter) -> None:
     """Send at the plan's whole rate until the 1 s window has made a request wait."""
     for _ in range(12):
         await pacer.acquire()
@@ -455,11 +456,11 @@ async def test_a_429_at_a_full_windows_edge_widens_the_margin_not_the_rate(caplo
     past the cap, the adaptive rate takes over."""
     caplog.set_level(logging.INFO, "facematch_async")
     fake = FakeClock()
-    pacer = Pacer("10/s", adaptive=True, clock=fake, sleep=fake.sleep)
+    pacer = RateLimiter("10/s", adaptive=True, clock=fake, sleep=fake.sleep)
     assert pacer.margin == MARGIN_START == 0.005
     await fill_the_window(pacer)
-    pacer.pause(0.0)
-    pacer.pause(0.0)  # the same burst: counted once
+    pacer.on_rate_limited(0.001)
+    pacer.on_rate_limited(0.001)  # the same burst: counted once
     assert pacer.margin == pytest.approx(0.01)
     assert pacer.current_rate is None
     assert "a 429 at a full window's edge; 5 -> 10 ms" in caplog.text
@@ -474,13 +475,13 @@ async def test_a_429_at_a_full_windows_edge_widens_the_margin_not_the_rate(caplo
     while pacer.margin < MARGIN_MAX:
         fake.now += 1.0
         await fill_the_window(pacer)
-        pacer.pause(0.0)
+        pacer.on_rate_limited(0.001)
         widths.append(round(pacer.margin * 1000))
     assert widths == [20, 40, 80, 160, 200]
     assert pacer.current_rate is None
     fake.now += 1.0
     await fill_the_window(pacer)
-    pacer.pause(0.0)  # the margin cannot grow: this one lowers the rate
+    pacer.on_rate_limited(0.001)  # the margin cannot grow: this one lowers the rate
     assert pacer.margin == MARGIN_MAX
     assert pacer.current_rate is not None
 
@@ -490,32 +491,32 @@ def test_a_slow_send_widens_the_margin_while_its_request_counts() -> None:
     counts 0.3 s late at the server: the margin carries that delay for as long as a window
     of a minute or less can hold the request, then forgets it."""
     fake = FakeClock()
-    pacer = Pacer("10/s,100/min", clock=fake, sleep=fake.sleep)
-    pacer.note_send_delay(0.3)
-    pacer.note_send_delay(0.001)
+    pacer = RateLimiter("10/s,100/min", clock=fake, sleep=fake.sleep)
+    pacer.on_sent(0.3)
+    pacer.on_sent(0.001)
     assert pacer.margin == pytest.approx(MARGIN_START + 0.3)
     fake.now += 30
-    pacer.note_send_delay(0.002)
+    pacer.on_sent(0.002)
     assert pacer.margin == pytest.approx(MARGIN_START + 0.3)  # still in the minute window
     fake.now += 31.5
     assert pacer.margin == pytest.approx(MARGIN_START + 0.002)
     fake.now += 61
     assert pacer.margin == MARGIN_START
-    fixed = Pacer("10/s", margin=0.05, clock=fake, sleep=fake.sleep)
-    fixed.note_send_delay(0.3)
+    fixed = RateLimiter("10/s", margin=0.05, clock=fake, sleep=fake.sleep)
+    fixed.on_sent(0.3)
     assert fixed.margin == 0.05
 
 
 async def test_a_fixed_margin_never_moves() -> None:
-    """Pacer(margin=0.05) keeps 50 ms whatever comes back; its 429s lower the rate."""
+    """RateLimiter(margin=0.05) keeps 50 ms whatever comes back; its 429s lower the rate."""
     fake = FakeClock()
-    pacer = Pacer("10/s", adaptive=True, margin=0.05, clock=fake, sleep=fake.sleep)
+    pacer = RateLimiter("10/s", adaptive=True, margin=0.05, clock=fake, sleep=fake.sleep)
     await fill_the_window(pacer)
-    pacer.pause(0.0)
+    pacer.on_rate_limited(0.001)
     assert pacer.margin == 0.05
     assert pacer.current_rate is not None
     with pytest.raises(ValueError, match="margin"):
-        Pacer("10/s", margin=math.nan)
+        RateLimiter("10/s", margin=math.nan)
 
 
 def test_memory_store_is_a_pacing_store() -> None:
@@ -524,7 +525,7 @@ def test_memory_store_is_a_pacing_store() -> None:
 
     assert isinstance(MemoryStore(), PacingStore)
     assert isinstance(RedisStore("redis://127.0.0.1:1/0", "id"), PacingStore)
-    assert math.isfinite(Pacer("business").estimate(10))
+    assert math.isfinite(RateLimiter("business").estimate(10))
 
 
 @pytest.mark.slow
@@ -541,7 +542,7 @@ async def test_adaptive_rate_costs_a_few_429s_when_a_stranger_takes_half_the_key
         }
         async with FaceMatchClient(**options) as first, FaceMatchClient(**options) as second:
             stranger = BatchRunner(first, concurrency=4, rate_limit=RateLimiter("5/s"))
-            ours = BatchRunner(second, concurrency=8, rate_limit=Pacer("10/s", adaptive=True))
+            ours = BatchRunner(second, concurrency=8, rate_limit=RateLimiter("10/s", adaptive=True))
 
             async def drive(runner: BatchRunner, count: int, name: str) -> list[str]:
                 pairs = [(f"{name}{i}", a, b) for i in range(count)]
@@ -575,10 +576,9 @@ async def test_a_restarted_redis_gets_every_own_request_back(redis_server) -> No
 async def test_a_caller_with_a_shorter_plan_never_erases_a_days_history(redis_server) -> None:
     """A live service on "50/s" beside a job on "50/s,30/day", one key: its calls neither
     trim nor shorten the expiry of the day's requests, so the day's cap still holds."""
-    from facematch_async._ratelimit import QuotaExhaustedError
 
-    daily = Pacer("50/s,30/day", store=redis_server.url, client_id=CLIENT_ID)
-    live = Pacer("50/s", store=redis_server.url, client_id=CLIENT_ID)
+    daily = RateLimiter("50/s,30/day", store=redis_server.url, client_id=CLIENT_ID)
+    live = RateLimiter("50/s", store=redis_server.url, client_id=CLIENT_ID)
     try:
         for _ in range(30):
             await daily.acquire()
@@ -586,8 +586,9 @@ async def test_a_caller_with_a_shorter_plan_never_erases_a_days_history(redis_se
         key = f"{key_prefix(CLIENT_ID)}:stamps"
         assert int(redis_server.command("ZCARD", key)[1:].split(b"\r")[0]) == 31
         assert int(redis_server.command("PTTL", key)[1:].split(b"\r")[0]) > 86_000_000
-        with pytest.raises(QuotaExhaustedError):
-            await daily.acquire(stop_at_quota=True)
+        with pytest.raises(SlotUnavailable) as caught:
+            await daily.acquire(wait_for_quota=False)
+        assert caught.value.quota
     finally:
         await daily.aclose()
         await live.aclose()

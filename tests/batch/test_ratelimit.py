@@ -12,15 +12,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from facematch_async import BatchRunner, FaceMatchClient
-from facematch_async._pacing import Pacer
-from facematch_async._ratelimit import (
+from facematch_async import (
     PLANS,
-    QuotaExhaustedError,
+    BatchRunner,
+    FaceMatchClient,
     RateLimiter,
     Window,
     parse_rate_limit,
 )
+from facematch_async._ratelimit import SlotUnavailable
 from facematch_async.sandbox import SandboxConfig, SandboxServer, ScriptedResponse
 from tests.helpers import CLIENT_ID, CLIENT_SECRET, Faces, FakeClock, MakeClient, RecordingEngine
 
@@ -128,20 +128,21 @@ async def test_pause_holds_everybody_back() -> None:
     assert clock.now - start == pytest.approx(2.0)
 
 
-async def test_stop_at_quota_raises_when_the_daily_window_is_full() -> None:
-    """With stop_at_quota a full daily window raises; per-second waits are still waited out."""
+async def test_a_full_daily_window_raises_when_not_waited_for() -> None:
+    """With wait_for_quota=False a full daily window raises at once; per-second waits are
+    still waited out."""
     clock = FakeClock()
     rl = limiter("2/s,3/day", clock)
     for _ in range(3):
-        await rl.acquire(stop_at_quota=True)
-    with pytest.raises(QuotaExhaustedError) as caught:
-        await rl.acquire(stop_at_quota=True)
-    assert caught.value.window == Window(3, 86400.0)
+        await rl.acquire(wait_for_quota=False)
+    with pytest.raises(SlotUnavailable) as caught:
+        await rl.acquire(wait_for_quota=False)
+    assert caught.value.quota
     assert caught.value.wait == pytest.approx(86400.0 - 1.0, abs=0.01)
 
 
 async def test_without_stop_the_daily_window_is_waited_for() -> None:
-    """Without stop_at_quota the limiter sleeps until the daily window reopens."""
+    """By default the limiter sleeps until the daily window reopens."""
     clock = FakeClock()
     rl = limiter("2/day", clock)
     await rl.acquire()
@@ -234,8 +235,8 @@ async def test_a_429_at_a_full_windows_edge_widens_the_margin_and_keeps_the_rate
     and every pair still ends matched."""
     caplog.set_level(logging.INFO, "facematch_async")
     client = make_client(rate_limit="10/s")
-    pacer = client.pacer
-    assert isinstance(pacer, Pacer) and pacer.margin == 0.005
+    pacer = client.rate_limiter
+    assert pacer is not None and pacer.margin == 0.005
 
     async def refuse_one_once_the_window_is_full() -> None:
         while len(engine.stamps) < 12:  # noqa: ASYNC110 (the engine has no event)

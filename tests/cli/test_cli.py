@@ -380,7 +380,7 @@ def test_an_empty_rate_limit_argument_is_an_error_and_an_empty_variable_is_unset
     with pytest.raises(ValueError, match="empty"):
         FaceMatchClient(client_id="id", client_secret="secret", rate_limit="")
     monkeypatch.setenv("DEEPVUE_RATE_LIMIT", " ")
-    assert FaceMatchClient(client_id="id", client_secret="secret").pacer is None
+    assert FaceMatchClient(client_id="id", client_secret="secret").rate_limiter is None
 
 
 def test_a_store_that_is_not_a_redis_url_is_refused_when_the_client_is_built() -> None:

@@ -245,26 +245,20 @@ async def test_unknown_expiry_is_used_until_rejected() -> None:
 
 
 async def test_token_is_picked_after_waiting_for_the_rate_limiter(faces: Faces) -> None:
-    """A long wait in before_attempt (a paused limiter) never sends the token it outlived."""
-
-    class SlowPacing:
-        async def before_attempt(self) -> None:
-            await asyncio.sleep(2.1)
-
-        def on_rate_limited(self, retry_after: float | None) -> None:
-            pass
-
-        async def sleep(self, seconds: float) -> None:
-            await asyncio.sleep(seconds)
-
+    """A long wait for a slot (a paused limiter) never sends the token it outlived."""
     config = SandboxConfig(CLIENT_ID, CLIENT_SECRET, token_ttl=2.0)
     async with SandboxServer(config) as server:
         async with FaceMatchClient(
-            client_id=CLIENT_ID, client_secret=CLIENT_SECRET, base_url=server.base_url
+            client_id=CLIENT_ID,
+            client_secret=CLIENT_SECRET,
+            base_url=server.base_url,
+            rate_limit="10/s",
         ) as client:
             await client.match(faces.alice_png, faces.alice_jpg)
 
             prepared = await client.prepare(faces.alice_png, faces.alice_jpg)
-            assert (await client.send(prepared, pacing=SlowPacing())).match is True
+            assert client.rate_limiter is not None
+            client.rate_limiter.pause(2.1)  # the token's 2 s run out meanwhile
+            assert (await client.send(prepared)).match is True
         assert server.counters.requests[(FACEMATCH, 403)] == 0
         assert server.counters.authorize_calls == 2

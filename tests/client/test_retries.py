@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from typing import Any
 
 import pytest
 
@@ -14,6 +14,7 @@ from facematch_async import (
     APITimeoutError,
     BadRequestError,
     FaceMatchError,
+    RateLimiter,
     RateLimitError,
     RetryPolicy,
 )
@@ -172,60 +173,47 @@ def test_retry_after_parsing() -> None:
     assert parse_retry_after({}) is None
 
 
-async def test_call_pacing_sees_every_attempt_and_each_429(
-    client, faces: Faces, sandbox: SandboxServer
-) -> None:
-    """A call's pacing is awaited before each attempt and hears every 429."""
+class RecordingLimiter(RateLimiter):
+    """The real limiter, noting what each call tells it."""
 
+    def __init__(self, spec: str) -> None:
+        super().__init__(spec)
+        self.slots = 0
+        self.heard: list[float | None] = []
+        self.delays: list[float] = []
+
+    async def acquire(self, **options: Any) -> None:
+        await super().acquire(**options)
+        self.slots += 1
+
+    def on_rate_limited(self, retry_after: float | None, *, cap: float = 60.0) -> bool:
+        self.heard.append(retry_after)
+        return super().on_rate_limited(retry_after, cap=cap)
+
+    def on_sent(self, delay: float) -> None:
+        self.delays.append(delay)
+        super().on_sent(delay)
+
+
+async def test_the_rate_limiter_paces_every_attempt_and_hears_each_429(
+    make_client: MakeClient, faces: Faces, sandbox: SandboxServer
+) -> None:
+    """A client's rate limiter gives every attempt its slot (retries too), hears every 429
+    (and holds every caller back its Retry-After), and hears when each attempt reached the
+    wire (what a learned margin adds)."""
     sandbox.scripted.add(
         ScriptedResponse(
-            path=FACEMATCH, status=429, json=RATE_LIMITED, headers={"retry-after-ms": "10"}
+            path=FACEMATCH, status=429, json=RATE_LIMITED, headers={"retry-after-ms": "300"}
         )
     )
     sandbox.scripted.add(ScriptedResponse(path=FACEMATCH, status=503, json={"detail": "x"}))
-    waits: list[float | None] = []
-    paced = 0
-
-    class CountingPacing:
-        async def before_attempt(self) -> None:
-            nonlocal paced
-            paced += 1
-
-        def on_rate_limited(self, retry_after: float | None) -> None:
-            waits.append(retry_after)
-
-        async def sleep(self, seconds: float) -> None:
-            await asyncio.sleep(seconds)
-
+    limiter = RecordingLimiter("50/s")
+    client = make_client(rate_limit=limiter)
     prepared = await client.prepare(faces.alice_png, faces.alice_jpg)
-    assert (await client.send(prepared, pacing=CountingPacing())).match is True
-    assert paced == 3
-    assert waits == [0.01]
-
-
-async def test_a_pacing_that_listens_hears_when_each_attempt_reached_the_wire(
-    client, faces: Faces, sandbox: SandboxServer
-) -> None:
-    """A pacing with ``on_sent`` hears, per attempt, the seconds from its slot to the
-    request's headers on the wire (what a pacer adds to its margin); one without it (above)
-    is never asked."""
-    sandbox.scripted.add(ScriptedResponse(path=FACEMATCH, status=503, json={"detail": "x"}))
-    delays: list[float] = []
-
-    class ListeningPacing:
-        async def before_attempt(self) -> None:
-            pass
-
-        def on_rate_limited(self, retry_after: float | None) -> None:
-            pass
-
-        async def sleep(self, seconds: float) -> None:
-            await asyncio.sleep(seconds)
-
-        def on_sent(self, delay: float) -> None:
-            delays.append(delay)
-
-    prepared = await client.prepare(faces.alice_png, faces.alice_jpg)
-    assert (await client.send(prepared, pacing=ListeningPacing())).match is True
-    assert len(delays) == 2  # the 503's attempt and the one that matched
-    assert all(0 <= delay < 5 for delay in delays)
+    started = time.monotonic()
+    result = await client.send(prepared)
+    assert result.match is True and result.attempts == 3
+    assert limiter.slots == 3
+    assert limiter.heard == [0.3]
+    assert time.monotonic() - started >= 0.3  # the 429's pause held the retry back
+    assert len(limiter.delays) == 3 and all(0 <= delay < 5 for delay in limiter.delays)
