@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import dataclasses
 import functools
@@ -13,7 +12,7 @@ import math
 import os
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Literal, Self, TypeVar
 from urllib.parse import urlsplit
@@ -21,6 +20,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from facematch_async._auth import AccessToken, StaticTokenSource, TokenManager, token_from_response
+from facematch_async._call_pacing import wait_for_slot, wait_or_stop
 from facematch_async._deadline import Deadline, validate_deadline
 from facematch_async._downscale import require_pillow
 from facematch_async._events import RequestEvent, RequestHook
@@ -34,7 +34,7 @@ from facematch_async._images import (
 )
 from facematch_async._models import FaceMatchResult
 from facematch_async._pacing import redact_url
-from facematch_async._ratelimit import RateLimiter, SlotUnavailable, Window, parse_rate_limit
+from facematch_async._ratelimit import RateLimiter, Window, parse_rate_limit
 from facematch_async._responses import RawResponse, parse_authorize, parse_facematch
 from facematch_async._retry import RetryPolicy, call_with_retries
 from facematch_async._transport import MultipartBody, Transport
@@ -45,8 +45,6 @@ from facematch_async.errors import (
     FaceMatchError,
     InactiveClientError,
     PermissionDeniedError,
-    QuotaExceededError,
-    RateLimitError,
 )
 
 __all__ = [
@@ -694,80 +692,23 @@ class _MatchCall:
         if self.limiter is not None:
             await tokens.get()
             started = time.perf_counter()
-            await self._slot(self.limiter)
-            self.waited += time.perf_counter() - started
+            try:
+                await wait_for_slot(
+                    self.limiter,
+                    deadline=self.deadline,
+                    reserve=self.reserve,
+                    stop=self.stop,
+                    wait_for_quota=self.policy.wait_for_quota,
+                )
+            finally:
+                self.waited += time.perf_counter() - started
         self.body.ready_at = time.monotonic()
         return await tokens.get()
-
-    async def _slot(self, limiter: RateLimiter) -> None:
-        """A slot of the key's windows, within the deadline; released by ``stop``."""
-        if not limiter.windows:  # pauses only (after 429s): no store to ask
-            while (wait := limiter.paused_for) > 0:
-                if self.deadline is not None and not self.deadline.fits(wait):
-                    raise self._too_late(wait, quota=False)
-                await self._wait(wait, "stopped while the rate limit paused")
-            return
-        within = None
-        if self.deadline is not None:
-            if not self.deadline.fits(limiter.wait_time()):
-                raise self._too_late(limiter.wait_time(), quota=False)
-            within = self.deadline.remaining()
-        acquire = limiter.acquire(
-            reserve=self.reserve, within=within, wait_for_quota=self.policy.wait_for_quota
-        )
-        try:
-            if self.stop is None:
-                await acquire
-            else:
-                await _unless_stopped(acquire, self.stop)
-        except SlotUnavailable as late:
-            raise self._too_late(late.wait, quota=late.quota) from None
-
-    def _too_late(self, wait: float, *, quota: bool) -> RateLimitError:
-        if quota:
-            return QuotaExceededError(
-                f"the rate limit's daily quota is used up; it reopens in {wait:.0f} s",
-                retry_after=wait,
-            )
-        deadline = self.deadline
-        assert deadline is not None
-        return RateLimitError(
-            f"the rate limit's next slot opens in {wait:.2f} s, after the {deadline.budget:g} s "
-            f"deadline ({deadline.remaining():.2f} s left)",
-            retry_after=wait,
-        )
 
     async def sleep(self, seconds: float) -> None:
         """Wait between two attempts; ``stop`` ends the wait, and the call."""
         started = time.perf_counter()
         try:
-            await self._wait(seconds, "stopped while waiting to retry")
+            await wait_or_stop(seconds, self.stop, "stopped while waiting to retry")
         finally:
             self.waited += time.perf_counter() - started
-
-    async def _wait(self, seconds: float, stopped: str) -> None:
-        if self.stop is None:
-            await asyncio.sleep(seconds)
-            return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self.stop.wait()
-                raise CallStoppedError(stopped)
-
-
-async def _unless_stopped(wait: Awaitable[None], stop: asyncio.Event) -> None:
-    """Await ``wait`` unless ``stop`` is set first: then cancel it and raise
-    :class:`CallStoppedError`."""
-    waiting = asyncio.ensure_future(wait)
-    stopped = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait((waiting, stopped), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopped.cancel()
-        if not waiting.done():
-            waiting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await waiting
-    if waiting.cancelled():
-        raise CallStoppedError("stopped while waiting for a rate-limit slot")
-    waiting.result()
