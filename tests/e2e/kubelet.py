@@ -23,7 +23,8 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -372,7 +373,8 @@ class Cluster:
         append: Sequence[str] = (),
         ports: Mapping[int, int] | None = None,
     ) -> Pod:
-        """Start one container of ``doc``'s pod (``index``: an Indexed Job's completion index).
+        """Start one container of ``doc``'s pod (``index``: an Indexed Job's completion index),
+        after its init containers have run to completion, as the kubelet starts a pod.
 
         Args:
             env: variables the cluster adds (``DEEPVUE_BASE_URL``: the sandbox stands in for
@@ -381,16 +383,32 @@ class Cluster:
             ports: a container port to the free loopback port it listens on here.
         """
         pod = pod_template(doc)
-        box = container(doc, container_name)
-        name = f"{doc['metadata']['name']}-{index if index is not None else 0}-{len(self.pods)}"
+        number = index if index is not None else 0
+        name = f"{doc['metadata']['name']}-{number}-{uuid.uuid4().hex[:8]}"  # as pods are named
         folder = self.root / "pods" / name
         folder.mkdir(parents=True)
+        for init in pod["spec"].get("initContainers", []):
+            step = self._run(pod, init, folder, index, env or {}, (), {})
+            assert step.wait() == 0, f"init container {init['name']}: {step.output()}"
+        box = container(doc, container_name)
+        return self._run(pod, box, folder, index, env or {}, append, ports or {})
+
+    def _run(
+        self,
+        pod: Manifest,
+        box: Manifest,
+        folder: Path,
+        index: int | None,
+        env: Mapping[str, str],
+        append: Sequence[str],
+        ports: Mapping[int, int],
+    ) -> Pod:
         mounts = self.volumes(pod, box, folder)
         mounts.update({self.image.workdir: self.image_root / self.image.workdir.lstrip("/")})
         variables = self.environment(box, index, mounts)
         command = box.get("command") or self.image.entrypoint
         args = box.get("args", [] if "command" in box else self.image.cmd)
-        argv = [expand(self.on_host(part, mounts, ports or {}), variables)
+        argv = [expand(self.on_host(part, mounts, ports), variables)
                 for part in [*command, *args]] + list(append)  # fmt: skip
         argv[0] = self.binaries.get(argv[0]) or shutil.which(argv[0], path=str(VENV_BIN)) or ""
         assert argv[0], f"{command[0]} is neither in the image's virtual environment nor named"
@@ -400,21 +418,22 @@ class Cluster:
             "PYTHONUNBUFFERED": "1",
             "PYTHONDONTWRITEBYTECODE": "1",
             **variables,
-            **(env or {}),
+            **env,
         }
         if "/tmp" in mounts:  # noqa: S108 (the container's /tmp, an emptyDir)
             process_env["TMPDIR"] = str(mounts["/tmp"])  # noqa: S108
-        log = folder / "log"
+        ours = box["image"] == "facematch-async"  # the kit's image: its WORKDIR
+        log = folder / f"{box['name']}.log"
         with open(log, "wb") as output:
             process = subprocess.Popen(  # noqa: S603 (the manifest's own command line)
                 argv,
                 env=process_env,
-                cwd=mounts[self.image.workdir] if box["image"].startswith("facematch") else folder,
+                cwd=mounts[self.image.workdir] if ours else folder,
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
-        started = Pod(name, argv, process_env, process, log)
+        started = Pod(folder.name, argv, process_env, process, log)
         self.pods.append(started)
         return started
 
@@ -426,15 +445,10 @@ class Cluster:
             pattern = r"(?<![\w./-])(" + paths + r")(?=/|$|[^\w.-])"
             text = re.sub(pattern, lambda match: str(mounts[match.group(1)]), text)
         for service, address in self.services.items():
-            text = text.replace(f"@{service}/", f"@{address}/")
+            text = re.sub(r"(?<![\w.-])" + re.escape(service) + r"(?![\w.-])", address, text)
         for inside, outside in ports.items():
             if text == f"--port={inside}":
                 text = f"--port={outside}"
         if text == "--host=0.0.0.0":  # the pod's own network; here only loopback
             text = "--host=127.0.0.1"
         return text
-
-
-def running(pods: Iterable[Pod]) -> Iterator[Pod]:
-    """The pods whose process has not ended."""
-    return (pod for pod in pods if pod.process.poll() is None)

@@ -14,16 +14,17 @@ import secrets
 import shutil
 import socket
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import kubernetes_validate
+import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
-from kubernetes_validate.utils import all_versions
+from kubernetes_validate.utils import all_versions  # type: ignore[import-untyped]
 from packaging.version import Version
 
 from facematch_async.batch._manifest import read_manifest
@@ -57,9 +58,7 @@ PAIRS = 16
 
 def kubernetes_versions() -> list[str]:
     """Every Kubernetes release from the oldest the kit supports to the newest schemas known."""
-    return sorted(
-        {v for v in all_versions() if Version(v) >= OLDEST_KUBERNETES}, key=Version
-    )
+    return sorted({v for v in all_versions() if Version(v) >= OLDEST_KUBERNETES}, key=Version)
 
 
 def test_every_manifest_is_valid_for_every_supported_kubernetes() -> None:
@@ -74,7 +73,9 @@ def test_every_manifest_is_valid_for_every_supported_kubernetes() -> None:
                     kubernetes_validate.validate(doc, version, strict=True)
                 except kubernetes_validate.ValidationError as error:
                     where = ".".join(map(str, error.absolute_path))
-                    pytest.fail(f"{path.name}: {doc['kind']} for {version}: {where}: {error.message}")
+                    pytest.fail(
+                        f"{path.name}: {doc['kind']} for {version}: {where}: {error.message}"
+                    )
             checked += 1
     assert checked >= 12
 
@@ -140,8 +141,9 @@ def test_no_secret_is_written_in_a_manifest() -> None:
                     assert "secretKeyRef" in variable.get("valueFrom", {}), variable
                 if "value" in variable and "://" in variable["value"]:
                     # a URL with a password names it only as $(VAR)
-                    assert re.search(r"//:?\$\(\w+\)@", variable["value"]) or "@" not in (
-                        variable["value"]
+                    assert (
+                        re.search(r"//:?\$\(\w+\)@", variable["value"])
+                        or "@" not in (variable["value"])
                     ), variable
     for config in [d for (kind, _), d in kubelet.objects().items() if kind == "ConfigMap"]:
         assert not [key for key in config["data"] if secret_name.search(key)]
@@ -185,9 +187,7 @@ def test_the_clis_exit_codes_are_the_contracts() -> None:
     """Every EXIT_* constant of the CLI is a contract code with the contract's meaning, and
     every contract code but 69 has one (69 arrives with the outage/decision split: then this
     test holds it too)."""
-    constants = {
-        name: value for name, value in vars(_common).items() if name.startswith("EXIT_")
-    }
+    constants = {name: value for name, value in vars(_common).items() if name.startswith("EXIT_")}
     assert constants["EXIT_OK"] == 0
     assert constants["EXIT_PAIRS_FAILED"] == 1
     assert constants["EXIT_USAGE"] == 2
@@ -417,20 +417,25 @@ def free_port() -> int:
     return port
 
 
-def start_redis(cluster: Cluster) -> kubelet.Pod:
-    """The kit's Redis Deployment started from its own command line (redis-server, the
-    password from the Secret), on a loopback port that its Service name maps to; returns
-    once it answers AUTH with that password."""
+def redis_service(cluster: Cluster) -> int:
+    """The loopback port standing in for the kit's Redis Service (its DNS name and port)."""
+    service = find("Service", "facematch-redis")
     port = free_port()
+    address = f"{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
+    cluster.services[address] = f"127.0.0.1:{port}"
+    return port
+
+
+def start_redis(cluster: Cluster, port: int | None = None) -> kubelet.Pod:
+    """The kit's Redis Deployment started from its own command line (redis-server, the
+    password from the Secret), on the loopback port of its Service; returns once it answers
+    AUTH with that password."""
+    port = port or redis_service(cluster)
     cluster.binaries["redis-server"] = RedisServer.find_binary()
     redis = cluster.start(
         find("Deployment", "facematch-redis"),
         "redis",
         append=["--port", str(port), "--bind", "127.0.0.1"],
-    )
-    service = find("Service", "facematch-redis")
-    cluster.services[f"{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"] = (
-        f"127.0.0.1:{port}"
     )
     password = cluster.secrets["facematch-redis"]["password"]
     deadline = time.monotonic() + 20
@@ -448,7 +453,7 @@ def start_redis(cluster: Cluster) -> kubelet.Pod:
         time.sleep(0.05)
 
 
-def write_bucket(folder: Path, count: int, bad: set[str] = frozenset()) -> Path:  # type: ignore[assignment]
+def write_bucket(folder: Path, count: int, bad: Collection[str] = ()) -> Path:
     """A tiny manifest with its photos on local disk (in the cluster, s3://...): ``count``
     same-person pairs; the ids in ``bad`` name a photo that is not there."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -535,9 +540,7 @@ def test_a_sigterm_ends_the_pod_130_and_the_job_restarts_it(finished: Finished) 
     job = find("Job", "facematch-reverify")
     assert finished.stopped == 130, finished.stopped_output
     assert policy_action(job, "batch", finished.stopped) == "Count"
-    assert finished.cluster.secrets["facematch-redis"]["password"] not in (
-        finished.stopped_output
-    )
+    assert finished.cluster.secrets["facematch-redis"]["password"] not in (finished.stopped_output)
     assert "--resume" in finished.stopped_output
 
 
@@ -586,9 +589,7 @@ def test_the_summary_job_reads_every_shard_and_writes_the_report(finished: Finis
     assert report.read_text().lstrip().lower().startswith("<!doctype html")
 
 
-def one_shard(
-    cluster: Cluster, deepvue: BackgroundSandbox, manifest: Path | str
-) -> tuple[int, str]:
+def one_shard(cluster: Cluster, deepvue: BackgroundSandbox, manifest: Path) -> tuple[int, str]:
     """Shard 0 of the kit's Job on ``manifest``: its exit code and its log."""
     cluster.config["facematch-config"]["FACEMATCH_MANIFEST"] = str(manifest)
     pod = cluster.start(
@@ -618,12 +619,12 @@ def test_a_shard_that_cannot_finish_today_ends_as_the_policy_says(
     credentials and a usage error end the whole Job (FailJob)."""
     with Cluster(tmp_path, cluster_secrets()) as cluster:
         start_redis(cluster)
-        manifest: Path | str = write_bucket(tmp_path / "bucket", PAIRS)
+        manifest = write_bucket(tmp_path / "bucket", PAIRS)
         if case == "the daily quota is used up":  # fewer requests a day than shard 0 has pairs
             cluster.config["facematch-config"]["DEEPVUE_RATE_LIMIT"] = "2/day"
         elif case == "a photo of shard 0 is missing":
             bad = shard_ids(manifest, 1, SHARDS)[:1]
-            manifest = write_bucket(tmp_path / "bucket", PAIRS, bad=set(bad))
+            manifest = write_bucket(tmp_path / "bucket", PAIRS, bad=bad)
         elif case == "Deepvue refuses the client secret":
             cluster.secrets["deepvue-credentials"]["client_secret"] = "not-the-secret"
         elif case == "the store refuses the password":
@@ -636,6 +637,30 @@ def test_a_shard_that_cannot_finish_today_ends_as_the_policy_says(
     assert policy_action(find("Job", "facematch-reverify"), "batch", exit_code) == expected
     for secret in ("not-the-secret", "not-the-password", CLIENT_SECRET):
         assert secret not in output
+
+
+def test_the_shards_wait_for_a_redis_still_starting(
+    deepvue: BackgroundSandbox, tmp_path: Path
+) -> None:
+    """On a fresh apply a shard may start before Redis listens: its init container waits for
+    the store's address (the one in the batch's store URL), and the shard then runs to 0."""
+    job = find("Job", "facematch-reverify")
+    (init,) = kubelet.pod_template(job)["spec"]["initContainers"]
+    (address,) = [v["value"] for v in init["env"] if v["name"] == "STORE_ADDRESS"]
+    (url,) = [v["value"] for v in kubelet.container(job, "batch")["env"]
+              if v["name"] == "DEEPVUE_RATE_LIMIT_STORE"]  # fmt: skip
+    assert f"@{address}/" in url
+    with Cluster(tmp_path, cluster_secrets()) as cluster:
+        port = redis_service(cluster)
+        late = threading.Timer(1.5, start_redis, (cluster, port))
+        late.start()
+        try:
+            exit_code, output = one_shard(cluster, deepvue, write_bucket(tmp_path / "b", 4))
+        finally:
+            late.join()
+        waited = (tmp_path / "pods").glob("facematch-reverify-*/wait-for-store.log")
+        assert "waiting for" in "".join(log.read_text() for log in waited)
+    assert exit_code == 0, output
 
 
 # --- The onboarding service ------------------------------------------------------------------
