@@ -81,7 +81,7 @@ def test_every_manifest_is_valid_for_every_supported_kubernetes() -> None:
 
 
 def test_the_validator_catches_a_misspelt_field() -> None:
-    """The schema check is not vacuous: a misspelt Job field and a bad exit code fail it."""
+    """The schema check is not vacuous: one misspelt field of the Job fails it."""
     job = yaml.safe_load((KIT / "reverify-job.yaml").read_text())
     job["spec"]["backoffLimitPerindex"] = job["spec"].pop("backoffLimitPerIndex")
     with pytest.raises(kubernetes_validate.ValidationError):
@@ -170,7 +170,7 @@ def test_every_pod_has_resources_and_a_restricted_security_context() -> None:
 
 
 def test_the_image_runs_as_the_user_the_pods_expect() -> None:
-    """The Dockerfile's numeric USER is the pods' runAsUser (the image's files are its)."""
+    """The pods that run the kit's image run as the Dockerfile's numeric USER and group."""
     image = kubelet.read_image()
     user, _, group = image.user.partition(":")
     for doc in workloads():
@@ -325,7 +325,8 @@ def test_the_dockerfile_passes_hadolint() -> None:
 
 
 def test_hadolint_is_not_a_rubber_stamp(tmp_path: Path) -> None:
-    """The same run fails a Dockerfile with the classic mistakes (root, latest, apt cache)."""
+    """The same run fails a Dockerfile with the classic mistakes (the latest tag, apt-get
+    without pins, without --no-install-recommends, its lists left in the layer)."""
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM python:latest\nRUN apt-get update && apt-get install -y curl\n")
     hadolint = shutil.which("hadolint", path=str(kubelet.VENV_BIN))
