@@ -12,7 +12,8 @@ What it shows:
 - **One client, checked at start-up.** The lifespan builds the client (credentials from the
   ``DEEPVUE_*`` variables) and calls ``verify_credentials()``: a wrong secret, an inactive
   client id or an unreachable API fails the deploy, not the first customer. ``GET /readyz``
-  answers 200 while the credentials hold (no network call while the token is fresh).
+  answers 200 while the credentials hold (no network call while the token is fresh);
+  ``GET /healthz`` answers 200 while the process does (for a liveness probe).
 - **A deadline per request.** Every match may take ``KYC_DEADLINE`` seconds in all (10 by
   default): retries, backoff and ``Retry-After`` waits included. When the rest cannot cover
   the next wait, the client fails at once and the app is told to come back later.
@@ -313,6 +314,13 @@ async def face_match(request: Request, selfie: UploadFile, id_document: UploadFi
         match=result.match,
         confidence=result.confidence,
     )
+
+
+@app.get("/healthz")
+async def healthz() -> Response:
+    """200 while the process answers: liveness, with no call to Deepvue (an outage there
+    must not restart the service; ``/readyz`` takes it out of rotation instead)."""
+    return Answer(200, "alive", "none", "Alive.")
 
 
 @app.get("/readyz")
