@@ -203,6 +203,34 @@ class FaceMatchClient:
         self._derived = False  # a with_options() copy: the transport is not its own
         self._owns_limiter = True
 
+    @classmethod
+    def offline(
+        cls,
+        *,
+        api_version: Literal["v1", "v2"] = "v1",
+        max_image_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES,
+        max_image_side: int | None = None,
+        image_read_timeout: float | None = DEFAULT_IMAGE_READ_TIMEOUT,
+    ) -> FaceMatchClient:
+        """A client that reads and checks images (:meth:`prepare`, :meth:`prepare_soon`)
+        exactly as a real one, but makes no API call and needs no credentials: for a dry run
+        (:func:`check_manifest`) or a test. Every API call raises
+        :class:`ClientClosedError`."""
+        client = cls(
+            client_id="offline",
+            client_secret="offline",  # noqa: S106 (never sent: the client makes no call)
+            base_url="http://offline.invalid",
+            api_version=api_version,
+            max_image_bytes=max_image_bytes,
+            max_image_side=max_image_side,
+            image_read_timeout=image_read_timeout,
+            rate_limit=RateLimiter(None),  # not the environment's: it paces nothing
+        )
+        client.rate_limiter = None
+        client._transport.closed = True
+        client._transport.closed_reason = "an offline client makes no API calls"
+        return client
+
     @property
     def base_url(self) -> str:
         """The API's base URL, without a trailing slash."""
@@ -399,7 +427,7 @@ class FaceMatchClient:
             FaceMatchError: any other failure of the authorize call.
         """
         if self.closed:
-            raise ClientClosedError("the client is closed")
+            raise ClientClosedError(self._transport.closed_reason)
         budget = self._start_deadline(deadline)
         if budget is None:
             await self._check_now()

@@ -528,6 +528,11 @@ class RateLimiter:
         if isinstance(self.store, MemoryStore):
             self.store.seed(sent_at, self._keep)
 
+    def effective_windows(self, *, reserve: float | None = None) -> tuple[Window, ...]:
+        """The windows a caller leaving ``reserve`` of each to others may use (default: the
+        limiter's own reserve): ``10/s`` less 25% is ``7/s``, never below one request."""
+        return self._tier(self.reserve if reserve is None else reserve)[1]
+
     def _tier(self, reserve: float) -> tuple[str, tuple[Window, ...], float]:
         if reserve == 0:
             return "all", self.windows, self._spacing

@@ -137,10 +137,11 @@ class Transport:
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.closed = False
+        self.closed_reason = "the client is closed"
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self.closed:
-            raise ClientClosedError("the client is closed")
+            raise ClientClosedError(self.closed_reason)
         loop = asyncio.get_running_loop()
         if self._session is None:
             self._session = aiohttp.ClientSession(

@@ -97,6 +97,15 @@ class Progress:
             self.stream.write(self.line() + "\n")
         self.stream.flush()
 
+    def say(self, text: str, *, every: float) -> None:
+        """Write ``text`` as a line of its own, at most once per ``every`` seconds."""
+        now = time.monotonic()
+        if now - self._last < every:
+            return
+        self._last = now
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
     def close(self) -> None:
         """Write the final state and end the bar's line."""
         if not self.summary.done and not self.interactive:

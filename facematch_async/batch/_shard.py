@@ -16,9 +16,12 @@ disagree on N would skip or repeat pairs.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
-__all__ = ["COUNT_VARIABLE", "resolve_shard", "scheduler_shard"]
+from facematch_async.batch._index import key_hash
+from facematch_async.batch._manifest import PairSpec
+
+__all__ = ["COUNT_VARIABLE", "resolve_shard", "scheduler_shard", "shard_filter"]
 
 COUNT_VARIABLE = "FACEMATCH_SHARD_COUNT"
 """Set this to the number of shards where the scheduler does not say (Kubernetes, AWS)."""
@@ -109,3 +112,15 @@ def resolve_shard(
     if count < 1 or not 0 <= index < count:
         raise ValueError(f"--shard {text}: {source} index {index} is outside 0..{count - 1}")
     return index + 1, count
+
+
+def shard_filter(specs: Iterable[PairSpec], shard: tuple[int, int] | None) -> Iterator[PairSpec]:
+    """The pairs of shard ``k`` of ``n`` (``None``: all): a stable hash of each pair's key,
+    so every machine agrees without talking to the others."""
+    if shard is None:
+        yield from specs
+        return
+    k, n = shard
+    for spec in specs:
+        if key_hash(spec.key) % n == k - 1:
+            yield spec

@@ -9,8 +9,9 @@ Exit codes (``batch``; ``match`` uses 0, 1 and 2):
 * 1: some pairs ended as ``error`` (and, for ``--dry-run``, some would)
 * 2: usage: bad arguments, missing credentials, results file already present
 * 3: the batch stopped because every further pair would fail: the credentials were
-  refused, or the API looks down (many pairs in a row without a connection or with 5xx);
-  resume once fixed
+  refused, or the rate-limit store cannot be used; resume once fixed
+* 69: the API looks down (many pairs in a row without a connection or with 5xx); resume
+  later
 * 74: a disk problem stopped the batch: the results file or the on-disk pair index
   cannot be written (a full disk, a file-size limit); every line written is intact, resume
   once fixed

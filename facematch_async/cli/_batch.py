@@ -6,38 +6,43 @@ import argparse
 import asyncio
 import os
 import shlex
-import signal
 import sys
-import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from facematch_async._images import DEFAULT_MAX_IMAGE_BYTES, load_pair
-from facematch_async._pacing import effective_windows, redact_url
-from facematch_async._ratelimit import RateLimiter, Window, parse_rate_limit
-from facematch_async.batch._index import IndexStorageError, KeyIndex, key_hash
-from facematch_async.batch._manifest import ManifestProblem, PairSpec, read_manifest
+from facematch_async import (
+    BatchRunner,
+    BatchSummary,
+    FaceMatchClient,
+    PacingStoreError,
+    RateLimiter,
+    ResultsFile,
+    Window,
+    parse_rate_limit,
+    read_manifest,
+    redact_url,
+)
+from facematch_async.batch import (
+    ExitCode,
+    IndexStorageError,
+    JobProgress,
+    PairSpec,
+    ResultsFileError,
+    check_manifest,
+    resolve_shard,
+    run_job,
+    shard_filter,
+)
 from facematch_async.batch._progress import Progress, format_duration
-from facematch_async.batch._runner import BatchRunner
-from facematch_async.batch._sink import ResultsFile, ResultsFileError
-from facematch_async.batch._summary import BatchSummary
 from facematch_async.cli._common import (
-    EXIT_ABORTED,
-    EXIT_CREDENTIALS,
-    EXIT_IO,
-    EXIT_OK,
-    EXIT_PAIRS_FAILED,
-    EXIT_QUOTA,
     UsageError,
     add_connection_arguments,
     client_options,
     make_client,
 )
-from facematch_async.errors import ImageError
 
-__all__ = ["add_batch_parser", "run_batch", "shard_filter"]
+__all__ = ["add_batch_parser", "run_batch"]
 
 
 def add_batch_parser(
@@ -52,8 +57,9 @@ def add_batch_parser(
             "Match every pair of a manifest (CSV or JSONL with pair_id,file_a,file_b, or a "
             "folder of <pair_id>/ folders holding two images). One line per pair is appended "
             "to --out as it finishes. Exit codes: 0 all decided, 1 some pairs errored, "
-            "2 usage, 3 stopped: credentials refused or API unavailable, 74 stopped: the "
-            "results file or the index cannot be written (disk full), 75 stopped at quota, "
+            "2 usage, 3 stopped: credentials refused or the rate-limit store unusable, "
+            "69 stopped: the API unavailable (resume later), 74 stopped: the results file or "
+            "the index cannot be written (disk full), 75 stopped at the daily quota, "
             "130 interrupted."
         ),
     )
@@ -153,26 +159,6 @@ def _share(text: str) -> float:
     return share
 
 
-def _parse_shard(text: str | None) -> tuple[int, int] | None:
-    from facematch_async.batch._shard import resolve_shard  # K/N, auto, auto/N
-
-    try:
-        return resolve_shard(text)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-
-
-def shard_filter(specs: Iterator[PairSpec], shard: tuple[int, int] | None) -> Iterator[PairSpec]:
-    """Keep the pairs of shard ``k`` of ``n``: a stable hash of the key, so any machine agrees."""
-    if shard is None:
-        yield from specs
-        return
-    k, n = shard
-    for spec in specs:
-        if key_hash(spec.key) % n == k - 1:
-            yield spec
-
-
 def _count_rows(path: Path) -> int | None:
     """Rows in a CSV/JSONL manifest, for the ETA (a fast newline count)."""
     if path.is_dir():
@@ -198,122 +184,6 @@ def _resume_command(args: argparse.Namespace) -> str:
     return shlex.join(["facematch-async", *argv])
 
 
-_CHECK_AHEAD = 16
-"""Pairs the dry run checks at once: as many as the run reads in one hop, so that a stuck
-file delays its own pair, as in the run, and not every pair after it."""
-
-
-async def _check_locally(
-    specs: list[PairSpec], max_bytes: int, read_timeout: float
-) -> list[ManifestProblem | None]:
-    """What a run would refuse before any network call, for each pair: the very reads and
-    checks ``match`` makes (``load_pair``: regular files only, size, magic bytes, end marker,
-    the read deadline), so the two cannot disagree. The code is the one the run's summary
-    counts the error under (``sub_code``, else its type)."""
-
-    async def check(spec: PairSpec) -> ManifestProblem | None:
-        assert spec.file_a is not None
-        assert spec.file_b is not None
-        try:
-            await load_pair(
-                spec.file_a, spec.file_b, max_bytes=max_bytes, read_timeout=read_timeout
-            )
-        except ImageError as error:
-            return ManifestProblem(error.sub_code or type(error).__name__, error.message)
-        return None
-
-    return await asyncio.gather(*(check(spec) for spec in specs))
-
-
-def _dry_run(
-    args: argparse.Namespace,
-    specs: Iterator[PairSpec],
-    results: ResultsFile | None,
-    windows: tuple[Window, ...],
-) -> int:
-    skip = (
-        None
-        if results is None
-        else results.skip_rule(resume=args.resume, retry_failed=args.retry_failed)
-    )
-    codes: Counter[str] = Counter()
-    examples: list[str] = []
-    counts = {"ready": 0, "skipped": 0}
-    last_report = time.monotonic()
-
-    def record(spec: PairSpec, problem: ManifestProblem | None) -> None:
-        nonlocal last_report
-        if problem is None:
-            counts["ready"] += 1
-        else:
-            codes[problem.sub_code] += 1
-            if len(examples) < 10:
-                where = f"line {spec.line}" if spec.line else spec.pair_id
-                examples.append(f"  {where}: {problem.sub_code}: {problem.message}")
-        if time.monotonic() - last_report >= args.progress_interval:
-            last_report = time.monotonic()
-            checked = counts["ready"] + sum(codes.values())
-            print(f"checked {checked} pairs so far...", file=sys.stderr, flush=True)
-
-    async def check_all() -> None:
-        seen = KeyIndex(args.index_dir)
-        try:
-            pending: list[PairSpec] = []
-            for spec in specs:
-                problem = spec.problem
-                if spec.pair_id and not seen.add(spec.pair_id, spec.line):
-                    problem = ManifestProblem(
-                        "DUPLICATE_PAIR_ID", f"pair_id {spec.pair_id!r} repeated"
-                    )
-                key = PairSpec(spec.pair_id, None, None, spec.line, problem=problem).key
-                if skip is not None and skip(key):
-                    counts["skipped"] += 1
-                    continue
-                if problem is not None:
-                    record(spec, problem)
-                    continue
-                pending.append(spec)
-                if len(pending) >= _CHECK_AHEAD:
-                    await check_pending(pending)
-            await check_pending(pending)
-        finally:
-            seen.close()
-
-    async def check_pending(pending: list[PairSpec]) -> None:
-        problems = await _check_locally(pending, DEFAULT_MAX_IMAGE_BYTES, args.image_read_timeout)
-        for spec, problem in zip(pending, problems, strict=True):
-            record(spec, problem)
-        pending.clear()
-
-    asyncio.run(check_all())
-    ready, skipped = counts["ready"], counts["skipped"]
-    failing = sum(codes.values())
-    print(
-        f"{ready + failing} pairs to run ({skipped} already done): "
-        f"{ready} ready, {failing} would fail"
-    )
-    for code, count in codes.most_common():
-        print(f"  {code:<28}{count:>9}")
-    if examples:
-        print("first problems:")
-        print("\n".join(examples))
-    # With --reserve the batch takes only its share of every window.
-    paced = effective_windows(windows, args.reserve) if args.reserve else windows
-    rate = ",".join(map(str, paced)) or "no limit"
-    if args.reserve:
-        rate += f" (--reserve {args.reserve:.0%} of {','.join(map(str, windows))})"
-    estimate = format_duration(RateLimiter(paced).estimate(ready))
-    print(f"at {rate}: about {estimate} for {ready} requests")
-    return EXIT_PAIRS_FAILED if failing else EXIT_OK
-
-
-def _fatal(what: str, args: argparse.Namespace, left: str) -> None:
-    """Say why the batch stopped, in one line, and how to resume it."""
-    print(f"\nfacematch-async batch: {what}; stopped", file=sys.stderr)
-    print(f"{left} Resume with:", file=sys.stderr)
-    print(f"  {_resume_command(args)}", file=sys.stderr)
-
-
 def _check_out_folder(path: str) -> None:
     folder = Path(path).parent
     if not folder.is_dir():
@@ -323,9 +193,9 @@ def _check_out_folder(path: str) -> None:
 
 
 def run_batch(args: argparse.Namespace) -> int:
-    """``facematch-async batch``; returns the exit code (see :mod:`facematch_async.cli`)."""
-    shard = _parse_shard(args.shard)
+    """``facematch-async batch``; returns the exit code (see :class:`ExitCode`)."""
     try:
+        shard = resolve_shard(args.shard)
         windows = parse_rate_limit(args.rate_limit)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -339,50 +209,57 @@ def run_batch(args: argparse.Namespace) -> int:
         raise UsageError("--out is required (or use --dry-run)")
     if args.index_dir is not None and not Path(args.index_dir).is_dir():
         raise UsageError(f"--index-dir {args.index_dir}: no such folder")
+    if args.out:
+        _check_out_folder(args.out)
     try:
         specs = shard_filter(read_manifest(args.manifest, root=args.root), shard)
     except (OSError, ValueError) as exc:
         raise UsageError(str(exc)) from None
-
     try:
         if args.dry_run:
-            return _dry_run_with_results(args, specs, windows)
-        return _run_with_results(args, specs, windows, shard)
-    except IndexStorageError as exc:
-        # Before any pair was sent (the index of an existing results file), or a dry run.
+            return asyncio.run(_dry_run(args, specs, windows))
+        options = client_options(args)
+        return asyncio.run(_run(args, specs, windows, options, shard))
+    except IndexStorageError as exc:  # before any pair was sent, or a dry run
         print(f"facematch-async batch: {exc}", file=sys.stderr)
-        return EXIT_IO
+        return ExitCode.IO
+    except ValueError as exc:  # a CSV without its header; not a results file of --format
+        raise UsageError(str(exc)) from None
 
 
-def _dry_run_with_results(
+async def _dry_run(
     args: argparse.Namespace, specs: Iterator[PairSpec], windows: tuple[Window, ...]
 ) -> int:
-    if args.out:
-        _check_out_folder(args.out)
     known = ResultsFile(args.out, args.format, index_dir=args.index_dir) if args.out else None
+    client = FaceMatchClient.offline(image_read_timeout=args.image_read_timeout)
+    progress = Progress(BatchSummary(), None, sys.stderr, interactive=False)
     try:
         if known is not None:
             known.load()  # read only: a dry run changes nothing on disk
-        return _dry_run(args, specs, known, windows)
-    except (ValueError, ResultsFileError) as exc:  # a CSV without its header, an unreadable --out
+        check = await check_manifest(
+            specs,
+            client,
+            skip=None
+            if known is None
+            else known.skip_rule(resume=args.resume, retry_failed=args.retry_failed),
+            index_dir=args.index_dir,
+            on_progress=lambda now: progress.say(
+                f"checked {now.checked} pairs so far...", every=args.progress_interval
+            ),
+        )
+    except ResultsFileError as exc:  # an unreadable --out
         raise UsageError(str(exc)) from None
     finally:
         if known is not None:
             known.close(compact=False)
-
-
-def _run_with_results(
-    args: argparse.Namespace,
-    specs: Iterator[PairSpec],
-    windows: tuple[Window, ...],
-    shard: tuple[int, int] | None,
-) -> int:
-    options = client_options(args)
-    _check_out_folder(args.out)
-    try:
-        return asyncio.run(_run(args, specs, windows, options, shard))
-    except ValueError as exc:  # a CSV without its header; not a results file of --format
-        raise UsageError(str(exc)) from None
+    print(check.format())
+    limiter = RateLimiter(windows, reserve=args.reserve)  # the batch takes only its share
+    rate = ",".join(map(str, limiter.effective_windows())) or "no limit"
+    if args.reserve:
+        rate += f" (--reserve {args.reserve:.0%} of {','.join(map(str, windows))})"
+    estimate = format_duration(limiter.estimate(check.ready))
+    print(f"at {rate}: about {estimate} for {check.ready} requests")
+    return ExitCode.PAIRS_FAILED if check.failing else ExitCode.OK
 
 
 async def _run(
@@ -392,82 +269,48 @@ async def _run(
     options: dict[str, Any],
     shard: tuple[int, int] | None,
 ) -> int:
-    from facematch_async import AuthenticationError, PacingStoreError
-
     summary = BatchSummary()
     total = _count_rows(Path(args.manifest))
     if total is not None and shard is not None:
         total = total // shard[1]
     progress = Progress(
-        summary,
-        total,
-        sys.stderr,
-        interactive=sys.stderr.isatty(),
-        interval=args.progress_interval,
+        summary, total, sys.stderr, interactive=sys.stderr.isatty(), interval=args.progress_interval
     )
-    interrupted = 0
-    loop = asyncio.get_running_loop()
-    code = EXIT_OK
-    disk_error: OSError | None = None
+
+    def show(now: JobProgress) -> None:
+        progress.note = now.waiting or ""
+        progress.tick()
 
     # The client paces every attempt (with a store: shared with the key's other processes).
     options = {**options, "rate_limit": windows, "rate_limit_store": args.rate_limit_store}
     async with make_client(**options) as client:
-        # Without a rate limit the runner must not fall back to its own default plan.
-        unpaced: dict[str, Any] = {} if client.rate_limiter is not None else {"rate_limit": None}
         runner = BatchRunner(
             client,
             concurrency=args.concurrency,
+            # The client's own, else none: never the runner's default plan.
+            rate_limit=client.rate_limiter,
             stop_at_quota=args.stop_at_quota,
             index_dir=args.index_dir,
             reserve=args.reserve,
-            **unpaced,
         )
         if client.rate_limiter is not None:
             try:
                 await client.rate_limiter.start()  # a shared store: reachable now, or say so
             except PacingStoreError as error:
                 print(f"facematch-async batch: {error}", file=sys.stderr)
-                return EXIT_CREDENTIALS
-
-        def on_signal() -> None:
-            nonlocal interrupted
-            interrupted += 1
-            if interrupted == 1:
-                runner.stop(grace=args.grace)
-                print(
-                    f"\nstopping: {runner.in_flight} pair(s) in flight get up to {args.grace:g} s "
-                    "to finish (interrupt again to abandon them)",
-                    file=sys.stderr,
-                    flush=True,
-                )
-            else:
-                runner.cancel()
-
-        handled = []
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, on_signal)
-                handled.append(sig)
-            except (NotImplementedError, RuntimeError):  # Windows, or not the main thread
-                pass
-
-        async def report() -> None:
-            while True:
-                await asyncio.sleep(progress.interval)
-                summary.skipped = runner.skipped
-                progress.note = runner.waiting_reason() or ""
-                progress.tick()
-
-        reporter = asyncio.create_task(report())
+                return ExitCode.CREDENTIALS
         try:
-            await runner.run_to_file(
+            result = await run_job(
+                runner,
                 specs,
                 args.out,
                 resume=args.resume,
                 retry_failed=args.retry_failed,
                 fmt=args.format,
+                grace=args.grace,
                 on_outcome=lambda _: progress.tick(),
+                on_progress=show,
+                progress_interval=progress.interval,
                 summary=summary,
             )
         except FileExistsError:
@@ -475,57 +318,21 @@ async def _run(
                 f"{args.out} already holds results: pass --resume to continue it, "
                 "--retry-failed to re-run its errors, or choose another --out"
             ) from None
-        except ResultsFileError as exc:
-            if runner.summary is None and not exc.disk_full:  # refused on opening: nothing sent
-                raise UsageError(str(exc)) from None
-            disk_error = exc
-        except AuthenticationError as error:
-            print(
-                f"\nfacematch-async batch: credentials refused, stopped: {error}", file=sys.stderr
-            )
-            code = EXIT_CREDENTIALS
-        except PacingStoreError as error:
-            print(f"\nfacematch-async batch: {error}; stopped", file=sys.stderr)
-            code = EXIT_CREDENTIALS
-        except IndexStorageError as exc:
-            disk_error = exc
-        except OSError as exc:  # the manifest became unreadable mid-run (a lost mount)
-            disk_error = OSError(exc.errno, f"cannot read {args.manifest}: {exc.strerror}")
+        except ResultsFileError as exc:  # refused on opening: nothing sent
+            raise UsageError(str(exc)) from None
         finally:
-            reporter.cancel()
-            for sig in handled:
-                loop.remove_signal_handler(sig)
             progress.close()
-
-    summary.skipped = runner.skipped
     print(summary.format())
-    if disk_error is not None:
-        _fatal(
-            str(disk_error),
-            args,
-            f"The lines written to {args.out} before are intact (a torn last one is cut off "
-            "on resume); pairs without a line run again.",
-        )
-        return EXIT_IO
-    if summary.statuses.get("error"):
-        code = code or EXIT_PAIRS_FAILED
-    if interrupted:
-        code = EXIT_ABORTED
-    elif runner.stop_reason == "unavailable":
+    message = result.message()
+    if message is not None and not result.interrupted:
+        print(f"\nfacematch-async batch: {message}", file=sys.stderr)
+    if result.exit_code == ExitCode.IO:
         print(
-            "the API seems unavailable (too many pairs in a row failed to connect or got 5xx); "
-            "stopped",
+            f"The lines written to {args.out} before are intact (a torn last one is cut off on "
+            "resume); pairs without a line run again.",
             file=sys.stderr,
         )
-        code = EXIT_CREDENTIALS
-    elif runner.stop_reason == "quota":
-        print(
-            "the daily quota is used up, or the API kept answering 429 after every round of "
-            "waiting; stopped (--stop-at-quota)",
-            file=sys.stderr,
-        )
-        code = EXIT_QUOTA
-    if code in (EXIT_ABORTED, EXIT_QUOTA, EXIT_CREDENTIALS):
-        print(f"{runner.unrecorded} pair(s) were left for later. Resume with:", file=sys.stderr)
+    if result.resumable:
+        print(f"{result.unrecorded} pair(s) were left for later. Resume with:", file=sys.stderr)
         print(f"  {_resume_command(args)}", file=sys.stderr)
-    return code
+    return result.exit_code

@@ -8,6 +8,8 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
+from facematch_async.batch import ExitCode
+
 if TYPE_CHECKING:
     from facematch_async import FaceMatchClient
 
@@ -18,6 +20,7 @@ __all__ = [
     "EXIT_OK",
     "EXIT_PAIRS_FAILED",
     "EXIT_QUOTA",
+    "EXIT_UNAVAILABLE",
     "EXIT_USAGE",
     "UsageError",
     "add_connection_arguments",
@@ -26,13 +29,16 @@ __all__ = [
     "read_secret",
 ]
 
-EXIT_OK = 0
-EXIT_PAIRS_FAILED = 1
-EXIT_USAGE = 2
-EXIT_CREDENTIALS = 3
-EXIT_IO = 74  # EX_IOERR: the results file or the index cannot be written
-EXIT_QUOTA = 75  # EX_TEMPFAIL: try again later
-EXIT_ABORTED = 130  # 128 + SIGINT, as shells report it
+# The job's exit codes (one source: facematch_async.batch.ExitCode), by the names the
+# commands use.
+EXIT_OK = ExitCode.OK
+EXIT_PAIRS_FAILED = ExitCode.PAIRS_FAILED
+EXIT_USAGE = ExitCode.USAGE
+EXIT_CREDENTIALS = ExitCode.CREDENTIALS
+EXIT_UNAVAILABLE = ExitCode.UNAVAILABLE
+EXIT_IO = ExitCode.IO
+EXIT_QUOTA = ExitCode.QUOTA
+EXIT_ABORTED = ExitCode.INTERRUPTED
 
 
 class UsageError(Exception):

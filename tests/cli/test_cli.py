@@ -337,15 +337,16 @@ def test_the_wait_for_in_flight_pairs_is_bounded_by_grace(
     assert int(left.group(1)) >= 3  # the ones waiting for the rate limit
 
 
-def test_an_unreachable_api_exits_3_after_a_few_pairs(
+def test_an_unreachable_api_exits_69_after_a_few_pairs(
     env, images: Path, tmp_path: Path, monkeypatch, capsys
 ) -> None:
-    """With nothing listening, the batch stops early (exit 3) instead of failing 300 pairs."""
+    """With nothing listening, the batch stops early (exit 69, EX_UNAVAILABLE: resume later)
+    instead of failing 300 pairs."""
     monkeypatch.setenv("DEEPVUE_BASE_URL", "http://127.0.0.1:9")
     manifest = write_manifest(tmp_path / "pairs.csv", matching(300))
     out = tmp_path / "out.jsonl"
     args = ["batch", str(manifest), "--out", str(out), "--rate-limit", "none"]
-    assert main([*args, "--max-retries", "0", "--concurrency", "2"]) == 3
+    assert main([*args, "--max-retries", "0", "--concurrency", "2"]) == 69
     assert len(records(out)) < 40
     assert "unavailable" in capsys.readouterr().err
 

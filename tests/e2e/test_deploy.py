@@ -27,9 +27,9 @@ import yaml
 from kubernetes_validate.utils import all_versions  # type: ignore[import-untyped]
 from packaging.version import Version
 
+from facematch_async.batch import shard_filter
 from facematch_async.batch._manifest import read_manifest
 from facematch_async.cli import _common
-from facematch_async.cli._batch import shard_filter
 from facematch_async.sandbox import BackgroundSandbox, SandboxConfig, make_test_image
 from tests.e2e import kubelet
 from tests.e2e.kubelet import KIT, ROOT, Cluster, Manifest, find, pod_template, policy_action
