@@ -169,9 +169,7 @@ async def _answer(
             try:
                 response = await handler(request)
             except web.HTTPException as exc:
-                # Router and framework errors (404, 405, 413) in FastAPI's JSON shape.
-                redirect = _without_trailing_slash(request) if exc.status == 404 else None
-                response = redirect or _json_error(exc.status, exc.reason, headers=exc.headers)
+                response = _framework_error(request, exc)
         if plan is not None and plan.latency > 0:
             state.counters.faults_injected["latency"] += 1
             await asyncio.sleep(plan.latency)
@@ -224,6 +222,15 @@ def _rate_limit(request: web.Request, state: SandboxState) -> web.Response | Non
     if state.config.retry_after:
         headers["Retry-After"] = retry_after_header(decision.retry_after)
     return _json_error(429, _RATE_LIMITED, headers=headers)
+
+
+def _framework_error(request: web.Request, exc: web.HTTPException) -> web.Response:
+    """A router or framework error (404, 405, 413) in FastAPI's JSON shape, or Starlette's
+    redirect of a path that differs from a route by a trailing slash."""
+    redirect = _without_trailing_slash(request) if exc.status == 404 else None
+    if redirect is not None:  # not `redirect or ...`: an aiohttp 3.11 response is falsy
+        return redirect
+    return _json_error(exc.status, exc.reason, headers=exc.headers)
 
 
 def _without_trailing_slash(request: web.Request) -> web.Response | None:
@@ -411,9 +418,10 @@ class _Malformed(Exception):
 
 # What a malformed or cut-short body raises while aiohttp parses it: ValueError (bad or
 # missing boundaries, a body that ends before the closing boundary), LineTooLong and the
-# payload errors of a connection that closes mid-body (HttpProcessingError), and the
-# AssertionError some of aiohttp's multipart checks use.
-_MALFORMED_ERRORS = (ValueError, AssertionError, HttpProcessingError)
+# payload errors of a connection that closes mid-body (HttpProcessingError), the
+# AssertionError some of aiohttp's multipart checks use, and the IndexError aiohttp 3.11
+# raises on a parameter with an empty value (`name=`, as a cut header ends).
+_MALFORMED_ERRORS = (ValueError, AssertionError, IndexError, HttpProcessingError)
 
 
 def _strictly_ok(part: _FilePart, version: Literal[1, 2]) -> bool:

@@ -133,15 +133,13 @@ class SandboxConfig:
                 ``None`` picks one at random, which the banner shows so a run can be
                 repeated.
             fields: any other :class:`SandboxConfig` field; a field given here wins over
-                the pessimistic value. Given ``faults`` are kept, with revocations added
-                when they have none.
+                the pessimistic value. Given ``faults`` replace the revocations (give them a
+                ``revoke_rate`` to keep some); unseeded, they take the run's ``seed``.
         """
         if seed is None:
             seed = random.SystemRandom().randrange(1_000_000)
-        faults = fields.pop("faults", None) or FaultConfig()
-        if faults.revoke_rate == 0:
-            faults = dataclasses.replace(faults, revoke_rate=PESSIMISTIC_REVOKE_RATE)
-        if faults.seed is None:
+        faults = fields.pop("faults", FaultConfig(revoke_rate=PESSIMISTIC_REVOKE_RATE))
+        if faults is not None and faults.seed is None:
             faults = dataclasses.replace(faults, seed=seed)
         settings: dict[str, Any] = {
             "rate_limit": PESSIMISTIC_PLAN,

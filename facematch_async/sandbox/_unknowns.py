@@ -109,7 +109,7 @@ class ConfidenceScale:
             v1 += f"{self.high / 100:.3f} (its match threshold at {middle / 100:.3f})"
         else:
             v1 = f"v1 on 0-100: the engine's 0-100 answered as {self.low:g}-{self.high:g} "
-            v1 += f"(its match threshold at {middle:g})"
+            v1 += f"(its match threshold at {middle:.1f})"
         return f"{v1}; v2 {round(self.low)}-{round(self.high)}"
 
 
@@ -185,15 +185,21 @@ def _verdict_status(config: SandboxConfig) -> tuple[str | None, str]:
     if len(found) > 1:
         listed = ", ".join(map(str, found))
         return f"NO_FACE_FOUND and UNSUPPORTED_FILE_FORMAT answered {listed} in turn", ""
+    others = _others(found, PESSIMISTIC_VERDICT_STATUSES)
     hidden = f"NO_FACE_FOUND and UNSUPPORTED_FILE_FORMAT always {found[0]}: their status is "
-    return None, hidden + "undocumented (200 is plausible)"
+    return None, hidden + f"undocumented ({others} plausible too)"
 
 
 def _token_refusal(config: SandboxConfig) -> tuple[str | None, str]:
     found = statuses(config.token_refusal_status)
     if len(found) > 1:
         return f"'Not a valid token' answered {', '.join(map(str, found))} in turn", ""
-    return None, f"'Not a valid token' always {found[0]} (could be 401 or 403)"
+    others = _others(found, PESSIMISTIC_TOKEN_REFUSAL_STATUSES)
+    return None, f"'Not a valid token' always {found[0]} (could be {others})"
+
+
+def _others(found: tuple[int, ...], plausible: tuple[int, ...]) -> str:
+    return " or ".join(str(status) for status in plausible if status not in found)
 
 
 def _token_lifetime(config: SandboxConfig) -> tuple[str | None, str]:

@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,16 @@ from facematch_async.sandbox import (
     sandbox_process,
 )
 from facematch_async.sandbox._server import TEST_ENGINE_WARNING, describe
-from tests.helpers import EXAMPLES, FACES, FAST_RETRIES, RecordingEngine, fetch_token
+from tests.helpers import (
+    EXAMPLES,
+    FACES,
+    FAST_RETRIES,
+    RUBY_BOUNDARY,
+    RecordingEngine,
+    fetch_token,
+    multipart,
+    vendor_form,
+)
 
 ID = "fidelity-client"
 SECRET = "fidelity-secret"
@@ -71,41 +80,15 @@ def client_for(server: SandboxServer | str, **options: Any) -> FaceMatchClient:
     return FaceMatchClient(client_id=ID, client_secret=SECRET, base_url=base_url, **settings)
 
 
-Part = tuple[str, str | None, str | None, bytes]  # name, filename, content type, data
-
-
-def multipart(parts: Sequence[Part], boundary: str) -> bytes:
-    """A multipart/form-data body, byte for byte as the multipart writers lay it out."""
-    body = b""
-    for name, filename, content_type, data in parts:
-        disposition = f'form-data; name="{name}"'
-        if filename is not None:
-            disposition += f'; filename="{filename}"'
-        body += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n".encode()
-        if content_type is not None:
-            body += f"Content-Type: {content_type}\r\n".encode()
-        body += b"\r\n" + data + b"\r\n"
-    return body + f"--{boundary}--\r\n".encode()
-
-
 # Node's fetch + FormData (undici): a Blob appended without a name is "blob", its empty
 # type becomes application/octet-stream. Go's CreateFormFile and Ruby's Net::HTTP set_form
 # send the file's base name with application/octet-stream.
-NODE_BOUNDARY = "----formdata-undici-027510378264"
-GO_BOUNDARY = "d3b0a2b5f6c4e1a9c8e7f2d1b0a9c8e7f6d5c4b3a2918273645546372819"
-RUBY_BOUNDARY = "RubyFormBoundaryh6kx0vXqJbLzYQ2t"
-
-
 def node_blob(a: bytes, b: bytes) -> tuple[bytes, str]:
-    parts = [("file_a", "blob", "application/octet-stream", a)]
-    parts.append(("file_b", "blob", "application/octet-stream", b))
-    return multipart(parts, NODE_BOUNDARY), NODE_BOUNDARY
+    return vendor_form("node", a, b, careful=False)
 
 
 def go_octet_stream(a: bytes, b: bytes) -> tuple[bytes, str]:
-    parts = [("file_a", "selfie.jpg", "application/octet-stream", a)]
-    parts.append(("file_b", "id.jpg", "application/octet-stream", b))
-    return multipart(parts, GO_BOUNDARY), GO_BOUNDARY
+    return vendor_form("go", a, b, careful=False)
 
 
 async def post_raw(
