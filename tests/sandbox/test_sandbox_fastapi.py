@@ -19,12 +19,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import uvicorn
+from fastapi import FastAPI, File, UploadFile
 
 from facematch_async.sandbox import BackgroundSandbox, SandboxConfig, make_test_image
 from tests.helpers import Part, multipart
-
-fastapi = pytest.importorskip("fastapi", reason="the reference endpoint: the test extra")
-uvicorn = pytest.importorskip("uvicorn", reason="serves the reference endpoint: the test extra")
 
 # Starlette leaves the temporary file of a part a body's end cuts open (its bug, not ours):
 # the reference endpoint's warning is no failure of the sandbox.
@@ -46,14 +45,14 @@ RAVI = make_test_image("ravi", "jpeg")
 HOST = "api.example.test:8000"  # both build a redirect's Location from the Host header
 
 
-def reference_app() -> Any:
+def reference_app() -> FastAPI:
     """What the contract's bodies suggest production is: two required UploadFile fields."""
-    app = fastapi.FastAPI()
+    app = FastAPI()
 
     @app.post("/v1/facematch")
     async def facematch(
-        file_a: fastapi.UploadFile = fastapi.File(...),  # noqa: B008 - FastAPI's own idiom
-        file_b: fastapi.UploadFile = fastapi.File(...),  # noqa: B008
+        file_a: UploadFile = File(...),  # noqa: B008 - FastAPI's own idiom
+        file_b: UploadFile = File(...),  # noqa: B008
     ) -> dict[str, Any]:
         return {"kept": [file_a.filename, file_b.filename]}
 

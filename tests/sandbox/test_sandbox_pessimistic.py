@@ -75,10 +75,11 @@ class RawCaller:
         async with self.session.post(f"{self.base_url}/v1/authorize", data=form) as resp:
             assert resp.status == 200
             answer = await resp.json()
-        self.token = answer["access_token"]
+        token: str = answer["access_token"]
+        self.token = token
         self.expires = datetime.fromisoformat(answer["expiry"]).timestamp()
         self.authorized += 1
-        return answer["access_token"]
+        return token
 
     async def post(
         self, body: bytes, boundary: str, path: str = "/v1/facematch"
