@@ -505,6 +505,84 @@ async def test_half_sent_requests_are_closed_after_the_read_timeout() -> None:
             assert (await client.match(JPEG, PNG)).match
 
 
+async def test_a_steady_slow_upload_is_never_cut() -> None:
+    """Idle time, not total time: a body trickling in for 5x the bound is judged (200)."""
+    async with (
+        SandboxServer(config(read_timeout=0.5)) as server,
+        aiohttp.ClientSession() as session,
+    ):
+        token = await fetch_token(session, server, ID, SECRET)
+        request = raw_request(token, BIG, "multipart/form-data; boundary=XX")
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        started = time.monotonic()
+        step = len(request) // 12 + 1
+        for offset in range(0, len(request), step):
+            writer.write(request[offset : offset + step])
+            await writer.drain()
+            await asyncio.sleep(0.2)  # each gap well under the bound; 2.4 s in all
+        answer = await asyncio.wait_for(reader.read(), timeout=10)
+        writer.close()
+    assert time.monotonic() - started > 2 * 0.5 * 2
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+
+
+async def test_a_body_that_goes_quiet_gets_a_408_one_bound_after_its_last_byte() -> None:
+    """Gaps under the bound are waited out; a gap past it ends the request with a 408."""
+    async with (
+        SandboxServer(config(read_timeout=0.5)) as server,
+        aiohttp.ClientSession() as session,
+    ):
+        token = await fetch_token(session, server, ID, SECRET)
+        request = raw_request(token, BIG, "multipart/form-data; boundary=XX")
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        for part in range(3):  # three thirds of half the body, 0.3 s apart
+            writer.write(request[part * len(request) // 6 : (part + 1) * len(request) // 6])
+            await writer.drain()
+            await asyncio.sleep(0.3)
+        last_byte = time.monotonic() - 0.3
+        answer = await asyncio.wait_for(reader.read(), timeout=10)
+        quiet = time.monotonic() - last_byte
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert 0.45 < quiet < 3.0  # the bound, counted from the last byte (3.0: a loaded machine)
+
+
+async def test_headers_and_idle_keep_alive_connections_are_bounded_from_the_last_answer() -> None:
+    """After an answer, the next request's headers must be in within the bound, however
+    they trickle (nginx's header timeout); an idle keep-alive connection is closed too."""
+    async with (
+        SandboxServer(config(read_timeout=0.5)) as server,
+        aiohttp.ClientSession() as session,
+    ):
+        token = await fetch_token(session, server, ID, SECRET)
+        keep_alive = raw_request(token, GOOD, "multipart/form-data; boundary=XX").replace(
+            b"Connection: close\r\n", b""
+        )
+        for trickle in (False, True):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(keep_alive)
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
+            assert head.startswith(b"HTTP/1.1 200 ")
+            answered = time.monotonic()
+            if trickle:  # a byte of the next request's headers every 0.1 s
+                for byte in keep_alive[:40]:
+                    try:
+                        writer.write(bytes([byte]))
+                        await writer.drain()
+                    except ConnectionError:  # closed under the trickle
+                        break
+                    await asyncio.sleep(0.1)
+            try:
+                rest = await asyncio.wait_for(reader.read(), timeout=10)  # the body, then EOF
+            except ConnectionError:  # a byte written after the close: closed all the same
+                rest = b""
+            closed = time.monotonic() - answered
+            writer.close()
+            assert b"HTTP/1.1" not in rest  # closed without a word
+            assert 0.45 < closed < 3.0
+
+
 async def test_without_a_read_timeout_half_sent_requests_wait() -> None:
     """read_timeout=None: what closed the connections above is the bound, nothing else."""
     async with SandboxServer(config(read_timeout=None)) as server:
