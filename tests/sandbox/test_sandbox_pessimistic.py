@@ -34,7 +34,7 @@ from facematch_async.sandbox import (
     make_test_image,
 )
 from facematch_async.sandbox._server import banner
-from tests.helpers import RATE_LIMITED, vendor_form
+from tests.helpers import RATE_LIMITED, ROOT, vendor_form
 
 pytest_plugins = ["pytester"]
 
@@ -296,7 +296,8 @@ async def read_banner(*argv: str) -> list[str]:
 
 
 async def test_the_banner_says_what_is_met_and_what_is_hidden() -> None:
-    """--pessimistic lists every unknown met and the seed; the default lists what it hides."""
+    """--pessimistic lists every unknown met and the seed (as the README shows it); the
+    default lists what it hides."""
     lines = await read_banner("--pessimistic", "--seed", "7")
     scale = ConfidenceScale.draw(random.Random(7))
     assert "Pessimistic sandbox (seed 7): every production unknown" in "\n".join(lines)
@@ -305,6 +306,10 @@ async def test_the_banner_says_what_is_met_and_what_is_hidden() -> None:
     assert any("answered 400, 200, 422 in turn" in line for line in lines)
     assert not any("hide" in line for line in lines)
     assert lines[-1].startswith("Repeat this run's draws with seed 7")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    shown = readme.split("```text\nPessimistic sandbox (seed 7)", 1)[1].split("```", 1)[0]
+    start = lines.index(next(line for line in lines if line.startswith("Pessimistic")))
+    assert "Pessimistic sandbox (seed 7)" + shown == "\n".join(lines[start:]) + "\n"
     default = "\n".join(await read_banner())
     assert "These settings hide production's unknowns (--pessimistic meets them all):" in default
     for hidden in ("no rate limit", "always a number", "engine's own scale", "bytes only"):
