@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 from types import TracebackType
@@ -62,6 +63,7 @@ class SandboxServer:
         self._app = create_app(config)
         self._state: SandboxState = self._app[SANDBOX_STATE]
         self._listener: asyncio.Server | None = None
+        self._shutdown_timeout = shutdown_timeout
         # handler_cancellation: a client that gives up also ends a stalled (delayed) handler.
         # keepalive_timeout: the read timeout, which the sandbox keeps itself (its
         # connections are wrapped: see _connections), also closes idle keep-alive
@@ -99,7 +101,11 @@ class SandboxServer:
             listener.close()  # no new connections; the runner ends the open ones
         await self._runner.cleanup()
         if listener is not None:
-            await listener.wait_closed()
+            # From Python 3.12 this waits for every connection, all closed by the runner just
+            # now; bounded all the same, so a straggler never hangs a shutdown.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._shutdown_timeout + 1.0):
+                    await listener.wait_closed()
         self._port = None
 
     async def __aenter__(self) -> Self:
