@@ -28,6 +28,14 @@ Per test, the ``facematch_sandbox`` marker overrides config fields::
     @pytest.mark.facematch_sandbox(engine="dlib", rate_limit="business")
     def test_real_faces(facematch_sandbox): ...
 
+Before production, meet every unknown the contract leaves open at its least forgiving
+plausible value (:meth:`~facematch_async.sandbox.SandboxConfig.pessimistic`): per test with
+``@pytest.mark.facematch_sandbox(pessimistic=True)``, or for every test with
+``pytest --facematch-pessimistic`` (or ``facematch_pessimistic = true`` in the ini file).
+Fields the config or the marker set win; the run's seed is random unless
+``--facematch-seed N`` (or the marker's ``seed=N``) fixes it. Each sandbox prints what it
+does about the unknowns on stderr, so a failing test's report shows the seed to repeat it.
+
 Both fixtures yield a :class:`SandboxHandle`: ``base_url``, ``client_id``, ``client_secret``,
 and ``server`` for counters, scripted and random faults, and token revocation.
 """
@@ -35,6 +43,7 @@ and ``server`` for counters, scripted and random faults, and token revocation.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -49,6 +58,7 @@ __all__ = ["SandboxHandle"]
 DEFAULT_CLIENT_ID = "sandbox-client"
 DEFAULT_CLIENT_SECRET = "sandbox-secret"  # noqa: S105 - the sandbox's well-known test secret
 _MARKER = "facematch_sandbox"
+_PESSIMISTIC = "facematch_pessimistic"
 
 
 @dataclass(frozen=True)
@@ -87,12 +97,34 @@ class SandboxHandle:
         }
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """``--facematch-pessimistic`` and ``--facematch-seed``, and the ini setting."""
+    group = parser.getgroup("facematch", "facematch-async sandbox")
+    group.addoption(
+        "--facematch-pessimistic",
+        action="store_true",
+        default=None,
+        help="run every facematch_sandbox with production's unknowns at their least "
+        "forgiving plausible values (SandboxConfig.pessimistic)",
+    )
+    group.addoption(
+        "--facematch-seed",
+        type=int,
+        default=None,
+        help="seed the pessimistic sandboxes' draws, to repeat a run",
+    )
+    parser.addini(
+        _PESSIMISTIC, "as --facematch-pessimistic, for every run", type="bool", default=False
+    )
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Declare the marker, so ``--strict-markers`` accepts it."""
     config.addinivalue_line(
         "markers",
         f"{_MARKER}(**settings): SandboxConfig fields for this test's facematch_sandbox, "
-        "e.g. engine='dlib', rate_limit='business', faults=FaultConfig(drop_rate=0.1)",
+        "e.g. engine='dlib', rate_limit='business', faults=FaultConfig(drop_rate=0.1); "
+        "pessimistic=True meets production's unknowns at their least forgiving",
     )
 
 
@@ -105,14 +137,37 @@ def facematch_sandbox_config() -> SandboxConfig:
 
 
 def _configured(request: pytest.FixtureRequest, base: SandboxConfig) -> SandboxConfig:
-    """``base`` with the fields of the closest ``facematch_sandbox`` marker applied."""
+    """``base`` with the closest ``facematch_sandbox`` marker's fields, made pessimistic
+    when the marker or the run asks (the fields ``base`` sets, and the marker's, win)."""
     marker = request.node.get_closest_marker(_MARKER)
-    if marker is None:
-        return base
-    if marker.args:
-        raise pytest.UsageError(f"@pytest.mark.{_MARKER} takes keyword arguments only")
-    settings: dict[str, Any] = dict(marker.kwargs)
-    return dataclasses.replace(base, **settings)
+    settings: dict[str, Any] = {}
+    if marker is not None:
+        if marker.args:
+            raise pytest.UsageError(f"@pytest.mark.{_MARKER} takes keyword arguments only")
+        settings.update(marker.kwargs)
+    option = request.config.getoption(_PESSIMISTIC)
+    pessimistic = settings.pop("pessimistic", None)
+    if pessimistic is None:
+        pessimistic = option if option is not None else request.config.getini(_PESSIMISTIC)
+    if not pessimistic:
+        return dataclasses.replace(base, **settings)
+    seed = request.config.getoption("facematch_seed")
+    if seed is not None:
+        settings.setdefault("seed", seed)
+    told = {
+        spec.name: getattr(base, spec.name)
+        for spec in dataclasses.fields(base)
+        if spec.name not in ("client_id", "client_secret")
+        and getattr(base, spec.name) != spec.default
+    }
+    return type(base).pessimistic(base.client_id, base.client_secret, **{**told, **settings})
+
+
+def _announce(server: SandboxServer) -> None:
+    """The sandbox's banner on stderr: shown with a failing test's report."""
+    from facematch_async.sandbox._server import banner
+
+    print(banner(server), file=sys.stderr)
 
 
 def _handle(server: SandboxServer) -> SandboxHandle:
@@ -133,6 +188,7 @@ def facematch_sandbox(
     from facematch_async.sandbox import BackgroundSandbox
 
     with BackgroundSandbox(_configured(request, facematch_sandbox_config)) as sandbox:
+        _announce(sandbox.server)
         yield _handle(sandbox.server)
 
 
@@ -150,4 +206,5 @@ else:
         from facematch_async.sandbox import SandboxServer
 
         async with SandboxServer(_configured(request, facematch_sandbox_config)) as server:
+            _announce(server)
             yield _handle(server)

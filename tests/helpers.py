@@ -10,7 +10,7 @@ import importlib.util
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -226,3 +226,43 @@ def upload(selfie: bytes, document: bytes) -> dict[str, tuple[str, bytes, str]]:
         "selfie": ("selfie.jpg", selfie, "image/jpeg"),
         "id_document": ("id.png", document, "image/png"),
     }
+
+
+# --- The vendor snippets' multipart bodies, byte for byte ------------------------------------
+
+Part = tuple[str, str | None, str | None, bytes]  # name, filename, content type, data
+
+
+def multipart(parts: Sequence[Part], boundary: str) -> bytes:
+    """A multipart/form-data body laid out as Node's, Go's and Ruby's writers lay it out."""
+    body = b""
+    for name, filename, content_type, data in parts:
+        disposition = f'form-data; name="{name}"'
+        if filename is not None:
+            disposition += f'; filename="{filename}"'
+        body += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n".encode()
+        if content_type is not None:
+            body += f"Content-Type: {content_type}\r\n".encode()
+        body += b"\r\n" + data + b"\r\n"
+    return body + f"--{boundary}--\r\n".encode()
+
+
+# Node's fetch + FormData (undici), Go's multipart.Writer and Ruby's Net::HTTP#set_form.
+NODE_BOUNDARY = "----formdata-undici-027510378264"
+GO_BOUNDARY = "d3b0a2b5f6c4e1a9c8e7f2d1b0a9c8e7f6d5c4b3a2918273645546372819"
+RUBY_BOUNDARY = "RubyFormBoundaryh6kx0vXqJbLzYQ2t"
+
+
+def vendor_form(shape: str, a: bytes, b: bytes, careful: bool = True) -> tuple[bytes, str]:
+    """``(body, boundary)`` of the vendor snippet ``shape`` ("node", "go" or "ruby").
+
+    Careless, as the snippets are usually adapted: Node appends a bare ``Blob`` (named
+    ``blob``, ``application/octet-stream``), Go calls ``CreateFormFile`` and Ruby passes a
+    ``File`` (both ``application/octet-stream``). Careful: a named, typed ``Blob``, a
+    ``CreatePart`` with an ``image/jpeg`` header, ``set_form``'s ``content_type:`` option.
+    """
+    boundary = {"node": NODE_BOUNDARY, "go": GO_BOUNDARY, "ruby": RUBY_BOUNDARY}[shape]
+    kind = "image/jpeg" if careful else "application/octet-stream"
+    names = ("selfie.jpg", "id.jpg") if careful or shape != "node" else ("blob", "blob")
+    parts: list[Part] = [("file_a", names[0], kind, a), ("file_b", names[1], kind, b)]
+    return multipart(parts, boundary), boundary

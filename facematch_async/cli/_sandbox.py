@@ -14,6 +14,13 @@ from facematch_async.sandbox._config import SandboxConfig
 from facematch_async.sandbox._random_faults import FaultConfig
 from facematch_async.sandbox._ratelimit import PLANS
 from facematch_async.sandbox._server import serve
+from facematch_async.sandbox._unknowns import (
+    PESSIMISTIC_NULL_CONFIDENCE,
+    PESSIMISTIC_PLAN,
+    PESSIMISTIC_REVOKE_RATE,
+    PESSIMISTIC_TOKEN_TTL,
+    PESSIMISTIC_VERDICT_STATUSES,
+)
 
 __all__ = ["add_sandbox_parser"]
 
@@ -44,19 +51,24 @@ def add_sandbox_parser(
     parser.add_argument(
         "--token-ttl",
         type=float,
-        default=86400.0,
+        default=None,
         metavar="SECONDS",
-        help="access-token lifetime (%(default)s)",
+        help=f"access-token lifetime (86400; {PESSIMISTIC_TOKEN_TTL:g} with --pessimistic)",
     )
     parser.add_argument(
-        "--inactive", action="store_true", help="answer 400 'Inactive client_id' to everything"
+        "--inactive",
+        action="store_true",
+        help="answer 400 'Inactive client_id' to everything from the client (authorize, and "
+        "facematch with its key or a token)",
     )
     parser.add_argument(
         "--verdict-status",
-        type=int,
-        default=400,
-        metavar="STATUS",
-        help="HTTP status of NO_FACE_FOUND / UNSUPPORTED_FILE_FORMAT answers (%(default)s)",
+        type=_statuses,
+        default=None,
+        metavar="STATUS[,STATUS...]",
+        help="HTTP status of NO_FACE_FOUND / UNSUPPORTED_FILE_FORMAT answers; several are "
+        "taken in turn (400; "
+        f"{','.join(map(str, PESSIMISTIC_VERDICT_STATUSES))} with --pessimistic)",
     )
     parser.add_argument(
         "--engine",
@@ -68,6 +80,16 @@ def add_sandbox_parser(
         "(%(default)s)",
     )
     modes = parser.add_argument_group("production's unknowns (see the README's table)")
+    modes.add_argument(
+        "--pessimistic",
+        action="store_true",
+        help="every unknown at its least forgiving plausible value at once: the plan's rate "
+        f"limit ({PESSIMISTIC_PLAN} unless --rate-limit), v1 confidence null in about "
+        f"{PESSIMISTIC_NULL_CONFIDENCE * 100:.0f}%% of successes, strict uploads, verdict statuses "
+        "in turn, a confidence scale of the run's own, short-lived tokens and about "
+        f"{PESSIMISTIC_REVOKE_RATE * 100:.0f}%% of calls with their token revoked; flags given "
+        "explicitly win, and --seed repeats a run's draws",
+    )
     modes.add_argument(
         "--null-confidence",
         action="store_true",
@@ -84,15 +106,17 @@ def add_sandbox_parser(
         type=_read_timeout,
         default=30.0,
         metavar="SECONDS",
-        help="close a connection that has not sent its headers, or its body, within this "
-        "many seconds; 0 waits forever (%(default)s)",
+        help="close a connection that has not sent its headers within this many seconds, or "
+        "whose body goes quiet that long between two reads (408; a steady slow upload is "
+        "never cut); 0 waits forever (%(default)s)",
     )
     limits = parser.add_argument_group("rate limits (per API key, sliding windows, facematch)")
     limits.add_argument(
         "--rate-limit",
         default=None,
         metavar="SPEC",
-        help=f"a plan ({', '.join(PLANS)}) or a spec such as '10/s,300/min' (no limit)",
+        help=f"a plan ({', '.join(PLANS)}), a spec such as '10/s,300/min', or 'none' (no "
+        f"limit; {PESSIMISTIC_PLAN} with --pessimistic)",
     )
     limits.add_argument(
         "--retry-after",
@@ -114,9 +138,16 @@ def add_sandbox_parser(
         ("--drop-rate", "close the connection without answering"),
         ("--stall-rate", "stall for --stall-seconds before answering"),
         ("--rate-429-burst", "start a burst of --burst-length 429s"),
-        ("--revoke-rate", "revoke the request's token (403 Not a valid token)"),
     ):
         faults.add_argument(flag, type=_rate, default=0.0, metavar="RATE", help=what)
+    faults.add_argument(
+        "--revoke-rate",
+        type=_rate,
+        default=None,
+        metavar="RATE",
+        help="revoke the request's token (403 Not a valid token) "
+        f"(0; {PESSIMISTIC_REVOKE_RATE} with --pessimistic)",
+    )
     faults.add_argument(
         "--stall-seconds", type=float, default=30.0, metavar="SECONDS", help="(%(default)s)"
     )
@@ -128,7 +159,13 @@ def add_sandbox_parser(
         action="store_true",
         help="inject faults on /v1/authorize too",
     )
-    faults.add_argument("--seed", type=int, default=None, help="seed for repeatable faults")
+    faults.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed for repeatable faults (and --pessimistic's draws: its confidence scale, "
+        "nulls and revocations; it picks one and prints it without)",
+    )
     parser.set_defaults(func=run_sandbox)
     return parser
 
@@ -164,6 +201,17 @@ def _read_timeout(text: str) -> float | None:
     return seconds or None
 
 
+def _statuses(text: str) -> int | tuple[int, ...]:
+    """``"400"`` or ``"400,200,422"``."""
+    try:
+        found = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        found = ()
+    if not found or not all(100 <= status <= 599 for status in found):
+        raise argparse.ArgumentTypeError(f"expected HTTP statuses such as 400,200, got {text!r}")
+    return found[0] if len(found) == 1 else found
+
+
 def _rate(text: str) -> float:
     """A probability between 0 and 1."""
     try:
@@ -173,6 +221,13 @@ def _rate(text: str) -> float:
     if not 0 <= rate <= 1:
         raise argparse.ArgumentTypeError(f"expected a rate between 0 and 1, got {text!r}")
     return rate
+
+
+def _revoke_rate(args: argparse.Namespace) -> float:
+    """--revoke-rate as given, else --pessimistic's."""
+    if args.revoke_rate is not None:
+        return float(args.revoke_rate)
+    return PESSIMISTIC_REVOKE_RATE if args.pessimistic else 0.0
 
 
 def _faults(args: argparse.Namespace) -> FaultConfig | None:
@@ -188,30 +243,45 @@ def _faults(args: argparse.Namespace) -> FaultConfig | None:
         stall_seconds=args.stall_seconds,
         rate_429_burst=args.rate_429_burst,
         burst_length=args.burst_length,
-        revoke_rate=args.revoke_rate,
+        revoke_rate=_revoke_rate(args),
         seed=args.seed,
         paths=(*paths, "/v1/authorize") if args.faults_on_authorize else paths,
     )
     return None if faults.summary() == "none" else faults
 
 
+def _config(args: argparse.Namespace) -> SandboxConfig:
+    """The sandbox the flags ask for; with --pessimistic, the flags given win over its values.
+
+    Raises:
+        ValueError: the flags make no valid configuration.
+    """
+    fields = {
+        "inactive": args.inactive,
+        "engine": args.engine,
+        "retry_after": args.retry_after,
+        "faults": _faults(args),
+        "read_timeout": args.read_timeout,
+    }
+    given = {
+        "token_ttl": args.token_ttl,
+        "verdict_status": args.verdict_status,
+        "rate_limit": args.rate_limit,
+        "null_confidence": args.null_confidence or None,  # store_true flags: on, or not told
+        "strict_uploads": args.strict_uploads or None,
+    }
+    fields.update((name, value) for name, value in given.items() if value is not None)
+    if args.pessimistic:
+        return SandboxConfig.pessimistic(
+            args.client_id, args.client_secret, seed=args.seed, **fields
+        )
+    return SandboxConfig(args.client_id, args.client_secret, **fields)
+
+
 def run_sandbox(args: argparse.Namespace) -> int:
     """Serve until Ctrl-C or SIGTERM; returns the exit code."""
     try:
-        config = SandboxConfig(
-            client_id=args.client_id,
-            client_secret=args.client_secret,
-            token_ttl=args.token_ttl,
-            inactive=args.inactive,
-            verdict_status=args.verdict_status,
-            engine=args.engine,
-            rate_limit=args.rate_limit,
-            retry_after=args.retry_after,
-            faults=_faults(args),
-            null_confidence=args.null_confidence,
-            strict_uploads=args.strict_uploads,
-            read_timeout=args.read_timeout,
-        )
+        config = _config(args)
     except ValueError as exc:
         print(f"facematch-async sandbox: {exc}", file=sys.stderr)
         return 2

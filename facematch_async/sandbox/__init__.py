@@ -5,7 +5,9 @@ code with the client. Faces are compared by a pluggable engine: the deterministi
 :class:`TestEngine` (the default in Python), or :class:`DlibEngine`, real offline face
 verification with the ``face`` extra. Like production, it can enforce a plan's rate limits
 (:class:`SandboxConfig` ``rate_limit``) and fail at random (:class:`FaultConfig`); its
-:class:`SandboxCounters` show what a client did.
+:class:`SandboxCounters` show what a client did. :meth:`SandboxConfig.pessimistic` puts
+every unknown of production (statuses, scales, nulls, limits, token lifetimes) at its least
+forgiving plausible value at once.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from facematch_async.sandbox._random_faults import FAULT_KINDS, FaultConfig, Fau
 from facematch_async.sandbox._ratelimit import PLANS, RateWindow, parse_rate_limit
 from facematch_async.sandbox._scripted import ResponseScript, ScriptedResponse
 from facematch_async.sandbox._server import SandboxServer, serve
+from facematch_async.sandbox._unknowns import ConfidenceScale
 
 __all__ = [
     "ENGINE_NAMES",
@@ -34,6 +37,7 @@ __all__ = [
     "MATCH_THRESHOLD",
     "PLANS",
     "BackgroundSandbox",
+    "ConfidenceScale",
     "DlibEngine",
     "EngineVerdict",
     "FaceEngine",

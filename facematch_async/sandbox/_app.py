@@ -7,6 +7,13 @@ fails it), then any random fault. Only then does the route's handler run its che
 latency holds the answer back once it is ready, as a slow service would: the request is
 read and counted on arrival, so requests that arrive apart stay apart (a wait *before*
 the work would wake many at once and make them queue for the one event loop).
+
+The documented error bodies (``"Not authenticated"``, 422 ``loc``/``msg``/``type`` lists)
+are FastAPI's own, so where the contract is silent the sandbox answers as a FastAPI
+endpoint taking ``file_a: UploadFile, file_b: UploadFile`` does: a repeated field keeps its
+last part, a part without a ``Content-Disposition`` name is a 400, a body that ends before
+its closing boundary (its length as announced) loses the part it cut, and a path with a
+trailing slash is redirected (307) to the route without it.
 """
 
 from __future__ import annotations
@@ -25,12 +32,14 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from facematch_async.sandbox._choice import choose_engine
 from facematch_async.sandbox._config import SandboxConfig
+from facematch_async.sandbox._connections import ReadTimeouts
 from facematch_async.sandbox._counters import SandboxCounters
 from facematch_async.sandbox._engines import FaceEngine, TestEngine
 from facematch_async.sandbox._random_faults import FaultInjector, FaultKind, FaultPlan
 from facematch_async.sandbox._ratelimit import SlidingWindowLimiter, retry_after_header
 from facematch_async.sandbox._scripted import ResponseScript
 from facematch_async.sandbox._tokens import TokenAuthority
+from facematch_async.sandbox._unknowns import UnknownAnswers
 
 __all__ = ["SANDBOX_STATE", "SandboxState", "create_app"]
 
@@ -38,6 +47,7 @@ _log = logging.getLogger(__name__)
 
 _AUTHORIZE_PATH = "/v1/authorize"
 _FACEMATCH_PATHS = frozenset({"/v1/facematch", "/v2/facematch"})
+_ROUTES = _FACEMATCH_PATHS | {_AUTHORIZE_PATH}
 _RATE_LIMITED = "Rate limit exceeded. Please retry after some time."
 # What nginx sends when the service behind it fails: HTML, not JSON.
 _HTML_502 = (
@@ -51,6 +61,7 @@ _MULTIPART_MARGIN = 1024 * 1024  # room for headers and boundaries around two fu
 
 # What Starlette (under FastAPI) answers to a body it cannot parse as multipart.
 _PARSE_ERROR = "There was an error parsing the body"
+_NO_PART_NAME = 'The Content-Disposition header field "name" must be provided.'
 _NOT_A_FILE = (
     "Expected UploadFile, received: <class 'str'>: the field must be a file upload "
     "(a multipart/form-data part with a filename), not a text value"
@@ -78,6 +89,8 @@ class SandboxState:
     scripted: ResponseScript
     counters: SandboxCounters
     limiter: SlidingWindowLimiter
+    read_timeouts: ReadTimeouts
+    answers: UnknownAnswers
     random_faults: FaultInjector | None = None
 
 
@@ -101,6 +114,8 @@ def create_app(config: SandboxConfig) -> web.Application:
         scripted=ResponseScript(),
         counters=SandboxCounters(),
         limiter=SlidingWindowLimiter(config.rate_windows),
+        read_timeouts=ReadTimeouts(config.read_timeout),
+        answers=UnknownAnswers(config),
         random_faults=FaultInjector(config.faults) if config.faults is not None else None,
     )
     app.router.add_post(_AUTHORIZE_PATH, _authorize)
@@ -122,6 +137,14 @@ def _engine(engine: FaceEngine | str | None) -> FaceEngine:
 async def _observe(request: web.Request, handler: _Handler) -> web.StreamResponse:
     """Count the request; answer it from the script, production's conditions or the handler."""
     state = request.app[SANDBOX_STATE]
+    with state.read_timeouts.handling(request):  # its headers are in: no header bound now
+        return await _answer(request, handler, state)
+
+
+async def _answer(
+    request: web.Request, handler: _Handler, state: SandboxState
+) -> web.StreamResponse:
+    """What :func:`_observe` answers."""
     counters = state.counters
     if request.path == _AUTHORIZE_PATH and request.method == "POST":
         counters.authorize_calls += 1
@@ -146,8 +169,7 @@ async def _observe(request: web.Request, handler: _Handler) -> web.StreamRespons
             try:
                 response = await handler(request)
             except web.HTTPException as exc:
-                # Router and framework errors (404, 405, 413) in FastAPI's JSON shape.
-                response = _json_error(exc.status, exc.reason, headers=exc.headers)
+                response = _framework_error(request, exc)
         if plan is not None and plan.latency > 0:
             state.counters.faults_injected["latency"] += 1
             await asyncio.sleep(plan.latency)
@@ -202,6 +224,26 @@ def _rate_limit(request: web.Request, state: SandboxState) -> web.Response | Non
     return _json_error(429, _RATE_LIMITED, headers=headers)
 
 
+def _framework_error(request: web.Request, exc: web.HTTPException) -> web.Response:
+    """A router or framework error (404, 405, 413) in FastAPI's JSON shape, or Starlette's
+    redirect of a path that differs from a route by a trailing slash."""
+    redirect = _without_trailing_slash(request) if exc.status == 404 else None
+    if redirect is not None:  # not `redirect or ...`: an aiohttp 3.11 response is falsy
+        return redirect
+    return _json_error(exc.status, exc.reason, headers=exc.headers)
+
+
+def _without_trailing_slash(request: web.Request) -> web.Response | None:
+    """Starlette's 307 from ``/v1/facematch/`` to ``/v1/facematch`` (any method, query kept);
+    ``None`` when the path without its trailing slashes is no route either."""
+    raw_path, mark, query = request.raw_path.partition("?")
+    target = raw_path.rstrip("/")
+    if target == raw_path or target not in _ROUTES:
+        return None
+    location = f"{request.url.origin()}{target}{mark}{query}"
+    return web.Response(status=307, headers={hdrs.LOCATION: location})
+
+
 def _revoke_bearer(request: web.Request, state: SandboxState) -> None:
     """Revoke the request's bearer token, as if the provider had just invalidated it."""
     _, _, token = request.headers.get("Authorization", "").partition(" ")
@@ -236,7 +278,7 @@ async def _authorize(request: web.Request) -> web.StreamResponse:
     state = request.app[SANDBOX_STATE]
     config = state.config
     try:
-        async with asyncio.timeout(config.read_timeout):
+        async with state.read_timeouts.reading_body(request):
             form = await request.post()  # both multipart/form-data and x-www-form-urlencoded
     except TimeoutError:
         return await _read_timed_out(request)
@@ -280,17 +322,20 @@ async def _facematch(request: web.Request, version: Literal[1, 2]) -> web.Stream
     config = state.config
 
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return _json_error(401, "Not authenticated")
-    if not state.tokens.verify(token.strip()):
-        return _json_error(403, "Not a valid token")
-    if not _same(request.headers.get("x-api-key", ""), config.client_secret):
-        return _json_error(401, "Could not validate credentials")
-    if config.inactive:
+    bearer = token.strip() if scheme.lower() == "bearer" else ""
+    key_ok = _same(request.headers.get("x-api-key", ""), config.client_secret)
+    # An inactive client cannot get a token, so it is known by its key (or an older token).
+    if config.inactive and (key_ok or (bearer and state.tokens.verify(bearer))):
         return _json_error(400, "Inactive client_id")
+    if not bearer:
+        return _json_error(401, "Not authenticated")
+    if not state.tokens.verify(bearer):
+        return _json_error(state.answers.token_refusal_status(), "Not a valid token")
+    if not key_ok:
+        return _json_error(401, "Could not validate credentials")
 
     try:
-        async with asyncio.timeout(config.read_timeout):
+        async with state.read_timeouts.reading_body(request):
             form = await _read_form(request, config.max_upload_bytes)
     except TimeoutError:
         return await _read_timed_out(request)
@@ -314,7 +359,7 @@ async def _facematch(request: web.Request, version: Literal[1, 2]) -> web.Stream
     if not formats_ok:
         return _verdict_error(
             version,
-            config.verdict_status,
+            state.answers.verdict_status(),
             "UNSUPPORTED_FILE_FORMAT",
             "File format not supported",
             "Unsupported file type, only .jpeg, .jpg, .png file formats are supported",
@@ -332,21 +377,15 @@ async def _facematch(request: web.Request, version: Literal[1, 2]) -> web.Stream
     if not verdict.face_found:
         return _verdict_error(
             version,
-            config.verdict_status,
+            state.answers.verdict_status(),
             "NO_FACE_FOUND",
             "Unable to detect face",
             "Not able to locate any faces in at least one of the images. Check the image files.",
         )
 
-    body: dict[str, Any]
-    confidence: float | int | None
-    if version == 1:
-        body = {"code": None, "timestamp": _now_ms()}
-        # The vendor's own v1 example shows null; production's choice is unobserved.
-        confidence = None if config.null_confidence else float(verdict.confidence)
-    else:
-        body = {"code": 200}
-        confidence = round(verdict.confidence)
+    body: dict[str, Any] = {"code": None, "timestamp": _now_ms()} if version == 1 else {"code": 200}
+    # v1's null (the vendor's own example) and the scale are production's unknowns.
+    confidence = state.answers.confidence(verdict.confidence, version)
     body.update(
         transaction_id=_transaction_id(),
         sub_code="SUCCESS",
@@ -379,9 +418,10 @@ class _Malformed(Exception):
 
 # What a malformed or cut-short body raises while aiohttp parses it: ValueError (bad or
 # missing boundaries, a body that ends before the closing boundary), LineTooLong and the
-# payload errors of a connection that closes mid-body (HttpProcessingError), and the
-# AssertionError some of aiohttp's multipart checks use.
-_MALFORMED_ERRORS = (ValueError, AssertionError, HttpProcessingError)
+# payload errors of a connection that closes mid-body (HttpProcessingError), the
+# AssertionError some of aiohttp's multipart checks use, and the IndexError aiohttp 3.11
+# raises on a parameter with an empty value (`name=`, as a cut header ends).
+_MALFORMED_ERRORS = (ValueError, AssertionError, IndexError, HttpProcessingError)
 
 
 def _strictly_ok(part: _FilePart, version: Literal[1, 2]) -> bool:
@@ -403,14 +443,18 @@ class _TooLarge(Exception):
 
 
 async def _read_form(request: web.Request, limit: int) -> _Form:
-    """The first ``file_a``/``file_b`` file parts, each read fully up to ``limit`` bytes.
+    """The ``file_a``/``file_b`` fields as a FastAPI endpoint sees them, files read whole.
 
-    A body that is neither multipart nor a url-encoded form yields nothing (the caller
-    answers 422); ``file_a``/``file_b`` sent as plain values are noted as such.
+    As Starlette reads a form: a field sent twice keeps its last part (a file, or a plain
+    value noted as such), and a body that ends before its closing boundary, its length as
+    announced, keeps the parts it completed and loses the one it cut (the caller answers
+    422 for what is missing). An empty body, or one neither multipart nor a url-encoded
+    form, yields nothing.
 
     Raises:
         _TooLarge: a part exceeded ``limit``.
-        _Malformed: the multipart body is broken or cut short (it is never taken as whole).
+        _Malformed: the multipart body is broken (no or a wrong boundary, bad part headers,
+            a part without a name, the connection lost mid-body).
     """
     # Not request.content_type: it parses the header with the email package, which costs
     # more than the rest of the request (aiohttp's reader below checks it anyway).
@@ -428,32 +472,45 @@ async def _read_form(request: web.Request, limit: int) -> _Form:
         return form
     if "boundary=" not in content_type.lower():
         raise _Malformed("Missing boundary in multipart.")  # Starlette's words
+    if not request.body_exists:
+        return form
+    started = False  # the first boundary was found
     try:
         reader = await request.multipart()
         while (part := await reader.next()) is not None:
-            # Other parts (unknown fields, nested multiparts, repeats) are skipped: next()
-            # drains them without keeping their bytes.
-            if not isinstance(part, BodyPartReader) or part.name not in _FILE_FIELDS:
-                continue
+            started = True
+            if request.content.at_eof():
+                return form  # the body ended within this part's headers: the part is lost
+            if not isinstance(part, BodyPartReader):
+                continue  # a nested multipart: next() drains it
+            if part.name is None:
+                raise _Malformed(_NO_PART_NAME)
+            if part.name not in _FILE_FIELDS:
+                continue  # an unknown field: next() drains it without keeping its bytes
+            # Read whole before it counts: a part the body's end cuts is never kept.
+            data = await _read_bounded(part, limit)
             if part.filename is None:
-                if part.name not in form.files:
-                    form.text_fields.add(part.name)
-            elif part.name not in form.files:
-                data = await _read_bounded(part, limit)
-                form.files[part.name] = _FilePart(
-                    data, part.filename, part.headers.get(hdrs.CONTENT_TYPE)
-                )
+                form.files.pop(part.name, None)
+                form.text_fields.add(part.name)
+            else:
+                content = part.headers.get(hdrs.CONTENT_TYPE)
+                form.files[part.name] = _FilePart(data, part.filename, content)
                 form.text_fields.discard(part.name)
     except _MALFORMED_ERRORS as exc:
-        # Includes a body that ends before its closing boundary: what was read of it is
-        # dropped, never judged as if it were whole.
+        if started and not isinstance(exc, HttpProcessingError) and request.content.at_eof():
+            return form  # all the body announced arrived, but it ended before its closing
         _log.debug("unparseable multipart body", exc_info=True)
         raise _Malformed(_PARSE_ERROR) from exc
     return form
 
 
 async def _read_bounded(part: BodyPartReader, limit: int) -> bytes:
-    """Read ``part`` whole, refusing more than ``limit`` bytes."""
+    """Read ``part`` whole, refusing more than ``limit`` bytes.
+
+    Raises:
+        _TooLarge: the part is larger than ``limit``.
+        ValueError: the body ended before the part's closing boundary.
+    """
     chunks: list[bytes] = []
     size = 0
     while chunk := await part.read_chunk(_CHUNK):
@@ -461,6 +518,8 @@ async def _read_bounded(part: BodyPartReader, limit: int) -> bytes:
         if size > limit:
             raise _TooLarge
         chunks.append(chunk)
+    if not part.at_eof():  # aiohttp's reader stops at the body's end without a word
+        raise ValueError("the body ended inside a part")
     return b"".join(chunks)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 from types import TracebackType
@@ -16,8 +17,9 @@ from facematch_async.sandbox._counters import SandboxCounters
 from facematch_async.sandbox._engines import FaceEngine, TestEngine
 from facematch_async.sandbox._random_faults import FaultConfig, FaultInjector
 from facematch_async.sandbox._scripted import ResponseScript
+from facematch_async.sandbox._unknowns import unknowns_banner
 
-__all__ = ["TEST_ENGINE_WARNING", "SandboxServer", "describe", "serve"]
+__all__ = ["TEST_ENGINE_WARNING", "SandboxServer", "banner", "describe", "serve"]
 
 _AIOHTTP_KEEPALIVE = 75.0  # aiohttp's default idle keep-alive, as nginx's
 
@@ -60,10 +62,12 @@ class SandboxServer:
         self._port: int | None = None
         self._app = create_app(config)
         self._state: SandboxState = self._app[SANDBOX_STATE]
+        self._listener: asyncio.Server | None = None
+        self._shutdown_timeout = shutdown_timeout
         # handler_cancellation: a client that gives up also ends a stalled (delayed) handler.
-        # keepalive_timeout: aiohttp arms it when a connection opens and until a request's
-        # headers are complete, so it is the header read timeout too (the body's is the
-        # handlers' own); it also closes keep-alive connections idle that long.
+        # keepalive_timeout: the read timeout, which the sandbox keeps itself (its
+        # connections are wrapped: see _connections), also closes idle keep-alive
+        # connections; aiohttp's own timer is left longer, so it never decides first.
         self._runner = web.AppRunner(
             self._app,
             access_log=None,
@@ -71,22 +75,37 @@ class SandboxServer:
             shutdown_timeout=shutdown_timeout,
             keepalive_timeout=_AIOHTTP_KEEPALIVE
             if config.read_timeout is None
-            else config.read_timeout,
+            else max(_AIOHTTP_KEEPALIVE, 2 * config.read_timeout),
         )
 
     async def start(self) -> None:
         """Bind and start serving."""
         await self._runner.setup()
+        server = self._runner.server
+        assert server is not None  # set up just above
         try:
-            await web.TCPSite(self._runner, self._host, self._requested_port).start()
+            # aiohttp's Server is the protocol factory; each connection is wrapped to keep
+            # the read timeout (the listener is ours, so no aiohttp site is needed).
+            self._listener = await asyncio.get_running_loop().create_server(
+                self._state.read_timeouts.wrap(server), self._host, self._requested_port
+            )
         except BaseException:
             await self._runner.cleanup()
             raise
-        self._port = int(self._runner.addresses[0][1])
+        self._port = int(self._listener.sockets[0].getsockname()[1])
 
     async def close(self) -> None:
         """Stop serving and release the socket."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()  # no new connections; the runner ends the open ones
         await self._runner.cleanup()
+        if listener is not None:
+            # From Python 3.12 this waits for every connection, all closed by the runner just
+            # now; bounded all the same, so a straggler never hangs a shutdown.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._shutdown_timeout + 1.0):
+                    await listener.wait_closed()
         self._port = None
 
     async def __aenter__(self) -> Self:
@@ -176,7 +195,8 @@ async def serve(config: SandboxConfig, host: str = "127.0.0.1", port: int = 8080
 
     Prints ``Sandbox listening on http://HOST:PORT`` (the bound port) on stdout once ready,
     always as the first line, since scripts parse it; the engine, rate limit and faults in
-    force go to stderr just before it.
+    force, and what the settings do about production's unknowns (:func:`banner`), go to
+    stderr just before it.
     """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -194,12 +214,18 @@ async def serve(config: SandboxConfig, host: str = "127.0.0.1", port: int = 8080
                 await asyncio.to_thread(warm_up)
             if isinstance(server.engine, TestEngine):
                 print(TEST_ENGINE_WARNING, file=sys.stderr, flush=True)
-            print(describe(server), file=sys.stderr, flush=True)
+            print(banner(server), file=sys.stderr, flush=True)
             print(f"Sandbox listening on {server.base_url}", flush=True)
             await stop.wait()
     finally:
         for sig in handled:
             loop.remove_signal_handler(sig)
+
+
+def banner(server: SandboxServer) -> str:
+    """What the sandbox prints on start: :func:`describe`'s line, then each of production's
+    unknowns, met (at its least forgiving plausible value) or hidden by the settings."""
+    return f"{describe(server)}\n{unknowns_banner(server.config)}"
 
 
 def describe(server: SandboxServer) -> str:

@@ -469,6 +469,29 @@ async def test_inactive_client_facematch_is_400(session: aiohttp.ClientSession) 
     assert (status, body) == (400, {"detail": "Inactive client_id"})
 
 
+async def test_inactive_client_is_400_on_facematch_whatever_its_token(
+    session: aiohttp.ClientSession,
+) -> None:
+    """--inactive is "400 to everything": authorize refuses a token, so facematch answers
+    400 to a request bearing the client's key with no token, a forged one or an older one;
+    a request without the key (a stranger) still gets 401."""
+    async with sandbox(inactive=True) as server:
+        url = f"{server.base_url}/v1/facematch"
+        cases: list[tuple[dict[str, str], int]] = [
+            ({"x-api-key": SECRET}, 400),
+            ({"x-api-key": SECRET, "Authorization": "Bearer forged"}, 400),
+            ({"Authorization": f"Bearer {mint(valid_claims())}"}, 400),  # issued before
+            ({}, 401),
+        ]
+        for headers, status in cases:
+            async with session.post(url, data=images(ALICE, ALICE), headers=headers) as resp:
+                assert resp.status == status, headers
+                if status == 400:
+                    assert await resp.json() == {"detail": "Inactive client_id"}
+        async with session.post(f"{server.base_url}/v1/authorize", data=credentials()) as resp:
+            assert (resp.status, await resp.json()) == (400, {"detail": "Inactive client_id"})
+
+
 async def test_engine_failure_is_500(server: SandboxServer, session: aiohttp.ClientSession) -> None:
     """When the engine raises (identity ``crash``) the answer is 500 Internal Server Error."""
     status, body = await facematch(session, server, ALICE, CRASH)

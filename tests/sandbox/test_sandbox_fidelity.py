@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,16 @@ from facematch_async.sandbox import (
     sandbox_process,
 )
 from facematch_async.sandbox._server import TEST_ENGINE_WARNING, describe
-from tests.helpers import EXAMPLES, FACES, FAST_RETRIES, RecordingEngine, fetch_token
+from tests.helpers import (
+    EXAMPLES,
+    FACES,
+    FAST_RETRIES,
+    RUBY_BOUNDARY,
+    RecordingEngine,
+    fetch_token,
+    multipart,
+    vendor_form,
+)
 
 ID = "fidelity-client"
 SECRET = "fidelity-secret"
@@ -71,41 +80,15 @@ def client_for(server: SandboxServer | str, **options: Any) -> FaceMatchClient:
     return FaceMatchClient(client_id=ID, client_secret=SECRET, base_url=base_url, **settings)
 
 
-Part = tuple[str, str | None, str | None, bytes]  # name, filename, content type, data
-
-
-def multipart(parts: Sequence[Part], boundary: str) -> bytes:
-    """A multipart/form-data body, byte for byte as the multipart writers lay it out."""
-    body = b""
-    for name, filename, content_type, data in parts:
-        disposition = f'form-data; name="{name}"'
-        if filename is not None:
-            disposition += f'; filename="{filename}"'
-        body += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n".encode()
-        if content_type is not None:
-            body += f"Content-Type: {content_type}\r\n".encode()
-        body += b"\r\n" + data + b"\r\n"
-    return body + f"--{boundary}--\r\n".encode()
-
-
 # Node's fetch + FormData (undici): a Blob appended without a name is "blob", its empty
 # type becomes application/octet-stream. Go's CreateFormFile and Ruby's Net::HTTP set_form
 # send the file's base name with application/octet-stream.
-NODE_BOUNDARY = "----formdata-undici-027510378264"
-GO_BOUNDARY = "d3b0a2b5f6c4e1a9c8e7f2d1b0a9c8e7f6d5c4b3a2918273645546372819"
-RUBY_BOUNDARY = "RubyFormBoundaryh6kx0vXqJbLzYQ2t"
-
-
 def node_blob(a: bytes, b: bytes) -> tuple[bytes, str]:
-    parts = [("file_a", "blob", "application/octet-stream", a)]
-    parts.append(("file_b", "blob", "application/octet-stream", b))
-    return multipart(parts, NODE_BOUNDARY), NODE_BOUNDARY
+    return vendor_form("node", a, b, careful=False)
 
 
 def go_octet_stream(a: bytes, b: bytes) -> tuple[bytes, str]:
-    parts = [("file_a", "selfie.jpg", "application/octet-stream", a)]
-    parts.append(("file_b", "id.jpg", "application/octet-stream", b))
-    return multipart(parts, GO_BOUNDARY), GO_BOUNDARY
+    return vendor_form("go", a, b, careful=False)
 
 
 async def post_raw(
@@ -432,19 +415,21 @@ BIG = multipart([("file_a", "a.jpg", "image/jpeg", JPEG), ("file_b", "b.jpg", No
     ("body", "content_type", "status"),
     [
         pytest.param(b"A" * (600 * 1024) + b"\r\n" + GOOD, None, 400, id="line-over-512KiB"),
-        pytest.param(GOOD[: -len(b"--XX--\r\n")], None, 400, id="no-closing-boundary"),
-        pytest.param(BIG[: len(BIG) // 2], None, 400, id="cut-inside-a-part"),
+        # Cut short with the length as announced: FastAPI loses the cut part (422 for it).
+        pytest.param(GOOD[: -len(b"--XX--\r\n")], None, 422, id="no-closing-boundary"),
+        pytest.param(BIG[: len(BIG) // 2], None, 422, id="cut-inside-a-part"),
         pytest.param(GOOD.replace(b"\r\n\r\n", b"\r\n", 1), None, 400, id="broken-part-headers"),
         pytest.param(GOOD, "multipart/form-data", 400, id="no-boundary-parameter"),
         pytest.param(GOOD, "multipart/form-data; boundary=YY", 400, id="wrong-boundary"),
         pytest.param(b"\x00\x01garbage" * 10, None, 400, id="garbage"),
-        pytest.param(b"", None, 400, id="empty"),
+        pytest.param(b"", None, 422, id="empty"),
     ],
 )
 async def test_malformed_bodies_get_a_json_4xx_and_are_never_judged(
     body: bytes, content_type: str | None, status: int
 ) -> None:
-    """No plain-text 500: every broken body is a JSON 4xx, and the engine never sees it."""
+    """No plain-text 500: every broken body is FastAPI's JSON 4xx (400 unparseable, 422 a
+    field missing from what arrived), and the engine never sees it."""
     engine = RecordingEngine()
     async with (
         SandboxServer(config(engine=engine)) as server,
@@ -461,7 +446,11 @@ async def test_malformed_bodies_get_a_json_4xx_and_are_never_judged(
     head, _, payload = answer.partition(b"\r\n\r\n")
     assert head.startswith(f"HTTP/1.1 {status} ".encode()), head
     assert b"application/json" in head
-    assert isinstance(json.loads(payload)["detail"], str)
+    detail = json.loads(payload)["detail"]
+    if status == 422:
+        assert ["body", "file_b"] in [error["loc"] for error in detail]
+    else:
+        assert isinstance(detail, str)
     assert engine.calls == [(JPEG, PNG)]  # only the well-formed request was judged
     assert good.startswith(b"HTTP/1.1 200 ")
 
@@ -485,12 +474,6 @@ async def test_a_body_cut_short_by_the_connection_is_never_judged() -> None:
 # --- 7. read timeouts --------------------------------------------------------------------------
 
 
-# The header part of the read timeout is aiohttp's keep-alive timer, which aiohttp arms when a
-# connection opens only from 3.14.4 on (issue 26 gives the sandbox a read timeout of its own).
-_ARMS_AT_OPEN = tuple(int(part) for part in aiohttp.__version__.split(".")[:3]) >= (3, 14, 4)
-
-
-@pytest.mark.skipif(not _ARMS_AT_OPEN, reason="aiohttp < 3.14.4 times out no unsent headers")
 async def test_half_sent_requests_are_closed_after_the_read_timeout() -> None:
     """Connections that never finish headers or body are closed; the server keeps serving."""
     async with (
@@ -520,6 +503,84 @@ async def test_half_sent_requests_are_closed_after_the_read_timeout() -> None:
         assert b'"detail": "Request timeout' in body_answers[0]
         async with client_for(server) as client:  # still serving
             assert (await client.match(JPEG, PNG)).match
+
+
+async def test_a_steady_slow_upload_is_never_cut() -> None:
+    """Idle time, not total time: a body trickling in for 5x the bound is judged (200)."""
+    async with (
+        SandboxServer(config(read_timeout=0.5)) as server,
+        aiohttp.ClientSession() as session,
+    ):
+        token = await fetch_token(session, server, ID, SECRET)
+        request = raw_request(token, BIG, "multipart/form-data; boundary=XX")
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        started = time.monotonic()
+        step = len(request) // 12 + 1
+        for offset in range(0, len(request), step):
+            writer.write(request[offset : offset + step])
+            await writer.drain()
+            await asyncio.sleep(0.2)  # each gap well under the bound; 2.4 s in all
+        answer = await asyncio.wait_for(reader.read(), timeout=10)
+        writer.close()
+    assert time.monotonic() - started > 2 * 0.5 * 2
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+
+
+async def test_a_body_that_goes_quiet_gets_a_408_one_bound_after_its_last_byte() -> None:
+    """Gaps under the bound are waited out; a gap past it ends the request with a 408."""
+    async with (
+        SandboxServer(config(read_timeout=0.5)) as server,
+        aiohttp.ClientSession() as session,
+    ):
+        token = await fetch_token(session, server, ID, SECRET)
+        request = raw_request(token, BIG, "multipart/form-data; boundary=XX")
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        for part in range(3):  # three thirds of half the body, 0.3 s apart
+            writer.write(request[part * len(request) // 6 : (part + 1) * len(request) // 6])
+            await writer.drain()
+            await asyncio.sleep(0.3)
+        last_byte = time.monotonic() - 0.3
+        answer = await asyncio.wait_for(reader.read(), timeout=10)
+        quiet = time.monotonic() - last_byte
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert 0.45 < quiet < 3.0  # the bound, counted from the last byte (3.0: a loaded machine)
+
+
+async def test_headers_and_idle_keep_alive_connections_are_bounded_from_the_last_answer() -> None:
+    """After an answer, the next request's headers must be in within the bound, however
+    they trickle (nginx's header timeout); an idle keep-alive connection is closed too."""
+    async with (
+        SandboxServer(config(read_timeout=0.5)) as server,
+        aiohttp.ClientSession() as session,
+    ):
+        token = await fetch_token(session, server, ID, SECRET)
+        keep_alive = raw_request(token, GOOD, "multipart/form-data; boundary=XX").replace(
+            b"Connection: close\r\n", b""
+        )
+        for trickle in (False, True):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(keep_alive)
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
+            assert head.startswith(b"HTTP/1.1 200 ")
+            answered = time.monotonic()
+            if trickle:  # a byte of the next request's headers every 0.1 s
+                for byte in keep_alive[:40]:
+                    try:
+                        writer.write(bytes([byte]))
+                        await writer.drain()
+                    except ConnectionError:  # closed under the trickle
+                        break
+                    await asyncio.sleep(0.1)
+            try:
+                rest = await asyncio.wait_for(reader.read(), timeout=10)  # the body, then EOF
+            except ConnectionError:  # a byte written after the close: closed all the same
+                rest = b""
+            closed = time.monotonic() - answered
+            writer.close()
+            assert b"HTTP/1.1" not in rest  # closed without a word
+            assert 0.45 < closed < 3.0
 
 
 async def test_without_a_read_timeout_half_sent_requests_wait() -> None:
