@@ -717,12 +717,14 @@ class _MatchCall:
         tokens = self.client._tokens
         if self.stop is not None and self.stop.is_set():
             raise CallStoppedError("stopped before the next attempt")
-        if self.limiter is not None:
+        limiter = self.limiter
+        # Without windows and not paused (a batch with no rate limit), nothing to wait for.
+        if limiter is not None and (limiter.windows or limiter.paused_for > 0):
             await tokens.get()
             started = time.perf_counter()
             try:
                 await wait_for_slot(
-                    self.limiter,
+                    limiter,
                     deadline=self.deadline,
                     reserve=self.reserve,
                     stop=self.stop,
