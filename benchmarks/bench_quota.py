@@ -327,7 +327,9 @@ async def with_stranger(files: Files, *, adaptive: bool, seconds: float) -> dict
             runner = BatchRunner(client, concurrency=8)
         else:  # the old way: the runner's own limiter, a batch-wide pause per 429
             client = FaceMatchClient(**options)
-            runner = BatchRunner(client, concurrency=8, rate_limit=RateLimiter(PLAN))
+            runner = BatchRunner(
+                client, concurrency=8, rate_limit=RateLimiter(PLAN, adaptive=False)
+            )
         stop = asyncio.Event()
         tally = {"sent": 0, "429": 0}
         stranger = asyncio.create_task(

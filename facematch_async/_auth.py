@@ -3,6 +3,9 @@
 A token is renewed a safety margin before it expires. The margin scales with the
 token's lifetime (a tenth of it, at most five minutes): a 24 h token is renewed five
 minutes early, a 2 s token 0.2 s early, so short-lived tokens are not renewed on every call.
+A caller may ask for a token that stays valid a while longer (``get(ahead=...)``: the time
+its request takes to reach the API), and the expiry is read on the API's clock when its
+``Date`` header shows this machine's clock is off by more than a couple of seconds.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ logger = logging.getLogger("facematch_async")
 
 MAX_REFRESH_MARGIN = 300.0  # seconds: how early a long-lived token is renewed
 REFRESH_FRACTION = 0.1  # of a token's lifetime: how early a short-lived token is renewed
+SKEW_TOLERANCE = 2.0  # seconds: a Date header this far off is the clock, not its rounding
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,9 +43,10 @@ class AccessToken:
     value: str = field(repr=False)
     renew_at: float | None
 
-    def is_fresh(self, now: float) -> bool:
-        """Whether the token may still be sent at monotonic time ``now``."""
-        return self.renew_at is None or now < self.renew_at
+    def is_fresh(self, now: float, ahead: float = 0.0) -> bool:
+        """Whether the token may still be sent at monotonic time ``now``, and will still be
+        ``ahead`` seconds later."""
+        return self.renew_at is None or now + ahead < self.renew_at
 
 
 def _jwt_claims(token: str) -> dict[str, object]:
@@ -119,15 +124,31 @@ def token_lifetime(token: str, expiry: str | None, now_wall: float) -> float | N
     return lifetime
 
 
-def token_from_response(token: str, expiry: str | None, requested_at: float) -> AccessToken:
-    """Build an :class:`AccessToken`; ``requested_at`` is the monotonic time of the request.
+def token_from_response(
+    token: str, expiry: str | None, requested_at: float, server_now: float | None = None
+) -> AccessToken:
+    """Build an :class:`AccessToken`; ``requested_at`` is the monotonic time of the request,
+    ``server_now`` the API's clock when it answered (its ``Date`` header), if known.
+
+    The expiry is the API's, on its clock: when this machine's clock is off by more than
+    :data:`SKEW_TOLERANCE` (a VM whose clock drifted), the lifetime is counted from the
+    API's time instead, so that a clock 20 s behind does not send tokens the API expired.
 
     Raises:
         APIResponseValidationError: the token's ``exp`` or ``iat`` is out of range
             (``10**400``, not finite).
     """
+    now = time.time()
+    if server_now is not None and abs(server_now - now) > SKEW_TOLERANCE:
+        logger.warning(
+            "this machine's clock is %.0f s %s the API's (its Date header): token expiry is "
+            "counted on the API's clock",
+            abs(server_now - now),
+            "behind" if server_now > now else "ahead of",
+        )
+        now = server_now
     try:
-        lifetime = token_lifetime(token, expiry, time.time())
+        lifetime = token_lifetime(token, expiry, now)
     except ValueError as exc:  # its text names the claim, never the token
         raise APIResponseValidationError(f"authorize response: {exc}") from None
     if lifetime is None:
@@ -153,7 +174,7 @@ class StaticTokenSource:
     def __repr__(self) -> str:
         return "StaticTokenSource()"
 
-    async def get(self) -> str:
+    async def get(self, ahead: float = 0.0) -> str:
         """Return the fixed token."""
         return self._token
 
@@ -195,14 +216,15 @@ class TokenManager:
         """The cached token's value, fresh or not, or ``None``."""
         return None if self._token is None else self._token.value
 
-    async def get(self) -> str:
-        """Return a token that is not due for renewal, fetching one if needed.
+    async def get(self, ahead: float = 0.0) -> str:
+        """Return a token that is not due for renewal, and will not be for ``ahead`` more
+        seconds (the time a request takes to reach the API), fetching one if needed.
 
         Concurrent callers share one authorize call (and its failure). The call runs in
         its own task, so a caller that is cancelled does not cancel it for the others.
         """
         token = self._token
-        if token is not None and token.is_fresh(self._clock()):
+        if token is not None and token.is_fresh(self._clock(), ahead):
             return token.value
         if self._flight is None:
             self._flight = asyncio.ensure_future(self._refresh())

@@ -2,9 +2,15 @@
 given up at once when the caller's stop signal is set.
 
 The client calls :func:`wait_for_slot` before each attempt and :func:`wait_or_stop` between
-attempts; neither calls anything back. A wait that cannot end within the deadline is not
-started: the call fails at once with :class:`~facematch_async.errors.RateLimitError`, whose
-``retry_after`` says when the slot opens (a web service can answer 503 with it).
+attempts; neither calls anything back.
+
+Admission, not waiting: a call with a deadline is queued only when its slot, behind the
+callers already waiting, comes early enough to leave a typical attempt's time
+(:class:`AttemptTimes`) before the deadline. Otherwise it fails at once with
+:class:`~facematch_async.errors.RateLimitError`, whose ``retry_after`` says when to come back
+(spread, so that refused callers do not all return in the same second): over the plan, a
+web service answers at once instead of after its whole deadline, and no slot goes to a call
+that would be cut off on the wire (billed, unanswered).
 """
 
 from __future__ import annotations
@@ -17,7 +23,32 @@ from facematch_async._deadline import Deadline
 from facematch_async._ratelimit import RateLimiter, SlotUnavailable
 from facematch_async.errors import CallStoppedError, QuotaExceededError, RateLimitError
 
-__all__ = ["wait_for_slot", "wait_or_stop"]
+__all__ = ["AttemptTimes", "refuse_early", "wait_for_slot", "wait_or_stop"]
+
+
+class AttemptTimes:
+    """How long an attempt takes, estimated as TCP estimates a round trip (RFC 6298): a
+    smoothed mean and a smoothed deviation of recent attempts' durations."""
+
+    __slots__ = ("deviation", "mean")
+
+    def __init__(self) -> None:
+        self.mean: float | None = None
+        self.deviation = 0.0
+
+    def add(self, seconds: float) -> None:
+        """Count one attempt that got an answer after ``seconds``."""
+        if self.mean is None:
+            self.mean, self.deviation = seconds, seconds / 2
+            return
+        self.deviation += (abs(seconds - self.mean) - self.deviation) / 4
+        self.mean += (seconds - self.mean) / 8
+
+    @property
+    def typical(self) -> float:
+        """Seconds an attempt most likely takes at most: the mean plus two deviations
+        (0 before the first answer)."""
+        return 0.0 if self.mean is None else self.mean + 2 * self.deviation
 
 
 async def wait_for_slot(
@@ -27,29 +58,33 @@ async def wait_for_slot(
     reserve: float | None,
     stop: asyncio.Event | None,
     wait_for_quota: bool,
+    attempt: float = 0.0,
 ) -> None:
-    """Wait for a slot of ``limiter`` (less ``reserve``).
+    """Wait for a slot of ``limiter`` (less ``reserve``), leaving ``attempt`` seconds (a
+    typical attempt's time) before the deadline.
 
     Raises:
-        RateLimitError: the slot opens after the deadline (``retry_after``: when it opens).
+        RateLimitError: the slot comes too late for an attempt before the deadline
+            (``retry_after``: when to come back); nothing was sent.
         QuotaExceededError: the day's quota is used up and ``wait_for_quota`` is false.
         CallStoppedError: ``stop`` was set first.
     """
     if not limiter.windows:  # pauses only (after 429s): no store to ask
         while (wait := limiter.paused_for) > 0:
-            if deadline is not None and not deadline.fits(wait):
-                raise _too_late(wait, deadline)
+            if deadline is not None and not deadline.fits(wait + attempt):
+                raise _refused(limiter, wait, deadline, reserve)
             await wait_or_stop(wait, stop, "stopped while the rate limit paused")
         return
     within = None
     if deadline is not None:
-        wait = limiter.wait_time(reserve=reserve)
-        if not deadline.fits(wait):
-            raise _too_late(wait, deadline)
-        within = deadline.remaining()
+        projected = limiter.projected_wait(reserve=reserve)
+        if not deadline.fits(projected + attempt):
+            raise _refused(limiter, projected, deadline, reserve)
+        within = deadline.remaining() - attempt
     acquire = limiter.acquire(reserve=reserve, within=within, wait_for_quota=wait_for_quota)
     try:
-        await (acquire if stop is None else _unless_stopped(acquire, stop))
+        with limiter.queued():
+            await (acquire if stop is None else _unless_stopped(acquire, stop))
     except SlotUnavailable as late:
         if late.quota:
             raise QuotaExceededError(
@@ -57,7 +92,19 @@ async def wait_for_slot(
                 retry_after=late.wait,
             ) from None
         assert deadline is not None  # only a deadline bounds the wait
-        raise _too_late(late.wait, deadline) from None
+        raise _refused(limiter, late.wait, deadline, reserve) from None
+    if deadline is not None and not deadline.fits(attempt):
+        # The slot came later than projected: too late to send (the slot is lost, the
+        # quota is not: nothing is billed).
+        raise _refused(limiter, limiter.projected_wait(reserve=reserve), deadline, reserve)
+
+
+def refuse_early(limiter: RateLimiter, deadline: Deadline, attempt: float) -> None:
+    """Raise :class:`RateLimitError` now, before any other work, when a call starting now
+    would be refused a slot (see :func:`wait_for_slot`)."""
+    projected = limiter.projected_wait()
+    if not deadline.fits(projected + attempt):
+        raise _refused(limiter, projected, deadline, None)
 
 
 async def wait_or_stop(seconds: float, stop: asyncio.Event | None, stopped: str) -> None:
@@ -72,11 +119,14 @@ async def wait_or_stop(seconds: float, stop: asyncio.Event | None, stopped: str)
             raise CallStoppedError(stopped)
 
 
-def _too_late(wait: float, deadline: Deadline) -> RateLimitError:
+def _refused(
+    limiter: RateLimiter, wait: float, deadline: Deadline, reserve: float | None
+) -> RateLimitError:
+    """The refusal of a call whose slot comes too late for its deadline."""
     return RateLimitError(
-        f"the rate limit's next slot opens in {wait:.2f} s, after the {deadline.budget:g} s "
-        f"deadline ({deadline.remaining():.2f} s left)",
-        retry_after=wait,
+        f"the rate limit's next free slot is {wait:.2f} s away, too late for the "
+        f"{deadline.budget:g} s deadline ({deadline.remaining():.2f} s left): not sent",
+        retry_after=limiter.come_back_in(wait, reserve=reserve),
     )
 
 

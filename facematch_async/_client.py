@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from facematch_async._auth import AccessToken, StaticTokenSource, TokenManager, token_from_response
-from facematch_async._call_pacing import wait_for_slot, wait_or_stop
+from facematch_async._call_pacing import AttemptTimes, refuse_early, wait_for_slot, wait_or_stop
 from facematch_async._deadline import Deadline, validate_deadline
 from facematch_async._downscale import require_pillow
 from facematch_async._events import RequestEvent, RequestHook
@@ -200,6 +200,7 @@ class FaceMatchClient:
             StaticTokenSource(access_token) if access_token else TokenManager(self._authorize)
         )
         self.rate_limiter = _make_limiter(rate_limit, rate_limit_store, client_id)
+        self._attempt_times = AttemptTimes()  # how long a face-match attempt takes here
         self._derived = False  # a with_options() copy: the transport is not its own
         self._owns_limiter = True
 
@@ -380,7 +381,7 @@ class FaceMatchClient:
                 default_to_multipart=True,
             )
             headers = {"x-api-key": self._client_secret}
-            token, expiry = await self._exchange(
+            token, expiry, server_now = await self._exchange(
                 "/v1/authorize",
                 form,
                 headers,
@@ -389,7 +390,7 @@ class FaceMatchClient:
                 request_id,
                 next(attempts),
             )
-            return token_from_response(token, expiry, requested_at)
+            return token_from_response(token, expiry, requested_at, server_now)
 
         return await call_with_retries(
             attempt, max_retries=self.max_retries, policy=self.retry_policy
@@ -520,6 +521,9 @@ class FaceMatchClient:
                 ``attempts`` tells how many face-match requests the call sent.
         """
         budget = self._start_deadline(deadline)
+        if budget is not None and self.rate_limiter is not None:
+            # Over the plan: refuse before reading the images, not after.
+            refuse_early(self.rate_limiter, budget, self._attempt_times.typical)
         prepared = await self._prepare(file_a, file_b, budget)
         call = _MatchCall(self, prepared, None, budget, None, None, self.retry_policy)
         return await self._send(call)
@@ -586,9 +590,17 @@ class FaceMatchClient:
         headers = {"Authorization": f"Bearer {token}", "x-api-key": self._client_secret}
         secrets = (self._client_secret, token)
         path = f"/{self.api_version}/facematch"
-        return await self._exchange(
-            path, call.body, headers, parse_facematch, secrets, call.request_id, call.attempts
-        )
+        started = time.perf_counter()
+        try:
+            result = await self._exchange(
+                path, call.body, headers, parse_facematch, secrets, call.request_id, call.attempts
+            )
+        except FaceMatchError as error:
+            if error.status_code is not None:  # answered: a measure of an attempt's time
+                self._attempt_times.add(time.perf_counter() - started)
+            raise
+        self._attempt_times.add(time.perf_counter() - started)
+        return result
 
 
 def _make_limiter(
@@ -729,11 +741,13 @@ class _MatchCall:
                     reserve=self.reserve,
                     stop=self.stop,
                     wait_for_quota=self.policy.wait_for_quota,
+                    attempt=self.client._attempt_times.typical,
                 )
             finally:
                 self.waited += time.perf_counter() - started
         self.body.ready_at = time.monotonic()
-        return await tokens.get()
+        # A token still valid when the request reaches the API, not only now.
+        return await tokens.get(ahead=self.client._attempt_times.typical)
 
     async def sleep(self, seconds: float) -> None:
         """Wait between two attempts; ``stop`` ends the wait, and the call."""

@@ -22,13 +22,14 @@ await limiter.acquire()   # before every HTTP attempt, retries included
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
 import os
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -339,6 +340,10 @@ class RateLimiter:
         self._adaptive_next = -math.inf
         self._wait_until = -math.inf  # when the last refused acquire() was told a slot opens
         self._wait_window: Window | None = None
+        # Admission: callers queued for a slot now, and how far ahead refused callers have
+        # been told to come back (each one a pace later than the one before).
+        self.waiting = 0
+        self._told_until = -math.inf
         # This process's own requests (member, clock time), to restore them in a store that
         # lost them and to seed the local fallback: bounded by the largest limit.
         self._keep = max((w.limit for w in self.windows), default=0)
@@ -503,6 +508,46 @@ class RateLimiter:
             processes=self.processes,
             margin=self.margin,
         )
+
+    # -- admission ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def queued(self) -> Iterator[None]:
+        """Count the caller as waiting for a slot while the block runs (what
+        :meth:`projected_wait` counts)."""
+        self.waiting += 1
+        try:
+            yield
+        finally:
+            self.waiting -= 1
+
+    def _pace(self, reserve: float | None) -> float:
+        """Seconds between two of this process's requests at its current pace."""
+        pace = self._tier(self.reserve if reserve is None else reserve)[2]
+        rate = self.current_rate
+        return max(pace, 1.0 / rate) if rate else pace
+
+    def projected_wait(self, *, reserve: float | None = None) -> float:
+        """Seconds until a caller arriving now would get its slot, behind the callers
+        already waiting: the wait for the next slot, a pace for each caller ahead, and a
+        full period for each window of a minute or less they would fill. An estimate, from
+        what this process knows (a shared store's other processes count in the wait only)."""
+        ahead = self.waiting
+        wait = self.wait_time(reserve=reserve)
+        projected = wait + ahead * self._pace(reserve)
+        for window in self.effective_windows(reserve=reserve):
+            if window.period <= MAX_PACED_PERIOD and ahead >= window.limit:
+                projected = max(projected, wait + (ahead // window.limit) * window.period)
+        return projected
+
+    def come_back_in(self, projected: float, *, reserve: float | None = None) -> float:
+        """The ``Retry-After`` for a caller refused now whose slot was ``projected`` seconds
+        away: that, or a pace after the caller refused before it, so that refused callers
+        come back spread at the plan's pace rather than all in the same second."""
+        now = self._clock()
+        at = max(now + projected, self._told_until)
+        self._told_until = at + self._pace(reserve)
+        return at - now
 
     # -- the store ---------------------------------------------------------------------------
 

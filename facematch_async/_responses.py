@@ -35,7 +35,14 @@ from facematch_async.errors import (
     UnsupportedFileFormatError,
 )
 
-__all__ = ["RawResponse", "parse_authorize", "parse_facematch", "parse_retry_after", "redact"]
+__all__ = [
+    "RawResponse",
+    "parse_authorize",
+    "parse_facematch",
+    "parse_retry_after",
+    "redact",
+    "server_time",
+]
 
 _REDACTED = "[REDACTED]"
 MIN_REDACTED_LENGTH = 8
@@ -356,8 +363,22 @@ def parse_facematch(response: RawResponse, secrets: Iterable[str]) -> FaceMatchR
     )
 
 
-def parse_authorize(response: RawResponse, secrets: Iterable[str]) -> tuple[str, str | None]:
-    """Return ``(access_token, expiry)`` from an authorize response, or raise its error.
+def server_time(response: RawResponse) -> float | None:
+    """The server's clock when it answered (its ``Date`` header, epoch seconds), if it said."""
+    value = response.headers.get("Date")
+    if not value:
+        return None
+    try:
+        return parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def parse_authorize(
+    response: RawResponse, secrets: Iterable[str]
+) -> tuple[str, str | None, float | None]:
+    """Return ``(access_token, expiry, server_time)`` from an authorize response (the last:
+    the server's clock when it answered, from ``Date``), or raise its error.
 
     A refused authorize is always an :class:`AuthenticationError` (or its subclass
     :class:`InactiveClientError`), whatever status the server chose for it.
@@ -380,4 +401,4 @@ def parse_authorize(response: RawResponse, secrets: Iterable[str]) -> tuple[str,
         raise APIResponseValidationError(
             "authorize response has no access_token", status_code=response.status
         )
-    return token, _str_or_none(payload.get("expiry"))
+    return token, _str_or_none(payload.get("expiry")), server_time(response)

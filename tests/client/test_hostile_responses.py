@@ -79,7 +79,7 @@ def test_authorize_parser_never_crashes(
 ) -> None:
     """Any authorize answer gives a token string or a FaceMatchError."""
     try:
-        token, expiry = parse_authorize(RawResponse(status, response_headers, body), (SECRET,))
+        token, expiry, _ = parse_authorize(RawResponse(status, response_headers, body), (SECRET,))
     except FaceMatchError:
         return
     assert isinstance(token, str)
