@@ -23,11 +23,16 @@ from facematch_async._version import __version__
 from facematch_async.batch import (
     BatchRunner,
     BatchSummary,
+    Comparison,
+    JobState,
     PairError,
     PairOutcome,
     PairSpec,
     ResultsFile,
+    compare_results,
+    job_state,
     read_manifest,
+    write_report,
 )
 from facematch_async.errors import (
     APIConnectionError,
@@ -67,6 +72,7 @@ __all__ = [
     "BatchSummary",
     "CallPacing",
     "ClientClosedError",
+    "Comparison",
     "CorruptImageError",
     "DeadlineExceededError",
     "EmptyImageError",
@@ -80,6 +86,7 @@ __all__ = [
     "InactiveClientError",
     "InternalServerError",
     "InvalidTokenError",
+    "JobState",
     "NoFaceFoundError",
     "PacingStoreError",
     "PairError",
@@ -96,5 +103,8 @@ __all__ = [
     "RetryPolicy",
     "UnsupportedFileFormatError",
     "__version__",
+    "compare_results",
+    "job_state",
     "read_manifest",
+    "write_report",
 ]

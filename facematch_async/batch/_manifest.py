@@ -21,6 +21,7 @@ from typing import BinaryIO
 
 __all__ = [
     "MAX_LINE_BYTES",
+    "MAX_PAIR_ID",
     "REQUIRED_COLUMNS",
     "ManifestProblem",
     "PairSpec",
@@ -32,6 +33,8 @@ REQUIRED_COLUMNS = ("pair_id", "file_a", "file_b")
 _JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 MAX_LINE_BYTES = 1024 * 1024
 """The longest JSONL line read; a longer one is a ``MALFORMED_ROW`` (and not kept in memory)."""
+MAX_PAIR_ID = 4096
+"""The longest ``pair_id`` taken (characters): every results format reads it back whole."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,11 +144,10 @@ def _make_spec(
     raw_id = fields.get("pair_id")
     pair_id = raw_id.strip() if isinstance(raw_id, str) else ""
     where = f"line {line}" if line is not None else f"{pair_id}/"
-    if pair_id.startswith(RESERVED_PREFIX):
-        # Filed under its own line: the id would collide with a row filed under that line.
-        problem = ManifestProblem(
-            "MALFORMED_ROW", f"{where}: pair_id {pair_id!r} is reserved (it starts with '@')"
-        )
+    if (why := _unusable_id(pair_id)) is not None:
+        # Filed under its own line: the id would collide with a row filed under that line,
+        # or could not be written to (and read back from) every results format.
+        problem = ManifestProblem("MALFORMED_ROW", f"{where}: {why}")
         return PairSpec("", None, None, line, extra, problem)
     missing = [
         name
@@ -163,6 +165,20 @@ def _make_spec(
             return PairSpec(pair_id, None, None, line, extra, problem)
         paths.append(resolved)
     return PairSpec(pair_id, paths[0], paths[1], line, extra)
+
+
+def _unusable_id(pair_id: str) -> str | None:
+    """Why ``pair_id`` cannot key results, or ``None``: reserved, too long, or not text
+    (a lone surrogate from a JSON ``\\ud800`` escape: no UTF-8 file can hold it)."""
+    if pair_id.startswith(RESERVED_PREFIX):
+        return f"pair_id {pair_id!r} is reserved (it starts with '@')"
+    if len(pair_id) > MAX_PAIR_ID:
+        return f"pair_id is {len(pair_id)} characters long, over {MAX_PAIR_ID}"
+    try:
+        pair_id.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"pair_id {pair_id!r} is not valid Unicode (a lone surrogate)"
+    return None
 
 
 def _not_utf8(row: list[str]) -> str | None:
@@ -219,7 +235,7 @@ def _read_csv(source: Path, confine: Path | None) -> Iterator[PairSpec]:
                     "MALFORMED_ROW", f"line {line}: {len(row)} fields, the header has {len(header)}"
                 )
                 pair_id = fields.get("pair_id", "").strip()
-                if pair_id.startswith(RESERVED_PREFIX):
+                if _unusable_id(pair_id) is not None:
                     pair_id = ""  # filed under its line, as _make_spec files it
                 yield PairSpec(pair_id, None, None, line, extra, problem)
                 continue

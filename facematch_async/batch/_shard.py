@@ -16,9 +16,12 @@ disagree on N would skip or repeat pairs.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
-__all__ = ["COUNT_VARIABLE", "resolve_shard", "scheduler_shard"]
+from facematch_async.batch._index import key_hash
+from facematch_async.batch._manifest import PairSpec
+
+__all__ = ["COUNT_VARIABLE", "in_shard", "resolve_shard", "scheduler_shard", "shard_filter"]
 
 COUNT_VARIABLE = "FACEMATCH_SHARD_COUNT"
 """Set this to the number of shards where the scheduler does not say (Kubernetes, AWS)."""
@@ -109,3 +112,19 @@ def resolve_shard(
     if count < 1 or not 0 <= index < count:
         raise ValueError(f"--shard {text}: {source} index {index} is outside 0..{count - 1}")
     return index + 1, count
+
+
+def in_shard(key: str, shard: tuple[int, int] | None) -> bool:
+    """Whether the pair filed under ``key`` belongs to shard ``(k, n)`` (1-based): a stable
+    hash of the key, so every machine agrees. Every pair belongs to ``None``."""
+    if shard is None:
+        return True
+    k, n = shard
+    return key_hash(key) % n == k - 1
+
+
+def shard_filter(specs: Iterable[PairSpec], shard: tuple[int, int] | None) -> Iterator[PairSpec]:
+    """The pairs of ``specs`` that belong to ``shard`` (all of them for ``None``)."""
+    for spec in specs:
+        if in_shard(spec.key, shard):
+            yield spec
