@@ -41,6 +41,10 @@ def key_hash(key: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
+def _first(row: tuple[int, int | None, str | None]) -> int:
+    return row[0]
+
+
 class KeyIndex:
     """Keys mapped to ``(number, text)``, kept in a temporary SQLite file deleted on close.
 
@@ -113,7 +117,9 @@ class KeyIndex:
     def put_many(self, rows: Iterable[tuple[str, int | None, str | None]]) -> None:
         """Insert or overwrite many keys at once (a later row for a key wins): what a long
         read does, several times faster than :meth:`put` one by one."""
-        hashed = [(key_hash(key), number, text) for key, number, text in rows]
+        # In hash order (a stable sort: a later row for a key still wins): neighbouring
+        # rows land on the same pages.
+        hashed = sorted(((key_hash(key), number, text) for key, number, text in rows), key=_first)
         try:
             self._db.executemany(
                 "INSERT INTO keys VALUES (?, ?, ?) "

@@ -106,7 +106,7 @@ _HOST = socket.gethostname()
 
 def _masked(argv: list[str]) -> str:
     """The command line, safe to show: URL passwords, ``password=`` parameters and the
-    values of flags named like a secret masked; cut to a few hundred characters."""
+    values of flags named like a secret shown as ``***``; cut to a few hundred characters."""
     shown: list[str] = []
     secret_next = False
     for arg in argv:
@@ -118,20 +118,20 @@ def _masked(argv: list[str]) -> str:
         secret_flag = flag.startswith("-") and not flag.endswith("-file")
         if secret_flag and re.search(r"(?i)secret|password|token", flag):
             if eq:
-                arg = f"{flag}=***"
-            else:
-                secret_next = True
-        arg = re.sub(r"(?i)((?:password|secret|token)=)[^&\s]*", r"\1***", arg)
+                shown.append(f"{shlex.quote(flag)}=***")
+                continue
+            secret_next = True
+        arg = re.sub(r"(?i)((?:password|secret|token)=)[^&\s]*", r"\1MASKED", arg)
         arg = re.sub(r"://[^/@\s]*@", _mask_userinfo, arg)
-        shown.append(arg)
-    text = shlex.join(shown)
+        shown.append(shlex.quote(arg).replace("MASKED", "***"))
+    text = " ".join(shown)
     return text if len(text) <= _MAX_COMMAND else text[: _MAX_COMMAND - 3] + "..."
 
 
 def _mask_userinfo(found: re.Match[str]) -> str:
     userinfo = found.group(0)[3:-1]
     user, colon, _ = userinfo.partition(":")
-    return f"://{user}:***@" if colon else "://***@"
+    return f"://{user}:MASKED@" if colon else "://MASKED@"
 
 
 def _command() -> str:
