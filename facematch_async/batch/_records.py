@@ -318,8 +318,15 @@ class ResultsReader:
 
     def _csv_records(self, lines: Iterator[tuple[int, bytes]]) -> Iterator[tuple[int, bytes]]:
         """Records from ``(offset, physical line)``: a record is one line, or several
-        joined while a quote is open (a field holding a newline)."""
-        replay: deque[tuple[int, bytes]] = deque()  # lines to read again (after a stray quote)
+        joined while a quote is open (a field holding a newline).
+
+        Only junk holds a quote that does not belong to a record of ours (an ``echo`` with
+        an unclosed ``"``): a record of several lines that is not a result, or a quote left
+        open over 4 MiB, makes its first line alone the junk, and the lines after it are
+        read again. At the end of the file, lines still inside a quote are a torn write,
+        unless results follow the open quote (then it is junk again).
+        """
+        replay: deque[tuple[int, bytes]] = deque()  # lines to read again, after junk
         pending: list[tuple[int, bytes]] = []
         size = 0
         odd = False
@@ -332,23 +339,28 @@ class ResultsReader:
             odd ^= item[1].count(b'"') % 2 == 1
             if not item[1].endswith(b"\n"):
                 break  # the end of the file, mid-record
-            if not odd:
-                yield pending[0][0], b"".join(raw for _, raw in pending)
-                pending, size = [], 0
-            elif size > _MAX_RECORD_BYTES:
-                yield pending[0]  # a stray quote: that line alone, then read on after it
+            if odd and size <= _MAX_RECORD_BYTES:
+                continue
+            joined = b"".join(raw for _, raw in pending)
+            if not odd and (len(pending) == 1 or self._result_or_header(joined)):
+                yield pending[0][0], joined
+            else:
+                yield pending[0]  # junk: that line alone; read on after it
                 replay.extendleft(reversed(pending[1:]))
-                pending, size, odd = [], 0, False
+            pending, size, odd = [], 0, False
         if len(pending) > 1:
-            # The file ends inside a quote opened lines ago: most likely a stray quote (junk)
-            # with results after it. That line alone is not a result; read on after it (a
-            # torn record of several lines leaves its first line behind as junk too, which
-            # the next compaction sets aside).
-            yield pending[0]
-            yield from self._csv_records(iter(pending[1:]))
-            return
+            end = self.end
+            after = list(self._csv_records(iter(pending[1:])))
+            if any(self._result_or_header(raw) for _, raw in after):
+                yield pending[0]  # an open quote with results after it: junk
+                yield from after
+                return
+            self.end = end
         if pending:
-            self.end = pending[0][0]
+            self.end = pending[0][0]  # a torn write: the last record, cut short
+
+    def _result_or_header(self, raw: bytes) -> bool:
+        return self.header is None or self.parse(raw) is not None
 
     @staticmethod
     def _physical(file: io.BufferedReader) -> Iterator[tuple[int, bytes]]:
