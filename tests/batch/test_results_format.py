@@ -20,6 +20,7 @@ import pytest
 from facematch_async import BatchRunner, job_state, read_manifest
 from facematch_async.batch import FORMAT_VERSION, ResultsFile, ScanProgress, results_schema
 from facematch_async.batch._records import FIELDS, ResultsReader
+from facematch_async.batch._state import results_format
 from facematch_async.sandbox import SandboxServer, ScriptedResponse
 from tests.helpers import CLIENT_ID, CLIENT_SECRET, Faces, MakeClient
 
@@ -287,9 +288,8 @@ def every_status_manifest(faces: Faces) -> Path:
 
 def validate(path: Path) -> list[dict[str, Any]]:
     """Every line of a results file, typed (CSV cells as JSON values), each validated."""
-    fmt = "csv" if path.suffix == ".csv" else "jsonl"
     records = []
-    for _offset, raw, record in ResultsReader(path, fmt):
+    for _offset, raw, record in ResultsReader(path, results_format(path)):
         assert record is not None, raw
         VALIDATOR.validate(record)
         records.append(record)
