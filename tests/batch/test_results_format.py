@@ -22,9 +22,9 @@ from facematch_async.batch import FORMAT_VERSION, ResultsFile, ScanProgress, res
 from facematch_async.batch._records import FIELDS, ResultsReader
 from facematch_async.batch._state import results_format
 from facematch_async.sandbox import SandboxServer, ScriptedResponse
-from tests.helpers import CLIENT_ID, CLIENT_SECRET, Faces, MakeClient
-
-from .test_batch_sink import failed, ok
+from tests.helpers import CLIENT_ID, CLIENT_SECRET, Faces, MakeClient, every_status_manifest
+from tests.helpers import decided_outcome as ok
+from tests.helpers import failed_outcome as failed
 
 HOSTILE_IDS = [
     "line\nbreak",
@@ -265,25 +265,6 @@ def test_the_schema_describes_every_field() -> None:
     assert set(FIELDS) | {"extra"} == set(properties)
     assert all(len(spec["description"]) > 40 for spec in properties.values())
     assert properties["v"]["const"] == FORMAT_VERSION
-
-
-def every_status_manifest(faces: Faces) -> Path:
-    """Pairs that end as match, no_match, no_face, a final error (GIF, missing file, a
-    malformed row, a duplicate id), and a transient one (the first request gets a 503)."""
-    faces.write("animated.jpg", b"GIF89a\x01\x00\x01\x00\x00\x00\x00;")
-    manifest = faces.root / "every.csv"
-    manifest.write_text(
-        "pair_id,file_a,file_b,case\n"
-        "transient,alice.png,alice.jpg,C-0\n"
-        "same,alice.png,alice.jpg,C-1\n"
-        "different,alice.png,bob.jpg,C-2\n"
-        "noface,landscape.png,alice.jpg,C-3\n"
-        "gif,animated.jpg,alice.jpg,C-4\n"
-        "missing,nope.jpg,alice.jpg,C-5\n"
-        "malformed,,alice.jpg,C-6\n"
-        "same,alice.png,alice.jpg,C-7\n"
-    )
-    return manifest
 
 
 def validate(path: Path) -> list[dict[str, Any]]:

@@ -20,8 +20,8 @@ from facematch_async import BatchRunner
 from facematch_async.batch import ResultsFile, ResultsFileLockedError
 from facematch_async.sandbox import SandboxServer, ScriptedResponse, sandbox_process
 from tests.helpers import CLIENT_ID, CLIENT_SECRET, Faces, MakeClient, records
-
-from .test_batch_sink import failed, ok
+from tests.helpers import decided_outcome as ok
+from tests.helpers import failed_outcome as failed
 
 # A process that takes a results file, says so, and holds it until killed.
 HOLDER = """
