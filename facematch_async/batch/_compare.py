@@ -62,6 +62,17 @@ _JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 _MIN_READABLE_PROBE = 100  # rows read before a file with none readable is refused
 
 
+def _rank(before: str, after: str) -> int:
+    decided = ("match", "no_match", "no_face")
+    if before == after:
+        return 5
+    if before == ABSENT or after == ABSENT:
+        return 3 if before == ABSENT else 4
+    if before in decided and after in decided:
+        return 0
+    return 1 if before in decided else 2
+
+
 def label(before: str, after: str) -> str:
     """How a transition is printed: ``match -> no_match``, ``new (match)``,
     ``missing (was match)``, ``unchanged (match)``."""
@@ -115,10 +126,12 @@ class Comparison:
         return sum(n for (before, after), n in self.transitions.items() if before == after)
 
     def rows(self) -> list[tuple[str, str, int]]:
-        """``(before, after, pairs)`` for every transition: changes first, most first."""
+        """``(before, after, pairs)`` for every transition, what a reviewer reads first
+        first: decisions that flipped, decisions now errors, decisions where there were
+        none, new pairs, missing pairs, then the unchanged; the most pairs first within."""
         return sorted(
             ((before, after, n) for (before, after), n in self.transitions.items()),
-            key=lambda row: (row[0] == row[1], -row[2], row[0], row[1]),
+            key=lambda row: (_rank(row[0], row[1]), -row[2], row[0], row[1]),
         )
 
     def format(self) -> str:

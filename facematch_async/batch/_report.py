@@ -61,6 +61,8 @@ th, td { text-align: left; padding: 6px 10px; border-bottom: 1px solid #eceef1;
 th { background: #eef0f3; font-size: 13px; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.change td { background: #fffaf0; }
+tr.flip td { background: #fdecec; font-weight: 600; }
+table.settings th { width: 220px; }
 .ids { color: #5b6472; font-size: 12px; word-break: break-all; }
 .charts { display: grid; grid-template-columns: 1fr; gap: 16px; }
 figure { margin: 0; background: #fff; border: 1px solid #dde1e6; border-radius: 8px;
@@ -163,7 +165,7 @@ def _settings(settings: Mapping[str, object] | None, sources: Mapping[str, objec
         f'<tr><th>{_e(name)}</th><td data-setting="{_e(name)}">{_e(value)}</td></tr>'
         for name, value in shown.items()
     ]
-    return "<h2>Run</h2>" + f"<table><tbody>{''.join(rows)}</tbody></table>"
+    return "<h2>Run</h2>" + f'<table class="settings"><tbody>{"".join(rows)}</tbody></table>'
 
 
 def _transitions(comparison: Comparison) -> str:
@@ -172,7 +174,7 @@ def _transitions(comparison: Comparison) -> str:
     for before, after, count in comparison.rows():
         examples = ", ".join(comparison.examples.get((before, after), []))
         rows.append(
-            f'<tr class="{"change" if before != after else "same"}" '
+            f'<tr class="{_row_class(before, after)}" '
             f'data-before="{_e(before)}" data-after="{_e(after)}">'
             f"<td>{_e(label(before, after))}</td>"
             f'<td class="num" data-figure="transition">{count:,}</td>'
@@ -193,6 +195,14 @@ def _transitions(comparison: Comparison) -> str:
         )
     table = _table(["transition", "pairs", "share", "first pairs"], rows, {1, 2})
     return "<h2>What changed</h2>" + intro + "</p>" + table
+
+
+def _row_class(before: str, after: str) -> str:
+    """Flipped decisions stand out; other changes are shaded."""
+    decided = ("match", "no_match", "no_face")
+    if before == after:
+        return "same"
+    return "flip" if before in decided and after in decided else "change"
 
 
 def _histogram(histogram: ConfidenceHistogram, title: str, name: str) -> str:

@@ -125,6 +125,9 @@ def in_shard(key: str, shard: tuple[int, int] | None) -> bool:
 
 def shard_filter(specs: Iterable[PairSpec], shard: tuple[int, int] | None) -> Iterator[PairSpec]:
     """The pairs of ``specs`` that belong to ``shard`` (all of them for ``None``)."""
+    if shard is None:
+        yield from specs
+        return
     for spec in specs:
         if in_shard(spec.key, shard):
             yield spec

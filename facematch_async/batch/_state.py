@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from facematch_async.batch._index import KeyIndex
-from facematch_async.batch._manifest import PairSpec, read_manifest
+from facematch_async.batch._manifest import PairSpec, scan_manifest
 from facematch_async.batch._records import (
     LineState,
     ResultFormat,
@@ -363,13 +363,32 @@ def manifest_keys(
     seen before in the same run is a duplicate, filed under its line (``@line:N``)."""
     seen = KeyIndex(index_dir)
     try:
+        chunk: list[PairSpec] = []
         for spec in specs:
-            if spec.pair_id and not seen.add(spec.pair_id, spec.line):
-                yield f"@line:{spec.line}"
-            else:
-                yield spec.key
+            chunk.append(spec)
+            if len(chunk) >= _CHUNK:
+                yield from _keyed(chunk, seen)
+                chunk = []
+        yield from _keyed(chunk, seen)
     finally:
         seen.close()
+
+
+def _keyed(chunk: list[PairSpec], seen: KeyIndex) -> list[str]:
+    """The keys of a chunk of rows; ``seen`` learns their ids (one query each way)."""
+    ids = [spec.pair_id for spec in chunk if spec.pair_id]
+    before = {pair_id for pair_id, entry in zip(ids, seen.get_many(ids), strict=True) if entry}
+    keys: list[str] = []
+    new: dict[str, None] = {}
+    for spec in chunk:
+        if spec.pair_id and (spec.pair_id in before or spec.pair_id in new):
+            keys.append(f"@line:{spec.line}")
+            continue
+        if spec.pair_id:
+            new[spec.pair_id] = None
+        keys.append(spec.key)
+    seen.put_many((pair_id, None, None) for pair_id in new)
+    return keys
 
 
 def check_manifest(
@@ -392,7 +411,7 @@ def check_manifest(
     found = 0
     path = Path(manifest)
     size = path.stat().st_size if path.is_file() else 0
-    keys = manifest_keys(shard_filter(read_manifest(path), shard), index_dir)
+    keys = manifest_keys(shard_filter(scan_manifest(path), shard), index_dir)
     chunk: list[str] = []
     for key in keys:
         chunk.append(key)
