@@ -64,6 +64,7 @@ from facematch_async.batch._records import (
     text_state,
 )
 from facematch_async.batch._scan import ProgressCallback, Ticker, in_worker
+from facematch_async.batch._state import JobState, check_manifest, shard_of
 
 __all__ = [
     "FIELDS",
@@ -309,6 +310,71 @@ class ResultsFile:
         runs again), or ``None`` without a line."""
         entry = self._index.get(key)
         return None if entry is None else text_state(entry[1])
+
+    def states(self, keys: list[str]) -> list[LineState | None]:
+        """:meth:`state` for many keys at once."""
+        return [None if entry is None else text_state(entry[1]) for entry in
+                self._index.get_many(keys)]  # fmt: skip
+
+    def job_state(
+        self,
+        manifest: str | os.PathLike[str] | None = None,
+        *,
+        shard: tuple[int, int] | str | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> JobState:
+        """The file's truth from this object's index, without reading the file again
+        (open or loaded, not yet closed): pairs decided, final errors, retryable errors
+        and, with ``manifest`` (``shard``'s part of it), missing pairs and lines not in
+        it. What a run prints at its end and exits with (:attr:`JobState.exit_code`).
+        The index keeps no latencies, codes or confidences: for those (the report), read
+        the closed file with :func:`~facematch_async.batch.job_state`.
+
+        Raises:
+            OSError, ValueError: the manifest cannot be read (as :func:`read_manifest`).
+        """
+        return self._job_state(manifest, shard, Ticker(on_progress))
+
+    async def job_state_async(
+        self,
+        manifest: str | os.PathLike[str] | None = None,
+        *,
+        shard: tuple[int, int] | str | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> JobState:
+        """:meth:`job_state` in a worker thread (the manifest of a big job takes a while)."""
+        return await in_worker(lambda ticker: self._job_state(manifest, shard, ticker), on_progress)
+
+    def _job_state(
+        self,
+        manifest: str | os.PathLike[str] | None,
+        shard: tuple[int, int] | str | None,
+        ticker: Ticker,
+    ) -> JobState:
+        texts = self._index.count_by_text()
+        state = JobState(files={str(self.path): self.recorded})
+        for text, count in texts.items():
+            status = "error" if text == RETRYABLE_TEXT else str(text)
+            state.statuses[status] += count
+            state_of = text_state(text)
+            if state_of == "decided":
+                state.decided += count
+            elif state_of == "retryable":
+                state.retryable += count
+            else:
+                state.final_errors += count
+        state.unreadable, state.superseded = self.unreadable, self.superseded
+        if manifest is None:
+            return state
+        return check_manifest(
+            state,
+            self.states,
+            self.recorded,
+            manifest,
+            shard=shard_of(shard),
+            index_dir=self._index.directory,
+            ticker=ticker,
+        )
 
     def write(self, outcome: PairOutcome) -> None:
         """Append ``outcome``'s line and flush it."""

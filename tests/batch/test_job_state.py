@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from facematch_async import BatchRunner, job_state, read_manifest
-from facematch_async.batch import job_state_async
+from facematch_async.batch import ResultsFile, job_state_async
 from facematch_async.batch._shard import shard_filter
 from facematch_async.cli import main
 from facematch_async.sandbox import SandboxServer, ScriptedResponse
@@ -52,6 +52,16 @@ async def test_a_transient_error_is_not_a_decision_a_plain_resume_sends_it_again
     assert state.exit_code == 69
     assert (state.retryable_ids, state.final_error_ids) == (["p0", "p1", "p2"], ["p9"])
     assert any("--resume" in line for line in state.advice())
+    held = ResultsFile(out)  # a writer's own index gives the same truth, without a re-read
+    held.open(resume=True)
+    for mine in (held.job_state(manifest), await held.job_state_async(manifest, shard="1/1")):
+        assert (mine.decided, mine.retryable, mine.final_errors, mine.missing) == (6, 3, 1, 0)
+        assert (mine.exit_code, mine.retryable_ids, mine.not_in_manifest) == (
+            69,
+            ["p0", "p1", "p2"],
+            0,
+        )
+    held.close()
 
     sent = facematch_requests(sandbox)
     again = await BatchRunner(make_client(), rate_limit=None).run_to_file(
