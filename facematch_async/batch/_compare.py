@@ -307,7 +307,7 @@ class _Changed:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.csv = path.suffix.lower() == ".csv"
-        self.file: TextIO = open(path, "w", encoding="utf-8", newline="")  # noqa: SIM115
+        self.file: TextIO = open(path, "w", encoding="utf-8", newline="")  # noqa: SIM115 (close())
         self.writer = csv.writer(self.file, lineterminator="\r\n") if self.csv else None
         if self.writer is not None:
             self.writer.writerow(self.FIELDS)

@@ -151,11 +151,12 @@ class ResultsFileLock:
         self.path = results.with_name(results.name + ".lock")
         self.results = results
         self._fd: int | None = None
+        self._unguarded = False  # taken on a file system without locks
 
     @property
     def held(self) -> bool:
-        """Whether this object holds the lock now."""
-        return self._fd is not None
+        """Whether this object holds the lock now (or took the file where no lock exists)."""
+        return self._fd is not None or self._unguarded
 
     def acquire(self) -> None:
         """Take the lock, or fail at once.
@@ -184,6 +185,7 @@ class ResultsFileLock:
                     exc.strerror or exc,
                     self.results,
                 )
+                self._unguarded = True
                 return
             if self._names(fd):
                 self._fd = fd
@@ -214,6 +216,7 @@ class ResultsFileLock:
     def release(self) -> None:
         """Let go (removing the lock file first). Safe to call twice."""
         fd, self._fd = self._fd, None
+        self._unguarded = False
         if fd is None:
             return
         with contextlib.suppress(OSError):

@@ -30,7 +30,7 @@ class ScanProgress:
     Attributes:
         path: The file being read.
         done: Bytes read so far.
-        total: The file's size in bytes.
+        total: The file's size in bytes (0 when unknown: a folder manifest, say).
         records: Lines (records) read so far.
         elapsed: Seconds since the read began.
     """
@@ -42,16 +42,14 @@ class ScanProgress:
     elapsed: float
 
     @property
-    def fraction(self) -> float:
-        """The share read, 0 to 1 (1 for an empty file)."""
-        return min(1.0, self.done / self.total) if self.total else 1.0
+    def fraction(self) -> float | None:
+        """The share read, 0 to 1; ``None`` when the size is not known."""
+        return min(1.0, self.done / self.total) if self.total else None
 
     def format(self) -> str:
         """``reading results.jsonl: 42% (4,200,000 lines, 31 s)``."""
-        return (
-            f"reading {self.path}: {self.fraction:.0%} "
-            f"({self.records:,} lines, {self.elapsed:.0f} s)"
-        )
+        share = "" if self.fraction is None else f"{self.fraction:.0%} "
+        return f"reading {self.path}: {share}({self.records:,} lines, {self.elapsed:.0f} s)"
 
 
 ProgressCallback = Callable[[ScanProgress], object]
@@ -84,7 +82,7 @@ class Ticker:
         if self.report is None:
             return
         now = time.monotonic()
-        if now >= self._next or done >= total:
+        if now >= self._next or 0 < total <= done:
             self._next = now + self.interval
             self.report(ScanProgress(str(path), done, total, records, now - self.started))
 

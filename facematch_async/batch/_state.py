@@ -410,7 +410,6 @@ def check_manifest(
     state.retryable_ids, state.final_error_ids = [], []
     found = 0
     path = Path(manifest)
-    size = path.stat().st_size if path.is_file() else 0
     keys = manifest_keys(shard_filter(scan_manifest(path), shard), index_dir)
     chunk: list[str] = []
     for key in keys:
@@ -419,7 +418,7 @@ def check_manifest(
             found += _check(state, chunk, lookup(chunk))
             chunk.clear()
             if ticker is not None:
-                ticker(path, 0, size, state.manifest_pairs)
+                ticker(path, 0, 0, state.manifest_pairs)  # rows, not bytes: size unknown
     found += _check(state, chunk, lookup(chunk))
     state.not_in_manifest = distinct - found
     return state

@@ -135,14 +135,15 @@ def run_summary(args: argparse.Namespace) -> int:
                 on_progress=progress,
             )
         if args.report:
-            write_report(args.report, state, comparison, sources=_sources(args, shard))
+            try:
+                write_report(args.report, state, comparison, sources=_sources(args, shard))
+            except OSError as exc:
+                raise UsageError(f"--report {args.report}: {exc.strerror or exc}") from None
     except KeyboardInterrupt:
         print("\nfacematch-async summary: interrupted", file=sys.stderr)
         return EXIT_ABORTED
     except (OSError, ValueError, csv.Error) as exc:  # unreadable, another format, no header
-        if isinstance(exc, IndexStorageError):
-            raise UsageError(str(exc)) from None
-        raise UsageError(f"cannot read: {exc}") from None
+        raise UsageError(_reason(exc)) from None
     print(state.format())
     if comparison is not None:
         print(comparison.format())
@@ -150,6 +151,15 @@ def run_summary(args: argparse.Namespace) -> int:
         print(f"report: {args.report}")
     sys.stdout.flush()
     return _exit_code(state)
+
+
+def _reason(exc: Exception) -> str:
+    """One line for what could not be read (or written)."""
+    if isinstance(exc, IndexStorageError | ValueError | csv.Error):
+        return str(exc)  # names the file, or the folder
+    if isinstance(exc, OSError) and exc.filename:
+        return f"cannot use {exc.filename}: {exc.strerror or exc}"
+    return f"cannot read: {exc}"
 
 
 def _sources(args: argparse.Namespace, shard: tuple[int, int] | None) -> dict[str, str]:
