@@ -201,6 +201,8 @@ def test_sigkill_at_random_moments_then_resume_sends_no_finished_pair_again(
                 time.sleep(chance.uniform(0.3, 1.2))
                 batch.send_signal(signal.SIGKILL)
                 batch.wait(10)
+                assert batch.stderr is not None
+                batch.stderr.close()  # its pipe, else a ResourceWarning (an error here)
             else:
                 _, err = batch.communicate(timeout=120)
                 assert batch.returncode == 0, err
