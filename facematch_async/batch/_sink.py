@@ -57,6 +57,7 @@ from facematch_async.batch._records import (
     ResultsReader,
     encode_csv,
     encode_jsonl,
+    index_fields,
     index_text,
     line_state,
     outcome_record,
@@ -217,8 +218,16 @@ class ResultsFile:
         since = time.time() - _DAY
         rows: list[tuple[str, int | None, str | None]] = []
         results = 0
-        for offset, _raw, record in reader:
-            if record is None:
+        for offset, raw in reader.raw():
+            fast = index_fields(raw) if self.format == "jsonl" else None
+            if fast is not None:
+                key, status, state, finished, attempts = fast
+            elif (record := reader.parse(raw)) is not None:
+                key, status, state = record_key(record), str(record["status"]), line_state(record)
+                stamp, count = record.get("finished_at"), record.get("attempts")
+                finished = float(stamp) if isinstance(stamp, int | float) else 0.0
+                attempts = count if isinstance(count, int) else 0
+            else:
                 self.unreadable += 1
                 if self.unreadable > 100 and not results:
                     raise ValueError(
@@ -226,15 +235,12 @@ class ResultsFile:
                     )
                 continue
             results += 1
-            status = str(record["status"])
-            rows.append((record_key(record), offset, index_text(status, line_state(record))))
+            rows.append((key, offset, index_text(status, state)))
             if len(rows) >= _CHUNK:
                 self._index.put_many(rows)
                 rows.clear()
-            finished = record.get("finished_at")
-            if seed_limit and isinstance(finished, int | float) and finished > since:
-                attempts = record.get("attempts")
-                recent.extend([float(finished)] * (attempts if isinstance(attempts, int) else 0))
+            if seed_limit and finished > since:
+                recent.extend([finished] * attempts)
         self._index.put_many(rows)
         self._header = reader.header
         self.recorded = self._index.size

@@ -16,10 +16,27 @@ from typing import Any
 
 import jsonschema
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from facematch_async import BatchRunner, job_state, read_manifest
+from facematch_async import (
+    BatchRunner,
+    FaceMatchResult,
+    PairError,
+    PairOutcome,
+    job_state,
+    read_manifest,
+)
 from facematch_async.batch import FORMAT_VERSION, ResultsFile, ScanProgress, results_schema
-from facematch_async.batch._records import FIELDS, ResultsReader
+from facematch_async.batch._records import (
+    FIELDS,
+    ResultsReader,
+    encode_jsonl,
+    index_fields,
+    line_state,
+    outcome_record,
+    record_key,
+)
 from facematch_async.batch._state import results_format
 from facematch_async.sandbox import SandboxServer, ScriptedResponse
 from tests.helpers import CLIENT_ID, CLIENT_SECRET, Faces, MakeClient, every_status_manifest
@@ -329,3 +346,56 @@ async def test_every_line_the_cli_writes_validates(
     assert time.monotonic() - started < 60
     assert "Traceback" not in done.stderr, done.stderr
     check_every_status(validate(out))
+
+
+# --- The resume's fast read of version-1 lines agrees with the full parse -----------------
+
+TEXT = st.text(st.characters(codec="utf-8"), max_size=30) | st.sampled_from(
+    ['"retryable": true, "finished_at": 1', '{"v": 1, "pair_id": "x"', "\\", '"', "\n", "}"]
+)
+
+
+@st.composite
+def outcomes(draw: st.DrawFn) -> PairOutcome:
+    status = draw(st.sampled_from(["match", "no_match", "no_face", "error"]))
+    key = draw(TEXT.filter(bool))
+    result = error = None
+    if status in ("match", "no_match"):
+        confidence = draw(st.none() | st.floats(allow_nan=True, allow_infinity=True))
+        result = FaceMatchResult(match=status == "match", confidence=confidence)
+    else:
+        kind = draw(st.sampled_from(["NoFaceFoundError", "APITimeoutError", "ImageReadError"]))
+        code = draw(st.none() | st.sampled_from([429, 400, 503]))
+        error = PairError(kind, draw(TEXT), draw(st.none() | TEXT), code)
+    extra = draw(st.dictionaries(TEXT, TEXT, max_size=3))
+    return PairOutcome(
+        key, status, result=result, error=error, attempts=draw(st.integers(0, 9)),  # type: ignore[arg-type]
+        latency=draw(st.none() | st.floats(0, 100)), line=draw(st.none() | st.integers(1, 10**6)),
+        extra=extra, finished_at=draw(st.floats(0, 4e9)), key=key,
+    )  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(outcome=outcomes(), glue=st.booleans())
+def test_the_fast_read_of_a_line_agrees_with_the_full_parse(
+    outcome: PairOutcome, glue: bool
+) -> None:
+    """Any line encode_jsonl writes (odd ids, messages and extra keys that look like our
+    keys) gives the fast read the key, state, time and attempts the full parse gives; two
+    lines glued by a torn write are never read fast."""
+    line = encode_jsonl(outcome_record(outcome))
+    if glue:
+        line = line[: len(line) // 2] + line
+    fast = index_fields(line)
+    record = json.loads(line) if not glue else None
+    if glue:
+        assert fast is None
+        return
+    assert record is not None and fast is not None
+    assert fast == (
+        record_key(record),
+        record["status"],
+        line_state(record),
+        record["finished_at"],
+        record["attempts"],
+    )
