@@ -24,11 +24,16 @@ from facematch_async._version import __version__
 from facematch_async.batch import (
     BatchRunner,
     BatchSummary,
+    Comparison,
+    JobState,
     PairError,
     PairOutcome,
     PairSpec,
     ResultsFile,
+    compare_results,
+    job_state,
     read_manifest,
+    write_report,
 )
 from facematch_async.errors import (
     APIConnectionError,
@@ -71,6 +76,7 @@ __all__ = [
     "BatchSummary",
     "CallStoppedError",
     "ClientClosedError",
+    "Comparison",
     "CorruptImageError",
     "DeadlineExceededError",
     "EmptyImageError",
@@ -84,6 +90,7 @@ __all__ = [
     "InactiveClientError",
     "InternalServerError",
     "InvalidTokenError",
+    "JobState",
     "NoFaceFoundError",
     "PacingStatus",
     "PacingStoreError",
@@ -103,7 +110,10 @@ __all__ = [
     "UnsupportedFileFormatError",
     "Window",
     "__version__",
+    "compare_results",
+    "job_state",
     "parse_rate_limit",
     "read_manifest",
     "redact_url",
+    "write_report",
 ]

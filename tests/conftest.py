@@ -20,6 +20,7 @@ from tests.helpers import (
     Faces,
     MakeClient,
     RedisServer,
+    invalid_results_lines,
 )
 
 
@@ -93,3 +94,14 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _results_lines_match_the_schema(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test, every results line the library wrote under its tmp_path validates
+    against the results schema shipped in the package."""
+    yield
+    root = request.node.funcargs.get("tmp_path")
+    if isinstance(root, Path):
+        problems = invalid_results_lines(root)
+        assert not problems, "results lines outside the schema:\n" + "\n".join(problems[:10])

@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import anyio.lowlevel
 
-from facematch_async import FaceMatchClient, RetryPolicy
+from facematch_async import FaceMatchClient, FaceMatchResult, PairError, PairOutcome, RetryPolicy
 from facematch_async.sandbox import EngineVerdict, SandboxServer, TestEngine, make_test_image
 
 # The repository's root, its examples, and the sample photos the face-engine tests read
@@ -204,6 +204,73 @@ class FakeClock:
 
 
 # --- Results files and examples --------------------------------------------------------------
+
+
+_SCHEMA_LINES = 5000  # lines checked per file: big files in tests are generated, not written
+
+
+def invalid_results_lines(root: Path) -> list[str]:
+    """Lines under ``root`` that the library wrote (they carry ``v``) and that do not
+    validate against the shipped results schema, described for an assertion message."""
+    import jsonschema
+
+    from facematch_async.batch import results_schema
+    from facematch_async.batch._records import ResultsReader
+
+    validator = jsonschema.Draft202012Validator(results_schema())
+    problems: list[str] = []
+    for path in sorted(root.rglob("*")):
+        if path.suffix not in (".jsonl", ".csv") or not path.is_file():
+            continue
+        with open(path, "rb") as file:
+            head = file.read(2)
+        if path.suffix == ".csv" and head != b"v,":
+            continue  # not a results file of this version: a manifest, a hand-made file
+        reader = ResultsReader(path, "csv" if path.suffix == ".csv" else "jsonl")
+        try:
+            for number, (_offset, _raw, record) in enumerate(reader):
+                if number >= _SCHEMA_LINES:
+                    break
+                if record is None or "v" not in record:
+                    continue  # not a result, or written before versions (by the test)
+                problems += [f"{path.name}: {error.message}" for error in
+                             validator.iter_errors(record)]  # fmt: skip
+        except ValueError:
+            continue  # a CSV that is not a results file
+    return problems
+
+
+def decided_outcome(pair_id: str, **extra: str) -> PairOutcome:
+    """A ``match`` outcome, as the runner reports one (for results-file tests)."""
+    result = FaceMatchResult(match=True, confidence=98.0, transaction_id="t-1", sub_code="SUCCESS")
+    return PairOutcome(pair_id, "match", result=result, attempts=1, latency=0.0123, line=2,
+                       extra=extra, finished_at=time.time(), key=pair_id)  # fmt: skip
+
+
+def failed_outcome(pair_id: str, message: str = "boom") -> PairOutcome:
+    """An ``error`` outcome after a 500 (a transient error: retryable)."""
+    error = PairError("InternalServerError", message, None, 500, "t-2")
+    return PairOutcome(pair_id, "error", error=error, attempts=3, latency=0.5, line=3,
+                       finished_at=time.time(), key=pair_id)  # fmt: skip
+
+
+def every_status_manifest(faces: Faces) -> Path:
+    """Pairs that end as match, no_match, no_face, a final error (GIF, missing file, a
+    malformed row, a duplicate id), and a transient one (the first request gets a 503)."""
+    faces.write("animated.jpg", b"GIF89a\x01\x00\x01\x00\x00\x00\x00;")
+    manifest = faces.root / "every.csv"
+    manifest.write_text(
+        "pair_id,file_a,file_b,case\n"
+        "transient,alice.png,alice.jpg,C-0\n"
+        "same,alice.png,alice.jpg,C-1\n"
+        "different,alice.png,bob.jpg,C-2\n"
+        "noface,landscape.png,alice.jpg,C-3\n"
+        "gif,animated.jpg,alice.jpg,C-4\n"
+        "missing,nope.jpg,alice.jpg,C-5\n"
+        "malformed,,alice.jpg,C-6\n"
+        "same,alice.png,alice.jpg,C-7\n"
+    )
+    return manifest
 
 
 def records(path: Path) -> list[dict[str, Any]]:

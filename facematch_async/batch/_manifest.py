@@ -21,17 +21,21 @@ from typing import BinaryIO
 
 __all__ = [
     "MAX_LINE_BYTES",
+    "MAX_PAIR_ID",
     "REQUIRED_COLUMNS",
     "ManifestProblem",
     "PairSpec",
     "pair_key",
     "read_manifest",
+    "scan_manifest",
 ]
 
 REQUIRED_COLUMNS = ("pair_id", "file_a", "file_b")
 _JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 MAX_LINE_BYTES = 1024 * 1024
 """The longest JSONL line read; a longer one is a ``MALFORMED_ROW`` (and not kept in memory)."""
+MAX_PAIR_ID = 4096
+"""The longest ``pair_id`` taken (characters): every results format reads it back whole."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,15 +112,24 @@ def read_manifest(
         FileNotFoundError: the manifest does not exist.
         ValueError: a CSV manifest without the required header.
     """
-    source = Path(path)
     confine = Path(os.path.realpath(root)) if root is not None else None
+    return _read(Path(path), confine, resolve=True)
+
+
+def scan_manifest(path: str | os.PathLike[str]) -> Iterator[PairSpec]:
+    """The rows of a manifest as :func:`read_manifest` gives them, their image paths not
+    resolved (``file_a`` and ``file_b`` are ``None``): to count pairs and key them fast."""
+    return _read(Path(path), None, resolve=False)
+
+
+def _read(source: Path, confine: Path | None, *, resolve: bool) -> Iterator[PairSpec]:
     if source.is_dir():
-        return _read_folder(source, confine)
+        return _read_folder(source, confine, resolve)
     if not source.exists():
         raise FileNotFoundError(f"no such manifest: {source}")
     if source.suffix.lower() in _JSONL_SUFFIXES:
-        return _read_jsonl(source, confine)
-    return _read_csv(source, confine)
+        return _read_jsonl(source, confine, resolve)
+    return _read_csv(source, confine, resolve)
 
 
 def _resolve(base: Path, value: str, confine: Path | None) -> Path | ManifestProblem:
@@ -132,7 +145,7 @@ def _resolve(base: Path, value: str, confine: Path | None) -> Path | ManifestPro
 
 
 def _make_spec(
-    base: Path,
+    base: Path | None,
     confine: Path | None,
     line: int | None,
     fields: Mapping[str, object],
@@ -141,11 +154,10 @@ def _make_spec(
     raw_id = fields.get("pair_id")
     pair_id = raw_id.strip() if isinstance(raw_id, str) else ""
     where = f"line {line}" if line is not None else f"{pair_id}/"
-    if pair_id.startswith(RESERVED_PREFIX):
-        # Filed under its own line: the id would collide with a row filed under that line.
-        problem = ManifestProblem(
-            "MALFORMED_ROW", f"{where}: pair_id {pair_id!r} is reserved (it starts with '@')"
-        )
+    if (why := _unusable_id(pair_id)) is not None:
+        # Filed under its own line: the id would collide with a row filed under that line,
+        # or could not be written to (and read back from) every results format.
+        problem = ManifestProblem("MALFORMED_ROW", f"{where}: {why}")
         return PairSpec("", None, None, line, extra, problem)
     missing = [
         name
@@ -155,6 +167,8 @@ def _make_spec(
     if missing:
         problem = ManifestProblem("MALFORMED_ROW", f"{where}: missing {', '.join(missing)}")
         return PairSpec(pair_id, None, None, line, extra, problem)
+    if base is None:  # keys only (scan_manifest)
+        return PairSpec(pair_id, None, None, line, extra)
     paths = []
     for name in ("file_a", "file_b"):
         resolved = _resolve(base, str(fields[name]).strip(), confine)
@@ -163,6 +177,20 @@ def _make_spec(
             return PairSpec(pair_id, None, None, line, extra, problem)
         paths.append(resolved)
     return PairSpec(pair_id, paths[0], paths[1], line, extra)
+
+
+def _unusable_id(pair_id: str) -> str | None:
+    """Why ``pair_id`` cannot key results, or ``None``: reserved, too long, or not text
+    (a lone surrogate from a JSON ``\\ud800`` escape: no UTF-8 file can hold it)."""
+    if pair_id.startswith(RESERVED_PREFIX):
+        return f"pair_id {pair_id!r} is reserved (it starts with '@')"
+    if len(pair_id) > MAX_PAIR_ID:
+        return f"pair_id is {len(pair_id)} characters long, over {MAX_PAIR_ID}"
+    try:
+        pair_id.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"pair_id {pair_id!r} is not valid Unicode (a lone surrogate)"
+    return None
 
 
 def _not_utf8(row: list[str]) -> str | None:
@@ -181,8 +209,8 @@ def _printable(value: str) -> str:
     return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def _read_csv(source: Path, confine: Path | None) -> Iterator[PairSpec]:
-    base = source.parent
+def _read_csv(source: Path, confine: Path | None, resolve: bool) -> Iterator[PairSpec]:
+    base = source.parent if resolve else None
     # surrogateescape: a byte that is not UTF-8 fails its row, not the whole manifest.
     with open(source, newline="", encoding="utf-8-sig", errors="surrogateescape") as file:
         reader = csv.reader(file)
@@ -219,7 +247,7 @@ def _read_csv(source: Path, confine: Path | None) -> Iterator[PairSpec]:
                     "MALFORMED_ROW", f"line {line}: {len(row)} fields, the header has {len(header)}"
                 )
                 pair_id = fields.get("pair_id", "").strip()
-                if pair_id.startswith(RESERVED_PREFIX):
+                if _unusable_id(pair_id) is not None:
                     pair_id = ""  # filed under its line, as _make_spec files it
                 yield PairSpec(pair_id, None, None, line, extra, problem)
                 continue
@@ -259,8 +287,8 @@ def _bounded_lines(file: BinaryIO) -> Iterator[bytes | None]:
         yield None
 
 
-def _read_jsonl(source: Path, confine: Path | None) -> Iterator[PairSpec]:
-    base = source.parent
+def _read_jsonl(source: Path, confine: Path | None, resolve: bool) -> Iterator[PairSpec]:
+    base = source.parent if resolve else None
     with open(source, "rb") as file:
         for line, text in enumerate(_bounded_lines(file), start=1):
             if text is None:
@@ -285,7 +313,7 @@ def _read_jsonl(source: Path, confine: Path | None) -> Iterator[PairSpec]:
             yield _make_spec(base, confine, line, fields, extra)
 
 
-def _read_folder(source: Path, confine: Path | None) -> Iterator[PairSpec]:
+def _read_folder(source: Path, confine: Path | None, resolve: bool) -> Iterator[PairSpec]:
     # os.scandir streams the entries: no list of a million names in memory.
     with os.scandir(source) as entries:
         for entry in entries:
@@ -306,4 +334,5 @@ def _read_folder(source: Path, confine: Path | None) -> Iterator[PairSpec]:
             # written with \\xe9-style escapes, so results and --resume agree on it.
             pair_id = _printable(entry.name)
             fields = {"pair_id": pair_id, "file_a": names[0], "file_b": names[1]}
-            yield _make_spec(Path(entry.path), confine, None, fields, {})
+            base = Path(entry.path) if resolve else None
+            yield _make_spec(base, confine, None, fields, {})

@@ -10,11 +10,49 @@ from facematch_async._models import FaceMatchResult
 from facematch_async.batch._manifest import ManifestProblem
 from facematch_async.errors import FaceMatchError
 
-__all__ = ["STATUSES", "PairError", "PairOutcome", "Status"]
+__all__ = ["DECISIONS", "STATUSES", "PairError", "PairOutcome", "Status", "is_retryable_error"]
 
 Status: TypeAlias = Literal["match", "no_match", "no_face", "error"]
 STATUSES: tuple[Status, ...] = ("match", "no_match", "no_face", "error")
+DECISIONS: tuple[Status, ...] = ("match", "no_match", "no_face")
+"""The statuses that are decisions: a pair with one of them is done."""
 _MAX_MESSAGE = 500
+
+# Failures of the service, the network or the job around the pair, never of the pair's own
+# input: another attempt later may decide it. Everything else (an image the API or the
+# client refused, a malformed or duplicate row, an unexpected exception) stays an error
+# until the input is fixed, so that an automatic resume never loops on it.
+_RETRYABLE_TYPES = frozenset(
+    {
+        "APIConnectionError",
+        "APITimeoutError",
+        "DeadlineExceededError",
+        "RateLimitError",
+        "InternalServerError",
+        "APIResponseValidationError",
+        "PacingStoreError",
+        "ClientClosedError",
+        "AuthenticationError",
+        "InvalidTokenError",
+        "InactiveClientError",
+        "PermissionDeniedError",
+    }
+)
+
+
+def is_retryable_error(error_type: str | None, status_code: int | None) -> bool:
+    """Whether an error line leaves its pair to run again on a plain resume.
+
+    True for a transient failure: no connection, a timeout or a spent deadline, a 5xx, a
+    408 or 429 after the client's retries, a response that was not the API's JSON, a lost
+    rate-limit store, or refused credentials (fixed outside the manifest). False for what
+    only a change to the input fixes (a bad, unsupported or unreadable image, a malformed
+    or duplicate row, a 400/413/422, an unexpected exception): those wait for
+    ``--retry-failed``. Reads older results lines too, which carry only these two fields.
+    """
+    if status_code is not None and (status_code >= 500 or status_code in (408, 429)):
+        return True
+    return error_type in _RETRYABLE_TYPES
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +73,11 @@ class PairError:
     sub_code: str | None = None
     status_code: int | None = None
     transaction_id: str | None = None
+
+    @property
+    def retryable(self) -> bool:
+        """Whether a plain resume sends the pair again (see :func:`is_retryable_error`)."""
+        return is_retryable_error(self.type, self.status_code)
 
     @classmethod
     def from_exception(cls, error: BaseException) -> PairError:

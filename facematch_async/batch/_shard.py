@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from facematch_async.batch._index import key_hash
 from facematch_async.batch._manifest import PairSpec
 
-__all__ = ["COUNT_VARIABLE", "resolve_shard", "scheduler_shard", "shard_filter"]
+__all__ = ["COUNT_VARIABLE", "in_shard", "resolve_shard", "scheduler_shard", "shard_filter"]
 
 COUNT_VARIABLE = "FACEMATCH_SHARD_COUNT"
 """Set this to the number of shards where the scheduler does not say (Kubernetes, AWS)."""
@@ -114,13 +114,20 @@ def resolve_shard(
     return index + 1, count
 
 
+def in_shard(key: str, shard: tuple[int, int] | None) -> bool:
+    """Whether the pair filed under ``key`` belongs to shard ``(k, n)`` (1-based): a stable
+    hash of the key, so every machine agrees. Every pair belongs to ``None``."""
+    if shard is None:
+        return True
+    k, n = shard
+    return key_hash(key) % n == k - 1
+
+
 def shard_filter(specs: Iterable[PairSpec], shard: tuple[int, int] | None) -> Iterator[PairSpec]:
-    """The pairs of shard ``k`` of ``n`` (``None``: all): a stable hash of each pair's key,
-    so every machine agrees without talking to the others."""
+    """The pairs of ``specs`` that belong to ``shard`` (all of them for ``None``)."""
     if shard is None:
         yield from specs
         return
-    k, n = shard
     for spec in specs:
-        if key_hash(spec.key) % n == k - 1:
+        if in_shard(spec.key, shard):
             yield spec

@@ -1,24 +1,31 @@
 """The results file: one line per pair, appended and flushed as each pair finishes.
 
-Layout: JSONL (one object per line) or CSV (a header, then one row per line; newlines in
-messages become spaces so that every record is one physical line). Each line carries
-``pair_id, status, match, confidence, attempts, latency_ms, line, error_type, sub_code,
-status_code, message, transaction_id, finished_at`` and the manifest's extra columns.
+The line itself (fields, format version, JSONL and CSV encodings, its JSON Schema) is
+described in :mod:`facematch_async.batch._records`.
 
 Guarantees, and how:
 
+* **One writer**: :meth:`ResultsFile.open` takes an exclusive lock on the file
+  (:class:`~facematch_async.batch._lock.ResultsFileLock`) and keeps it until
+  :meth:`ResultsFile.close` has compacted the file; a second writer, in this process or
+  another, fails at once with :class:`ResultsFileLockedError` naming the holder. A killed
+  holder leaves nothing that blocks.
 * **A crash loses only pairs in flight**: each line is written with one ``write`` and
   flushed to the OS at once, so ``kill -9`` leaves every finished pair on disk (a power cut
   may lose what the OS had not synced yet).
-* **A torn last line is tolerated**: on resume, a last line without its newline is cut off;
-  its pair had not been recorded and runs again.
+* **A torn last line is tolerated**: on resume, a last line (or CSV record) without its end
+  is cut off; its pair had not been recorded and runs again.
 * **One final line per pair**: on resume the file is read into an on-disk index (key ->
-  offset of its *last* line, status), and finished pairs are skipped. ``--retry-failed``
-  appends a new line for a pair that had an ``error`` line; a later line supersedes an
-  earlier one, and :meth:`ResultsFile.close` rewrites the file (atomically, via a temporary
-  file and ``os.replace``) keeping only each pair's last line. If a run dies before that,
-  the next run's close compacts it; readers that take the last line per ``pair_id`` are
-  right at any moment.
+  offset of its *last* line, and what that line says). A later line supersedes an earlier
+  one, and :meth:`ResultsFile.close` rewrites the file (atomically, via a temporary file
+  and ``os.replace``, under the lock) keeping only each pair's last line. If a run dies
+  before that, the next run's close compacts it; readers that take the last line per
+  ``pair_id`` are right at any moment.
+* **Transient errors are not decisions**: a line whose error was transient (no
+  connection, a timeout, a 5xx, a 429 after the retries; ``"retryable": true``) leaves its
+  pair to run again on a plain resume; other errors wait for ``retry_failed``.
+* **A long resume stays responsive**: :meth:`ResultsFile.open_async` reads the file in a
+  worker thread, reports progress, and stops within milliseconds when cancelled.
 * **Lines that are not results are set aside**: a garbage line (an editor, a stray
   ``echo >>``) is skipped on resume (its pair, if any, runs again) and removed by the next
   compaction, which appends what it removed to ``<file>.removed`` beside the file.
@@ -30,110 +37,52 @@ Guarantees, and how:
 from __future__ import annotations
 
 import contextlib
-import csv
-import errno
 import io
-import json
 import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, TypeAlias
 
 from facematch_async.batch._index import KeyIndex
-from facematch_async.batch._manifest import pair_key
-from facematch_async.batch._outcome import STATUSES, PairOutcome
-
-__all__ = ["FIELDS", "ResultFormat", "ResultsFile", "ResultsFileError", "outcome_record"]
-
-ResultFormat: TypeAlias = Literal["jsonl", "csv"]
-FIELDS = (
-    "pair_id",
-    "status",
-    "match",
-    "confidence",
-    "attempts",
-    "latency_ms",
-    "line",
-    "error_type",
-    "sub_code",
-    "status_code",
-    "message",
-    "transaction_id",
-    "finished_at",
+from facematch_async.batch._lock import ResultsFileLock, ResultsFileLockedError
+from facematch_async.batch._outcome import PairOutcome
+from facematch_async.batch._records import (
+    FIELDS,
+    RETRYABLE_TEXT,
+    LineState,
+    ResultFormat,
+    ResultsFileError,
+    ResultsReader,
+    encode_csv,
+    encode_jsonl,
+    index_fields,
+    index_text,
+    line_state,
+    outcome_record,
+    record_key,
+    text_state,
 )
+from facematch_async.batch._scan import ProgressCallback, Ticker, in_worker
+from facematch_async.batch._state import JobState, check_manifest, shard_of
+
+__all__ = [
+    "FIELDS",
+    "ResultFormat",
+    "ResultsFile",
+    "ResultsFileError",
+    "ResultsFileLockedError",
+    "outcome_record",
+]
+
 _DAY = 86400.0
+_CHUNK = 4096  # lines indexed per SQLite round trip
 logger = logging.getLogger("facematch_async")
-# A name read from a non-UTF-8 file system holds surrogates: written as ``\udce9``, never
-# an error that would stop the batch.
-_UNENCODABLE = "backslashreplace"
-
-
-def outcome_record(outcome: PairOutcome) -> dict[str, Any]:
-    """The flat record written for ``outcome`` (``extra`` holds the manifest's columns)."""
-    result, error = outcome.result, outcome.error
-    return {
-        # The key: the pair id, or ``@line:N`` for a row without a usable id of its own (a
-        # repeated id among them), so that a reader taking the last line per pair_id never
-        # mistakes a duplicate row's error for the outcome of the pair it repeats.
-        "pair_id": outcome.key or outcome.pair_id,
-        "status": outcome.status,
-        "match": result.match if result else None,
-        "confidence": result.confidence if result else None,
-        "attempts": outcome.attempts,
-        "latency_ms": round(outcome.latency * 1000, 1) if outcome.latency is not None else None,
-        "line": outcome.line,
-        "error_type": error.type if error else None,
-        "sub_code": error.sub_code if error else (result.sub_code if result else None),
-        "status_code": error.status_code if error else None,
-        "message": error.message if error else None,
-        "transaction_id": error.transaction_id
-        if error
-        else (result.transaction_id if result else None),
-        "finished_at": round(outcome.finished_at, 3),
-        "extra": dict(outcome.extra),
-    }
-
-
-_DISK_FULL = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO})
-
-
-class ResultsFileError(OSError):
-    """The results file cannot be opened, read or written (a directory, a missing folder,
-    no permission, a full disk). The message names the path and the reason; lines already
-    written are intact."""
-
-    def __init__(self, path: Path, action: str, exc: OSError) -> None:
-        self.message = f"cannot {action} {path}: {exc.strerror or exc}"
-        super().__init__(exc.errno, self.message)
-        self.path = path
-
-    def __str__(self) -> str:
-        return self.message
-
-    @property
-    def disk_full(self) -> bool:
-        """A full disk, a file-size limit or an I/O error: the path itself is fine."""
-        return self.errno in _DISK_FULL
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    return str(value).replace("\r", " ").replace("\n", " ")
-
-
-def _int(value: Any) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
 
 
 class ResultsFile:
-    """An append-only results file with a resume index.
+    """An append-only results file with a resume index, written by one run at a time.
 
     Args:
         path: The results file.
@@ -145,6 +94,7 @@ class ResultsFile:
         superseded: Lines a later line for the same pair replaces (dropped on close).
         repaired: Whether a torn last line was cut off on open.
         unreadable: Complete lines that could not be parsed (ignored: their pairs rerun).
+        retryable: Pairs whose last line is a transient error (run again on resume).
     """
 
     def __init__(
@@ -159,6 +109,7 @@ class ResultsFile:
             "csv" if self.path.suffix.lower() == ".csv" else "jsonl"
         )
         self._index = KeyIndex(index_dir)
+        self._lock = ResultsFileLock(self.path)
         self._header: list[str] | None = None
         self._file: io.FileIO | None = None
         self._offset = 0
@@ -166,23 +117,49 @@ class ResultsFile:
         self.superseded = 0
         self.repaired = False
         self.unreadable = 0
+        self.retryable = 0
         self.recent: deque[float] = deque()
 
-    def open(self, *, resume: bool, seed_limit: int = 0) -> None:
-        """Open for appending; with ``resume``, first read what is there.
+    def open(
+        self,
+        *,
+        resume: bool,
+        seed_limit: int = 0,
+        on_progress: ProgressCallback | None = None,
+    ) -> None:
+        """Take the file for writing; with ``resume``, first read what is there.
 
         Args:
             resume: Read and index the existing lines; without it the file must be absent
                 or empty.
             seed_limit: Keep up to this many of the last day's request times (wall clock,
                 one per attempt) in :attr:`recent`, to seed a rate limiter.
+            on_progress: Called now and then with a
+                :class:`~facematch_async.batch.ScanProgress` while a long file is read.
 
         Raises:
+            ResultsFileLockedError: another run writes to it (nothing was changed).
             FileExistsError: the file has results and ``resume`` is false.
             ResultsFileError: the path cannot take results (a directory, no such folder, no
                 permission) or cannot be read or repaired.
             ValueError: the file is not a results file of this format.
         """
+        self._open(resume, seed_limit, Ticker(on_progress))
+
+    async def open_async(
+        self,
+        *,
+        resume: bool,
+        seed_limit: int = 0,
+        on_progress: ProgressCallback | None = None,
+    ) -> None:
+        """:meth:`open`, reading the file in a worker thread: the event loop (signal
+        handlers, other tasks) runs meanwhile, ``on_progress`` is called on it, and
+        cancelling the awaiting task stops the read within milliseconds (the file is then
+        left as it was, unlocked, and this object closed)."""
+        await in_worker(lambda ticker: self._open(resume, seed_limit, ticker), on_progress)
+
+    def _open(self, resume: bool, seed_limit: int, ticker: Ticker) -> None:
         try:
             # Unbuffered: one write per line, and nothing left in a buffer for close() to
             # fail on when the disk is full. Opened first, so that a path that cannot take
@@ -191,64 +168,41 @@ class ResultsFile:
         except OSError as exc:
             self._index.close()
             raise ResultsFileError(self.path, "open for appending", exc) from None
-        exists = self._file.seek(0, os.SEEK_END) > 0
         try:
+            self._lock.acquire()
+            exists = self._file.seek(0, os.SEEK_END) > 0
             if exists and not resume:
                 raise FileExistsError(f"{self.path} already holds results")
             if exists:
-                self.load(seed_limit, repair=True)
+                self._load_checked(seed_limit, True, ticker)
         except BaseException:
             self._file.close()
             self._file = None
+            self._lock.release()
             self._index.close()
             raise
         self._offset = self._file.seek(0, os.SEEK_END)
 
-    def _lines(self) -> Iterator[tuple[int, bytes]]:
-        """(offset, line) for every complete line, after the CSV header."""
-        with open(self.path, "rb") as file:
-            offset = 0
-            for raw in file:
-                start, offset = offset, offset + len(raw)
-                if (start == 0 and self.format == "csv") or not raw.endswith(b"\n"):
-                    continue  # the header, or a torn last line
-                yield start, raw
-
-    def _parse(self, raw: bytes) -> Mapping[str, Any] | None:
-        """The record a line holds, or ``None`` for a line that is not a result (garbage,
-        or a hand-made line without a pair id and a known status)."""
-        try:
-            text = raw.decode("utf-8")
-            if self.format == "jsonl":
-                record = json.loads(text)
-            else:
-                row = next(csv.reader([text]))
-                header = self._header or []
-                record = dict(zip(header, row, strict=False)) if len(row) == len(header) else None
-        except (ValueError, RecursionError, StopIteration):
-            return None
-        if (
-            not isinstance(record, dict)
-            or not isinstance(record.get("pair_id"), str)
-            or record.get("status") not in STATUSES
-        ):
-            return None
-        return record
-
-    @staticmethod
-    def _key(record: Mapping[str, Any]) -> str:
-        sub_code = record.get("sub_code") or None
-        return pair_key(str(record.get("pair_id") or ""), _int(record.get("line")), sub_code)
-
-    def load(self, seed_limit: int = 0, *, repair: bool = False) -> None:
-        """Index the lines already in the file (``open(resume=True)`` does it).
+    def load(
+        self,
+        seed_limit: int = 0,
+        *,
+        repair: bool = False,
+        on_progress: ProgressCallback | None = None,
+    ) -> None:
+        """Index the lines already in the file without taking it (``open(resume=True)``
+        does it for a writer; a dry run reads only).
 
         Args:
             seed_limit: See :meth:`open`.
             repair: Cut a torn last line off the file (else it is only ignored).
+            on_progress: See :meth:`open`.
         """
+        self._load_checked(seed_limit, repair, Ticker(on_progress))
+
+    def _load_checked(self, seed_limit: int, repair: bool, ticker: Ticker) -> None:
         try:
-            self._load(seed_limit, repair)
+            self._load(seed_limit, repair, ticker)
         except FileNotFoundError:
             return
         except OSError as exc:
@@ -256,59 +210,60 @@ class ResultsFile:
                 raise
             raise ResultsFileError(self.path, "read", exc) from None
 
-    def _load(self, seed_limit: int, repair: bool) -> None:
-        with open(self.path, "rb") as file:
-            size = file.seek(0, os.SEEK_END)
-            file.seek(max(0, size - 1))
-            if size and file.read(1) != b"\n" and repair:
-                self._cut_torn_line()
-            file.seek(0)
-            if self.format == "csv":
-                first = file.readline().decode("utf-8", errors="replace")
-                self._header = next(csv.reader([first]), None) if first else None
-                if first and not {"pair_id", "status"} <= set(self._header or ()):
-                    raise ValueError(f"{self.path} is not a CSV results file (check --format)")
+    def _load(self, seed_limit: int, repair: bool, ticker: Ticker) -> None:
+        reader = ResultsReader(
+            self.path, self.format, ticker.for_file(self.path, self.path.stat().st_size)
+        )
         recent: deque[float] = deque(maxlen=seed_limit or None)
         since = time.time() - _DAY
-        for offset, raw in self._lines():
-            record = self._parse(raw)
-            if record is None:
+        rows: list[tuple[str, int | None, str | None]] = []
+        results = 0
+        for offset, raw in reader.raw():
+            fast = index_fields(raw) if self.format == "jsonl" else None
+            if fast is not None:
+                key, status, state, finished, attempts = fast
+            elif (record := reader.parse(raw)) is not None:
+                key, status, state = record_key(record), str(record["status"]), line_state(record)
+                stamp, count = record.get("finished_at"), record.get("attempts")
+                finished = float(stamp) if isinstance(stamp, int | float) else 0.0
+                attempts = count if isinstance(count, int) else 0
+            else:
                 self.unreadable += 1
-                if self.unreadable > 100 and not self.recorded:
+                if self.unreadable > 100 and not results:
                     raise ValueError(
                         f"{self.path} is not a {self.format} results file (check --format)"
                     )
                 continue
-            if self._index.put(self._key(record), offset, str(record.get("status"))):
-                self.recorded += 1
-            else:
-                self.superseded += 1
-            try:
-                finished = float(record.get("finished_at") or 0.0)
-            except (TypeError, ValueError):
-                continue
+            results += 1
+            rows.append((key, offset, index_text(status, state)))
+            if len(rows) >= _CHUNK:
+                self._index.put_many(rows)
+                rows.clear()
             if seed_limit and finished > since:
-                recent.extend([finished] * (_int(record.get("attempts")) or 0))
+                recent.extend([finished] * attempts)
+        self._index.put_many(rows)
+        self._header = reader.header
+        self.recorded = self._index.size
+        self.superseded = results - self.recorded
+        self.retryable = self._index.count_by_text().get(RETRYABLE_TEXT, 0)
         self.recent = recent
-        if self.unreadable and not self.recorded:
+        if self.unreadable and not results:
             raise ValueError(f"{self.path} is not a {self.format} results file (check --format)")
+        if reader.end < reader.size and repair:
+            self._cut_torn_tail(reader.end)
 
-    def _cut_torn_line(self) -> None:
-        """Cut off a last line without its newline (the process died mid-write, or junk
-        was appended): its pair reruns, and the bytes are kept in ``<file>.removed``."""
-        keep = 0
+    def _cut_torn_tail(self, end: int) -> None:
+        """Cut off a last line without its end (the process died mid-write, or junk was
+        appended): its pair reruns, and the bytes are kept in ``<file>.removed``."""
         with open(self.path, "rb") as file:
-            for raw in file:
-                if raw.endswith(b"\n"):
-                    keep += len(raw)
-            file.seek(keep)
+            file.seek(end)
             torn = file.read()
         try:
             self._set_aside([torn + b"\n"])
         except ResultsFileError as exc:  # a full disk: the cut frees room; the copy is a nicety
             logger.warning("%s; the torn line is dropped without a copy", exc)
         try:
-            os.truncate(self.path, keep)
+            os.truncate(self.path, end)
         except OSError as exc:
             raise ResultsFileError(self.path, "repair the torn last line of", exc) from None
         self.repaired = True
@@ -330,31 +285,112 @@ class ResultsFile:
     def skip_rule(self, *, resume: bool, retry_failed: bool) -> Callable[[str], bool] | None:
         """The ``skip`` predicate for :meth:`BatchRunner.run`: which pairs a run passes over.
 
-        ``resume`` skips every pair with a line; ``retry_failed`` runs again the pairs whose
-        last line is an ``error`` (alone, it runs nothing else); neither skips nothing.
+        ``resume`` skips every pair that has a decision or a final error, and runs the
+        rest: pairs without a line, and pairs whose last line is a transient error
+        (``retryable``). ``retry_failed`` also runs every pair whose last line is an
+        ``error`` (alone, it runs nothing else); neither skips nothing.
         """
         if not (resume or retry_failed):
             return None
 
         def skip(key: str) -> bool:
-            status = self.status(key)
-            if status is None:
+            state = self.state(key)
+            if state is None:
                 return not resume  # --retry-failed alone touches only failed pairs
-            return not (status == "error" and retry_failed)
+            if state == "decided":
+                return True
+            return not (retry_failed or state == "retryable")
 
         return skip
 
     def status(self, key: str) -> str | None:
         """The status of ``key``'s last line, or ``None`` if it has none."""
         entry = self._index.get(key)
-        return None if entry is None else entry[1]
+        if entry is None:
+            return None
+        return "error" if entry[1] == RETRYABLE_TEXT else entry[1]
+
+    def state(self, key: str) -> LineState | None:
+        """What ``key``'s last line means for a resume: ``"decided"``, ``"final"`` (an error
+        only ``retry_failed`` runs again), ``"retryable"`` (a transient error a plain resume
+        runs again), or ``None`` without a line."""
+        entry = self._index.get(key)
+        return None if entry is None else text_state(entry[1])
+
+    def states(self, keys: list[str]) -> list[LineState | None]:
+        """:meth:`state` for many keys at once."""
+        return [None if entry is None else text_state(entry[1]) for entry in
+                self._index.get_many(keys)]  # fmt: skip
+
+    def job_state(
+        self,
+        manifest: str | os.PathLike[str] | None = None,
+        *,
+        shard: tuple[int, int] | str | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> JobState:
+        """The file's truth from this object's index, without reading the file again
+        (open or loaded, not yet closed): pairs decided, final errors, retryable errors
+        and, with ``manifest`` (``shard``'s part of it), missing pairs and lines not in
+        it. What a run prints at its end and exits with (:attr:`JobState.exit_code`).
+        The index keeps no latencies, codes or confidences: for those (the report), read
+        the closed file with :func:`~facematch_async.batch.job_state`.
+
+        Raises:
+            OSError, ValueError: the manifest cannot be read (as :func:`read_manifest`).
+        """
+        return self._job_state(manifest, shard, Ticker(on_progress))
+
+    async def job_state_async(
+        self,
+        manifest: str | os.PathLike[str] | None = None,
+        *,
+        shard: tuple[int, int] | str | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> JobState:
+        """:meth:`job_state` in a worker thread (the manifest of a big job takes a while)."""
+        return await in_worker(lambda ticker: self._job_state(manifest, shard, ticker), on_progress)
+
+    def _job_state(
+        self,
+        manifest: str | os.PathLike[str] | None,
+        shard: tuple[int, int] | str | None,
+        ticker: Ticker,
+    ) -> JobState:
+        texts = self._index.count_by_text()
+        state = JobState(files={str(self.path): self.recorded})
+        for text, count in texts.items():
+            status = "error" if text == RETRYABLE_TEXT else str(text)
+            state.statuses[status] += count
+            state_of = text_state(text)
+            if state_of == "decided":
+                state.decided += count
+            elif state_of == "retryable":
+                state.retryable += count
+            else:
+                state.final_errors += count
+        state.unreadable, state.superseded = self.unreadable, self.superseded
+        if manifest is None:
+            return state
+        return check_manifest(
+            state,
+            self.states,
+            self.recorded,
+            manifest,
+            shard=shard_of(shard),
+            index_dir=self._index.directory,
+            ticker=ticker,
+        )
 
     def write(self, outcome: PairOutcome) -> None:
         """Append ``outcome``'s line and flush it."""
         if self._file is None:
             raise RuntimeError("the results file is not open")
         record = outcome_record(outcome)
-        data = self._encode(record)
+        if self.format == "jsonl":
+            data = encode_jsonl(record)
+        else:
+            data, self._header = encode_csv(record, self._header)
         offset = self._offset
         try:
             view = memoryview(data)
@@ -364,29 +400,18 @@ class ResultsFile:
             # The line may be torn: the next --resume cuts it off and its pair runs again.
             raise ResultsFileError(self.path, "write to", exc) from None
         self._offset += len(data)
-        if self._index.put(outcome.key, offset, outcome.status):
+        before = self.state(outcome.key)
+        state = line_state(record)
+        if self._index.put(outcome.key, offset, index_text(outcome.status, state)):
             self.recorded += 1
         else:
             self.superseded += 1
-
-    def _encode(self, record: dict[str, Any]) -> bytes:
-        extra = record.pop("extra")
-        if self.format == "jsonl":
-            if extra:
-                record["extra"] = extra
-            return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8", _UNENCODABLE)
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        if self._header is None:
-            self._header = [*FIELDS, *(name for name in extra if name not in FIELDS)]
-            writer.writerow(self._header)
-        values = {**extra, **record}
-        writer.writerow([_cell(values.get(name)) for name in self._header])
-        return buffer.getvalue().encode("utf-8", _UNENCODABLE)
+        self.retryable += (state == "retryable") - (before == "retryable")
 
     def close(self, *, compact: bool = True) -> None:
         """Close the file; with ``compact``, drop superseded lines and lines that are not
-        results (atomically; the latter are kept in :attr:`removed_path`).
+        results (atomically, before the lock is let go; the latter are kept in
+        :attr:`removed_path`).
 
         Raises:
             ResultsFileError: compaction failed (a full disk): the file is left as it was,
@@ -396,9 +421,12 @@ class ResultsFile:
             self._file.close()
             self._file = None
         try:
-            if compact and (self.superseded or self.unreadable):
+            # Only the lock's holder compacts: a reader (a dry run) never swaps the file
+            # under a run that writes it.
+            if compact and (self.superseded or self.unreadable) and self._lock.held:
                 self._compact()
         finally:
+            self._lock.release()
             self._index.close()
 
     def _compact(self) -> None:
@@ -406,17 +434,20 @@ class ResultsFile:
         removed: list[bytes] = []
         try:
             with open(temporary, "wb") as out:
-                if self.format == "csv":
-                    with open(self.path, "rb") as file:
-                        out.write(file.readline())
-                for offset, raw in self._lines():
-                    record = self._parse(raw)
+                reader = ResultsReader(self.path, self.format)
+                started = False
+                for offset, raw, record in reader:
+                    if not started:  # the CSV header, read with the first record
+                        out.write(reader.header_bytes)
+                        started = True
                     if record is None:
                         removed.append(raw)
                         continue
-                    entry = self._index.get(self._key(record))
+                    entry = self._index.get(record_key(record))
                     if entry is not None and entry[0] == offset:
                         out.write(raw)
+                if not started:
+                    out.write(reader.header_bytes)
                 out.flush()
                 os.fsync(out.fileno())
             self._set_aside(removed)

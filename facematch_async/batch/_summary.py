@@ -12,7 +12,7 @@ from collections import Counter
 
 from facematch_async.batch._outcome import STATUSES, PairOutcome
 
-__all__ = ["BatchSummary", "LatencyHistogram", "format_counts"]
+__all__ = ["BatchSummary", "ConfidenceHistogram", "LatencyHistogram", "format_counts"]
 
 
 class LatencyHistogram:
@@ -27,10 +27,20 @@ class LatencyHistogram:
 
     def add(self, seconds: float) -> None:
         """Count one duration (values outside the range land in the end buckets)."""
-        index = 0 if seconds <= self._low else int(math.log(seconds / self._low) / self._log_ratio)
-        self._buckets[min(index, len(self._buckets) - 1)] += 1
+        self._buckets[self._index(seconds)] += 1
         self.count += 1
         self.max = max(self.max, seconds)
+
+    def _index(self, seconds: float) -> int:
+        index = 0 if seconds <= self._low else int(math.log(seconds / self._low) / self._log_ratio)
+        return min(index, len(self._buckets) - 1)
+
+    def remove(self, seconds: float) -> None:
+        """Uncount a duration counted before (a superseded line); ``max`` stays."""
+        index = self._index(seconds)
+        if self._buckets[index]:
+            self._buckets[index] -= 1
+            self.count -= 1
 
     def quantile(self, q: float) -> float | None:
         """The ``q`` quantile (0-1), or ``None`` when empty; the bucket's geometric middle."""
@@ -44,6 +54,43 @@ class LatencyHistogram:
                 middle = self._low * math.exp((index + 0.5) * self._log_ratio)
                 return min(middle, self.max)
         return self.max  # pragma: no cover (rank <= count)
+
+
+class ConfidenceHistogram:
+    """Decided pairs' confidences (0-100) in fixed bins, counted per status.
+
+    Args:
+        bins: Bins over 0-100 (20: five points each). A value outside lands in an end bin.
+
+    Attributes:
+        counts: Per status (``match``, ``no_match``), pairs per bin.
+        unknown: Decided pairs that came without a confidence.
+    """
+
+    def __init__(self, bins: int = 20) -> None:
+        self.bins = bins
+        self.counts: dict[str, list[int]] = {}
+        self.unknown = 0
+
+    @property
+    def count(self) -> int:
+        """Pairs with a confidence."""
+        return sum(sum(per_bin) for per_bin in self.counts.values())
+
+    def _bin(self, confidence: float) -> int:
+        return min(self.bins - 1, max(0, int(confidence * self.bins / 100)))
+
+    def add(self, confidence: float | None, status: str, count: int = 1) -> None:
+        """Count one decided pair (``count=-1`` uncounts it)."""
+        if confidence is None or math.isnan(confidence):
+            self.unknown += count
+            return
+        per_bin = self.counts.setdefault(status, [0] * self.bins)
+        per_bin[self._bin(confidence)] += count
+
+    def edges(self) -> list[float]:
+        """The bins' lower edges."""
+        return [100 * i / self.bins for i in range(self.bins)]
 
 
 class BatchSummary:

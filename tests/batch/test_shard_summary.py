@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from facematch_async.batch._combine import summarize
 from facematch_async.batch._shard import resolve_shard
+from facematch_async.batch._state import job_state as summarize
 from facematch_async.cli import main
 
 
@@ -120,8 +120,11 @@ def test_summary_combines_shards_and_finds_missing_and_repeated_pairs(
     assert "in more than one file: 1" in out and "latency  p50" in out
 
 
-def test_summary_of_complete_csv_and_jsonl_shards_exits_0(tmp_path: Path, capsys) -> None:
-    """Every pair exactly once, across a CSV and a JSONL file: exit 0."""
+def test_summary_of_complete_csv_and_jsonl_shards_exits_0_and_an_error_line_exits_1(
+    tmp_path: Path, capsys
+) -> None:
+    """Every pair decided exactly once, across a CSV and a JSONL file: exit 0; an error
+    line (a final one) makes it 1 and says to use --retry-failed."""
     manifest = tmp_path / "pairs.jsonl"
     manifest.write_text(
         "".join(
@@ -131,10 +134,15 @@ def test_summary_of_complete_csv_and_jsonl_shards_exits_0(tmp_path: Path, capsys
     csv_file = tmp_path / "results-1.csv"
     csv_file.write_text("pair_id,status,attempts,latency_ms,sub_code\np0,match,1,50.0,SUCCESS\n")
     jsonl = tmp_path / "results-2.jsonl"
-    jsonl.write_text(_line("p1") + _line("p2", "error", sub_code="INTERNAL", attempts=3))
+    jsonl.write_text(_line("p1") + _line("p2", "no_face", sub_code="NO_FACE_FOUND", attempts=3))
     assert main(["summary", str(csv_file), str(jsonl), "--manifest", str(manifest)]) == 0
     out = capsys.readouterr().out
-    assert "3 pairs in 2 files, 5 face-match requests" in out and "INTERNAL" in out
+    assert "3 pairs in 2 files, 5 face-match requests" in out and "NO_FACE_FOUND" in out
+    with jsonl.open("a") as file:
+        file.write(_line("p2", "error", error_type="UnsupportedFileFormatError", attempts=1))
+    assert main(["summary", str(csv_file), str(jsonl), "--manifest", str(manifest)]) == 1
+    captured = capsys.readouterr()
+    assert "final errors           1" in captured.out and "--retry-failed" in captured.err
     assert main(["summary", str(tmp_path / "absent.jsonl")]) == 2
 
 
