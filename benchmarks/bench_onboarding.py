@@ -8,8 +8,18 @@ and client of a git ref, ``main`` by default, exported to a temporary folder) an
 error share, throughput, the service's CPU per request, and the answers by status (and
 by ``code`` where the example gives one).
 
+Two more scenarios (``--overload``), against a sandbox in this process (its counters are
+read here), each with the example of "before" and "after":
+
+* five times the plan's demand: the service with ``DEEPVUE_RATE_LIMIT=business`` (2/s,
+  100/min), customers arriving at 10/s for ``--seconds``, 200 ms of API latency, a 10 s
+  deadline: goodput against the plan, how fast refusals answer, p95 of the matched, and
+  the calls billed without an answer (cut off on the wire: the sandbox's cancelled count);
+* 50 customers at once, each with two 9.5 MB photos: the service's peak RSS.
+
     python benchmarks/bench_onboarding.py                  # main vs this tree, ~3 minutes
     python benchmarks/bench_onboarding.py --before HEAD~3 --requests 200 --no-stalls
+    python benchmarks/bench_onboarding.py --before c1d9b34 --overload-only
 """
 
 from __future__ import annotations
@@ -32,7 +42,13 @@ from pathlib import Path
 
 import aiohttp
 
-from facematch_async.sandbox import make_test_image, sandbox_process
+from facematch_async.sandbox import (
+    BackgroundSandbox,
+    FaultConfig,
+    SandboxConfig,
+    make_test_image,
+    sandbox_process,
+)
 
 HERE = Path(__file__).resolve().parents[1]
 CLIENT_ID, CLIENT_SECRET = "bench-client", "bench-secret-not-logged"
@@ -103,7 +119,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 @contextmanager
-def service(root: Path, sandbox_url: str) -> Iterator[tuple[str, int]]:
+def service(root: Path, sandbox_url: str, **settings: str) -> Iterator[tuple[str, int]]:
     """uvicorn serving ``root``'s example with ``root``'s client (first on sys.path)."""
     port = free_port()
     env = dict(
@@ -112,6 +128,7 @@ def service(root: Path, sandbox_url: str) -> Iterator[tuple[str, int]]:
         DEEPVUE_CLIENT_ID=CLIENT_ID,
         DEEPVUE_CLIENT_SECRET=CLIENT_SECRET,
         PYTHONPATH=str(root),
+        **settings,
     )
     check = subprocess.run(
         [sys.executable, "-c", "import facematch_async; print(facematch_async.__file__)"],
@@ -186,6 +203,97 @@ async def load(url: str, pid: int, requests: int, concurrency: int) -> Figures:
     return Figures([r[0] for r in results], statuses, wall, cpu)
 
 
+def peak_rss_mib(pid: int) -> float:
+    """The process's peak resident memory so far (Linux ``VmHWM``; 0 elsewhere)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def big_jpeg(tag: str, size: int) -> bytes:
+    """A valid JPEG of about ``size`` bytes: the test image, padded with comment segments."""
+    small = make_test_image(tag, "jpeg")
+    padding = b"".join(
+        b"\xff\xfe" + (65535).to_bytes(2, "big") + b"\0" * 65533
+        for _ in range(max(0, size - len(small)) // 65537)
+    )
+    return small[:2] + padding + small[2:]
+
+
+def overload(url: str, counters_of: BackgroundSandbox, seconds: float) -> str:
+    """Customers arriving at 10/s (5x business) for ``seconds``; one row of figures."""
+
+    async def run() -> list[tuple[float, str]]:
+        timeout = aiohttp.ClientTimeout(total=120)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            await one(session, url)
+            await asyncio.sleep(61)  # the minute window empties
+            counters_of.server.counters.reset()
+            tasks = []
+            for _ in range(int(seconds * 10)):
+                tasks.append(asyncio.ensure_future(one(session, url)))
+                await asyncio.sleep(0.1)
+            return await asyncio.gather(*tasks)
+
+    started = time.perf_counter()
+    results = asyncio.run(run())
+    wall = time.perf_counter() - started - 61
+    counters = counters_of.server.counters
+    ok = sorted(t for t, label in results if label.startswith("200"))
+    refused = sorted(t for t, label in results if label.startswith("503"))
+
+    def pct(values: list[float], q: float) -> float:
+        return values[min(len(values) - 1, int(q * len(values)))] * 1000 if values else 0.0
+
+    cut = counters.count("/v1/facematch", 0)  # sent, then cut off before the answer
+    return (
+        f"goodput {len(ok) / wall:.2f}/s (plan 1.67/s sustained, 2/s burst), "
+        f"{len(refused)} refused p50/p95 {pct(refused, 0.5):.0f}/{pct(refused, 0.95):.0f} ms, "
+        f"matched p95 {pct(ok, 0.95):.0f} ms, billed without an answer {cut}, "
+        f"answers {dict(collections.Counter(label for _, label in results))}"
+    )
+
+
+def memory(url: str, pid: int) -> str:
+    """50 customers at once with two 9.5 MB photos each: the service's peak RSS."""
+    selfie, document = big_jpeg("meera", int(9.5 * 1024 * 1024)), big_jpeg("meera", 9_900_000)
+
+    async def post(session: aiohttp.ClientSession) -> str:
+        form = aiohttp.FormData()
+        form.add_field("selfie", selfie, filename="selfie.jpg", content_type="image/jpeg")
+        form.add_field("id_document", document, filename="id.jpg", content_type="image/jpeg")
+        async with session.post(url + "/kyc/face-match", data=form) as response:
+            body = await response.json(content_type=None)
+            return f"{response.status} {body.get('code') if isinstance(body, dict) else ''}"
+
+    async def run() -> collections.Counter[str]:
+        timeout = aiohttp.ClientTimeout(total=300)
+        connector = aiohttp.TCPConnector(limit=50)
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+            return collections.Counter(await asyncio.gather(*(post(session) for _ in range(50))))
+
+    answers = asyncio.run(run())
+    return f"peak RSS {peak_rss_mib(pid):.0f} MiB, answers {dict(answers)}"
+
+
+def overload_scenarios(before: Path, versions: dict[str, Path], seconds: float) -> None:
+    config = SandboxConfig(CLIENT_ID, CLIENT_SECRET, rate_limit="business")
+    for name, root in versions.items():
+        with BackgroundSandbox(config) as box:
+            box.server.set_random_faults(FaultConfig(latency=0.2))
+            settings = {"DEEPVUE_RATE_LIMIT": "business", "KYC_DEADLINE": "10"}
+            with service(root, box.base_url, **settings) as (url, _):
+                print(f"5x the plan, {name}: {overload(url, box, seconds)}", flush=True)
+        with BackgroundSandbox(SandboxConfig(CLIENT_ID, CLIENT_SECRET)) as box:
+            box.server.set_random_faults(FaultConfig(latency=0.2))
+            with service(root, box.base_url) as (url, pid):
+                print(f"50 x 2 x 9.5 MB photos, {name}: {memory(url, pid)}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--before", default="main", help="git ref of 'before' (%(default)s)")
@@ -199,7 +307,18 @@ def main() -> None:
         action="store_false",
         help="skip the stall scenario (first concurrency level, one run: ~1 minute)",
     )
+    parser.add_argument(
+        "--overload-only", action="store_true", help="only the overload and memory scenarios"
+    )
+    parser.add_argument(
+        "--seconds", type=float, default=30.0, help="overload: seconds of arrivals (%(default)s)"
+    )
     args = parser.parse_args()
+    if args.overload_only:
+        with tree_of(args.before) as before:
+            versions = {f"before ({args.before})": before, "after (this tree)": HERE}
+            overload_scenarios(before, versions, args.seconds)
+        return
     levels = [int(c) for c in args.concurrency.split(",")]
     faults = {"200 ms": [], "200 ms + 20% 503": ["--error-rate-503", "0.2"]}
     if args.stalls:

@@ -17,8 +17,18 @@ What it shows:
 - **A deadline per request.** Every match may take ``KYC_DEADLINE`` seconds in all (10 by
   default): retries, backoff and ``Retry-After`` waits included. When the rest cannot cover
   the next wait, the client fails at once and the app is told to come back later.
+- **Over the plan, an answer at once.** With ``DEEPVUE_RATE_LIMIT`` set (a plan, e.g.
+  ``business``), a match whose slot is more than ``KYC_MAX_WAIT`` seconds away (0.5), or too
+  late to be answered within its deadline, is refused before it is sent: 503
+  ``rate_limited`` at once, with a ``Retry-After`` spread so that refused customers do not
+  all come back in the same second.
+- **Bounded uploads and memory.** A request body over two photos' limit is refused with 413
+  while it is read (``KYC_MAX_BODY``), and at most ``KYC_MAX_IN_FLIGHT`` matches (16) hold
+  their photos in memory at once; more are told to come back (503 ``busy``).
 - **Cancel on disconnect.** When the HTTP client goes away (the app was closed, a load
-  balancer gave up), the match is cancelled: a call nobody waits for is not billed.
+  balancer gave up), the match is cancelled and one INFO line says so. That saves what was
+  still ahead (the wait for a slot, retries, backoff); a request already on the wire to
+  Deepvue cannot be unsent: it is answered, and billed, all the same.
   FastAPI does not do this by itself; see ``unless_disconnected``.
 - **Answers a frontend can act on.** Every answer, errors included (FastAPI's own
   validation errors too), is one JSON shape with a stable ``code``::
@@ -43,8 +53,11 @@ What it shows:
   ``image_corrupt``             422     retake       ``field`` is truncated or not decodable
   ``image_invalid``             422     retake       ``field`` cannot be used for another reason
   ``invalid_request``           422     fix_request  a form field is missing or not a file
+  ``request_too_large``         413     retake       the upload is over two photos' limit
   ``rate_limited``              503     retry_later  Deepvue's rate limit; ``Retry-After`` if known
-  ``upstream_unavailable``      503     retry_later  Deepvue is failing or unreachable
+  ``busy``                      503     retry_later  too many matches in flight here
+  ``upstream_unavailable``      503     retry_later  Deepvue is failing or unreachable, or refused
+                                                     a fresh token again
   ``upstream_timeout``          503     retry_later  no answer within the deadline
   ``shutting_down``             503     retry_later  the service is stopping
   ``misconfigured``             500     none         the service's credentials or requests are
@@ -72,6 +85,7 @@ from fastapi import FastAPI, Request, UploadFile
 from fastapi.exceptions import RequestValidationError as InvalidRequest
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from facematch_async import (
     APIConnectionError,
@@ -86,6 +100,7 @@ from facematch_async import (
     ImageError,
     ImageTooLargeError,
     InternalServerError,
+    InvalidTokenError,
     NoFaceFoundError,
     RateLimitError,
     UnsupportedFileFormatError,
@@ -97,12 +112,26 @@ logger = logging.getLogger("kyc")
 DEADLINE = float(os.environ.get("KYC_DEADLINE", "10"))  # seconds for a whole match
 FIELDS = {"file_a": "selfie", "file_b": "id_document"}  # the client's names -> the form's
 MB = 1024 * 1024
+# Two photos at the client's limit (10 MB each), and room for the form around them.
+MAX_BODY = int(os.environ.get("KYC_MAX_BODY", str(20 * MB + 64 * 1024)))
+MAX_IN_FLIGHT = int(os.environ.get("KYC_MAX_IN_FLIGHT", "16"))  # matches holding photos
+# Over the plan, a customer waits this long at most for a slot, else is answered at once
+# (one spacing of the business plan, 2/s): the queue stays short, answers stay fast.
+MAX_WAIT = float(os.environ.get("KYC_MAX_WAIT", "0.5"))
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that went away; nobody reads it
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    async with FaceMatchClient(max_retries=2, timeout=5, deadline=DEADLINE) as client:
+    if not (logger.handlers or logging.getLogger().handlers):  # plain uvicorn: say it
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    app.state.in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
+    async with FaceMatchClient(
+        max_retries=2, timeout=5, deadline=DEADLINE, max_slot_wait=MAX_WAIT
+    ) as client:
         try:
             # Fails the start-up on wrong credentials or an unreachable API.
             await client.verify_credentials()
@@ -113,7 +142,56 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
 
 
+class BodyLimit:
+    """ASGI middleware: a request body over ``MAX_BODY`` bytes is refused with 413 as soon as
+    it shows (its Content-Length, else the bytes read so far), before the rest is read."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > MAX_BODY:
+            await too_large(send)
+            return
+        seen, refused = 0, False
+
+        async def counted() -> Message:
+            nonlocal seen, refused
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > MAX_BODY and not refused:
+                refused = True
+                await too_large(send)
+                return {"type": "http.disconnect"}  # the app stops reading: the client is gone
+            return message
+
+        async def unless_refused(message: Message) -> None:
+            if not refused:  # the 413 is the answer; the app's own is dropped
+                await send(message)
+
+        try:
+            await self.app(scope, counted, unless_refused)
+        except Exception:
+            if not refused:
+                raise
+
+
+async def too_large(send: Send) -> None:
+    message = f"The upload is over {MAX_BODY / MB:.0f} MB: send two photos of 10 MB at most."
+    response = Answer(413, "request_too_large", "retake", message)
+    await response({"type": "http"}, _nothing, send)
+
+
+async def _nothing() -> Message:
+    return {"type": "http.disconnect"}
+
+
 app = FastAPI(title="KYC face match", lifespan=lifespan)
+app.add_middleware(BodyLimit)
 
 
 class Answer(JSONResponse):
@@ -189,6 +267,7 @@ def failure_answer(error: FaceMatchError) -> Answer:
     """Outage (503, with a true ``Retry-After`` when known) or misconfiguration (500)."""
     transaction_id = error.transaction_id
     if isinstance(error, RateLimitError):
+        # Deepvue's 429, or refused before it was sent: no slot early enough for the deadline.
         message = "Face matching is busy: try again shortly."
         return Answer(
             503,
@@ -200,7 +279,11 @@ def failure_answer(error: FaceMatchError) -> Answer:
         )
     if isinstance(error, DeadlineExceededError | APITimeoutError):
         last = error.last_error if isinstance(error, DeadlineExceededError) else None
-        message = "Face matching did not answer in time: try again shortly."
+        message = (
+            "Face matching did not answer in time: try again shortly."
+            if error.attempts
+            else "Face matching could not start in time: try again shortly."  # nothing sent
+        )
         return Answer(
             503,
             "upstream_timeout",
@@ -219,6 +302,11 @@ def failure_answer(error: FaceMatchError) -> Answer:
             transaction_id=transaction_id,
             retry_after=getattr(error, "retry_after", None),
         )
+    if isinstance(error, InvalidTokenError):
+        # A fresh token refused again (revoked under load, a clock edge): not the service's
+        # configuration, which authorize just accepted.
+        message = "Face matching refused its access token: try again shortly."
+        return Answer(503, "upstream_unavailable", "retry_later", message)
     if isinstance(error, ClientClosedError):
         return Answer(503, "shutting_down", "retry_later", "The service is restarting.")
     # Refused credentials, an inactive client, an IP allow-list, a request the API calls
@@ -289,10 +377,17 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
 async def face_match(request: Request, selfie: UploadFile, id_document: UploadFile) -> Response:
     """Compare a selfie with an ID document and return the decision."""
     client: FaceMatchClient = request.app.state.facematch
+    in_flight: asyncio.Semaphore = request.app.state.in_flight
     started = time.monotonic()
+    if in_flight.locked():  # as many photos in memory as the service allows
+        logger.warning("face match refused: code=busy in_flight=%d", MAX_IN_FLIGHT)
+        message = "Face matching is busy: try again shortly."
+        return Answer(503, "busy", "retry_later", message, retry_after=1)
     try:
-        # UploadFile.file is a binary file object: the client reads it off the event loop.
-        result = await unless_disconnected(request, client.match(selfie.file, id_document.file))
+        async with in_flight:
+            # UploadFile.file is a binary file object: the client reads it off the loop.
+            match = client.match(selfie.file, id_document.file)
+            result = await unless_disconnected(request, match)
     except FaceMatchError as error:
         if isinstance(error, ImageError):
             uploads = {"selfie": selfie, "id_document": id_document}
@@ -303,6 +398,7 @@ async def face_match(request: Request, selfie: UploadFile, id_document: UploadFi
         return response
     if result is None:
         elapsed_ms = (time.monotonic() - started) * 1000
+        # What was still ahead is saved; a request already sent to Deepvue is not unsent.
         logger.info("the client went away after %.0f ms: match cancelled", elapsed_ms)
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     return Answer(
@@ -344,8 +440,11 @@ async def invalid_request(request: Request, exc: InvalidRequest) -> Answer:
     first = errors[0] if errors else {}
     location = first.get("loc", ())
     field = str(location[-1]) if len(location) > 1 else None
+    name = (field or "form field").replace("_", " ")
     if first.get("type") == "missing" and field is not None:
-        message = f"The {field.replace('_', ' ')} is missing."
+        message = f"The {name} is missing."
+    elif "UploadFile" in str(first.get("msg", "")):  # text where a file belongs
+        message = f"The {name} must be a file (a photo sent as a file part)."
     else:
         message = str(first.get("msg", "The request is not valid."))
     logger.warning("face match failed: code=invalid_request field=%s", field)

@@ -59,28 +59,31 @@ async def wait_for_slot(
     stop: asyncio.Event | None,
     wait_for_quota: bool,
     attempt: float = 0.0,
+    max_wait: float | None = None,
 ) -> None:
     """Wait for a slot of ``limiter`` (less ``reserve``), leaving ``attempt`` seconds (a
-    typical attempt's time) before the deadline.
+    typical attempt's time) before the deadline, and for ``max_wait`` seconds at most.
 
     Raises:
-        RateLimitError: the slot comes too late for an attempt before the deadline
-            (``retry_after``: when to come back); nothing was sent.
+        RateLimitError: the slot comes too late (``retry_after``: when to come back);
+            nothing was sent.
         QuotaExceededError: the day's quota is used up and ``wait_for_quota`` is false.
         CallStoppedError: ``stop`` was set first.
     """
     if not limiter.windows:  # pauses only (after 429s): no store to ask
         while (wait := limiter.paused_for) > 0:
-            if deadline is not None and not deadline.fits(wait + attempt):
+            if not _in_time(wait, deadline, attempt, max_wait):
                 raise _refused(limiter, wait, deadline, reserve)
             await wait_or_stop(wait, stop, "stopped while the rate limit paused")
         return
-    within = None
-    if deadline is not None:
+    within = max_wait
+    if deadline is not None or max_wait is not None:
         projected = limiter.projected_wait(reserve=reserve)
-        if not deadline.fits(projected + attempt):
+        if not _in_time(projected, deadline, attempt, max_wait):
             raise _refused(limiter, projected, deadline, reserve)
-        within = deadline.remaining() - attempt
+        if deadline is not None:
+            left = deadline.remaining() - attempt
+            within = left if max_wait is None else min(left, max_wait)
     acquire = limiter.acquire(reserve=reserve, within=within, wait_for_quota=wait_for_quota)
     try:
         with limiter.queued():
@@ -91,7 +94,6 @@ async def wait_for_slot(
                 f"the rate limit's daily quota is used up; it reopens in {late.wait:.0f} s",
                 retry_after=late.wait,
             ) from None
-        assert deadline is not None  # only a deadline bounds the wait
         raise _refused(limiter, late.wait, deadline, reserve) from None
     if deadline is not None and not deadline.fits(attempt):
         # The slot came later than projected: too late to send (the slot is lost, the
@@ -99,12 +101,24 @@ async def wait_for_slot(
         raise _refused(limiter, limiter.projected_wait(reserve=reserve), deadline, reserve)
 
 
-def refuse_early(limiter: RateLimiter, deadline: Deadline, attempt: float) -> None:
+def refuse_early(
+    limiter: RateLimiter, deadline: Deadline | None, attempt: float, max_wait: float | None
+) -> None:
     """Raise :class:`RateLimitError` now, before any other work, when a call starting now
     would be refused a slot (see :func:`wait_for_slot`)."""
     projected = limiter.projected_wait()
-    if not deadline.fits(projected + attempt):
+    if not _in_time(projected, deadline, attempt, max_wait):
         raise _refused(limiter, projected, deadline, None)
+
+
+def _in_time(
+    wait: float, deadline: Deadline | None, attempt: float, max_wait: float | None
+) -> bool:
+    """Whether a slot ``wait`` seconds away leaves an attempt's time before the deadline and
+    is within ``max_wait``."""
+    if max_wait is not None and wait > max_wait:
+        return False
+    return deadline is None or deadline.fits(wait + attempt)
 
 
 async def wait_or_stop(seconds: float, stop: asyncio.Event | None, stopped: str) -> None:
@@ -120,12 +134,15 @@ async def wait_or_stop(seconds: float, stop: asyncio.Event | None, stopped: str)
 
 
 def _refused(
-    limiter: RateLimiter, wait: float, deadline: Deadline, reserve: float | None
+    limiter: RateLimiter, wait: float, deadline: Deadline | None, reserve: float | None
 ) -> RateLimitError:
-    """The refusal of a call whose slot comes too late for its deadline."""
+    """The refusal of a call whose slot comes too late for it."""
+    if deadline is None:
+        why = "longer than the client's max_slot_wait"
+    else:
+        why = f"too late for the {deadline.budget:g} s deadline ({deadline.remaining():.2f} s left)"
     return RateLimitError(
-        f"the rate limit's next free slot is {wait:.2f} s away, too late for the "
-        f"{deadline.budget:g} s deadline ({deadline.remaining():.2f} s left): not sent",
+        f"the rate limit's next free slot is {wait:.2f} s away, {why}: not sent",
         retry_after=limiter.come_back_in(wait, reserve=reserve),
     )
 

@@ -118,11 +118,20 @@ class FaceMatchClient:
             such as ``"10/s,300/min,20000/day"``, or a :class:`RateLimiter`. Default:
             ``$DEEPVUE_RATE_LIMIT``, else none. A wait for a slot draws from the call's
             deadline; a 429 the windows did not predict lowers the rate, which recovers.
-            The limiter is :attr:`rate_limiter`.
+            The limiter is :attr:`rate_limiter`. Over the plan, a call is refused at once
+            (``RateLimitError``, ``retry_after`` when to come back, nothing sent) when its
+            slot, behind the calls already waiting, leaves no time for an attempt before
+            its deadline.
         rate_limit_store: ``redis://host:6379/0`` (extra ``redis``): share the windows
             with every process, on any machine, that names the same Redis and client id.
             Default: ``$DEEPVUE_RATE_LIMIT_STORE``. Unreachable at the first call: the
             call fails naming the URL; lost later: a conservative local share, loudly.
+
+        max_slot_wait: The longest a :meth:`match` call may wait for its rate-limit slot,
+            the calls already waiting included; a call whose slot is further away is
+            refused at once, as above. For a web service whose customers should wait at
+            most a moment (one spacing of the plan, say); :meth:`send` (and so a batch)
+            is not bounded by it. Default: as long as the deadline allows.
 
     Raises:
         ValueError: a missing credential or an invalid option.
@@ -150,6 +159,7 @@ class FaceMatchClient:
         ssl_context: ssl.SSLContext | None = None,
         rate_limit: str | Sequence[Window] | RateLimiter | None = None,
         rate_limit_store: str | None = None,
+        max_slot_wait: float | None = None,
     ) -> None:
         client_id = client_id or os.environ.get("DEEPVUE_CLIENT_ID")
         client_secret = client_secret or os.environ.get("DEEPVUE_CLIENT_SECRET")
@@ -168,6 +178,7 @@ class FaceMatchClient:
         if max_retries < 0:
             raise ValueError("max_retries must be 0 or more")
         self.deadline = validate_deadline(deadline)
+        self.max_slot_wait = validate_deadline(max_slot_wait, "max_slot_wait")
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must start with http:// or https://, not {base_url!r}")
         if max_image_side is not None:
@@ -521,11 +532,17 @@ class FaceMatchClient:
                 ``attempts`` tells how many face-match requests the call sent.
         """
         budget = self._start_deadline(deadline)
-        if budget is not None and self.rate_limiter is not None:
-            # Over the plan: refuse before reading the images, not after.
-            refuse_early(self.rate_limiter, budget, self._attempt_times.typical)
-        prepared = await self._prepare(file_a, file_b, budget)
+        limiter = self.rate_limiter
+        if limiter is None or (budget is None and self.max_slot_wait is None):
+            prepared = await self._prepare(file_a, file_b, budget)
+        else:
+            # Over the plan: refuse before reading the images, not after; once admitted, the
+            # call counts as waiting for its slot while its images are read.
+            refuse_early(limiter, budget, self._attempt_times.typical, self.max_slot_wait)
+            with limiter.queued():
+                prepared = await self._prepare(file_a, file_b, budget)
         call = _MatchCall(self, prepared, None, budget, None, None, self.retry_policy)
+        call.max_wait = self.max_slot_wait
         return await self._send(call)
 
     async def send(
@@ -668,6 +685,7 @@ class _MatchCall:
         "client",
         "deadline",
         "limiter",
+        "max_wait",
         "policy",
         "refreshed",
         "request_id",
@@ -688,6 +706,7 @@ class _MatchCall:
     ) -> None:
         self.client = client
         self.policy = policy
+        self.max_wait: float | None = None  # match()'s max_slot_wait; none for send()
         self.body = MultipartBody(prepared)  # immutable: every attempt sends the same body
         self.request_id = request_id or os.urandom(8).hex()
         self.deadline = deadline
@@ -742,6 +761,7 @@ class _MatchCall:
                     stop=self.stop,
                     wait_for_quota=self.policy.wait_for_quota,
                     attempt=self.client._attempt_times.typical,
+                    max_wait=self.max_wait,
                 )
             finally:
                 self.waited += time.perf_counter() - started

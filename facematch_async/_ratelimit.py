@@ -522,8 +522,13 @@ class RateLimiter:
             self.waiting -= 1
 
     def _pace(self, reserve: float | None) -> float:
-        """Seconds between two of this process's requests at its current pace."""
-        pace = self._tier(self.reserve if reserve is None else reserve)[2]
+        """Seconds between two of this process's requests at its current pace: the even
+        spacing, or a window's share of its period and margin, or the adaptive rate."""
+        windows = self.effective_windows(reserve=reserve)
+        pace = max(
+            ((w.period + self.margin) / w.limit for w in windows if w.period <= MAX_PACED_PERIOD),
+            default=0.0,
+        )
         rate = self.current_rate
         return max(pace, 1.0 / rate) if rate else pace
 
@@ -534,7 +539,9 @@ class RateLimiter:
         what this process knows (a shared store's other processes count in the wait only)."""
         ahead = self.waiting
         wait = self.wait_time(reserve=reserve)
-        projected = wait + ahead * self._pace(reserve)
+        # A margin of slack: a projection that lands on the deadline's edge must not admit
+        # a call that is then refused after waiting.
+        projected = wait + ahead * self._pace(reserve) + (self.margin if ahead else 0.0)
         for window in self.effective_windows(reserve=reserve):
             if window.period <= MAX_PACED_PERIOD and ahead >= window.limit:
                 projected = max(projected, wait + (ahead // window.limit) * window.period)

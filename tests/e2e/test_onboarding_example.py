@@ -333,3 +333,101 @@ async def wait_until(condition: Callable[[], bool], *, within: float) -> None:
     while not condition():
         assert time.monotonic() < give_up, "timed out waiting"
         await asyncio.sleep(0.01)
+
+
+# Overload and bounded uploads (issue 23)
+
+
+def test_a_body_over_two_photos_is_413_before_it_is_read(
+    service: TestClient, sandbox: SandboxServer
+) -> None:
+    """A body whose Content-Length is over the limit is refused at once with 413, in the one
+    shape, and no call reaches the API."""
+    huge = upload(b"\xff\xd8" + b"\0" * (21 * 1024 * 1024), make_test_image("meera", "png"))
+    body = error_body(service.post("/kyc/face-match", files=huge), 413, "request_too_large")
+    assert body["action"] == "retake"
+    assert sandbox.counters.count(FACEMATCH) == 0
+
+
+def test_a_streamed_body_is_cut_off_once_it_passes_the_limit(
+    background: BackgroundSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a Content-Length (a chunked upload), the body is counted as it is read: 413
+    once it passes the limit, the rest never read."""
+    module = example(monkeypatch, background.base_url, KYC_MAX_BODY=str(64 * 1024))
+    sent = 0
+
+    def chunks() -> Iterator[bytes]:
+        nonlocal sent
+        yield b'--xx\r\nContent-Disposition: form-data; name="selfie"; filename="a.jpg"\r\n\r\n'
+        for _ in range(200):  # 200 x 16 KiB: far past the limit
+            sent += 1
+            yield b"\0" * 16384
+
+    with TestClient(module.app) as http:
+        response = http.post(
+            "/kyc/face-match",
+            content=chunks(),
+            headers={"Content-Type": "multipart/form-data; boundary=xx"},
+        )
+    assert response.status_code == 413, response.text
+    assert response.json()["code"] == "request_too_large"
+
+
+def test_a_token_refused_after_its_renewal_is_503_not_misconfigured(
+    service: TestClient, sandbox: SandboxServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """'Not a valid token' for the fresh token too (revoked under load): 503
+    upstream_unavailable at WARNING, not 500 misconfigured at ERROR."""
+    for _ in range(2):
+        sandbox.scripted.add(
+            ScriptedResponse(path=FACEMATCH, status=403, json={"detail": "Not a valid token"})
+        )
+    body = error_body(service.post("/kyc/face-match", files=SAME), 503, "upstream_unavailable")
+    assert body["action"] == "retry_later"
+    assert not [r for r in caplog.records if r.name == "kyc" and r.levelno >= logging.ERROR]
+
+
+def test_text_where_a_photo_belongs_says_so_in_words(service: TestClient) -> None:
+    """A text field named 'selfie' (not a file part): a 422 naming the field, never
+    Python's internals."""
+    response = service.post(
+        "/kyc/face-match",
+        data={"selfie": "not a photo"},
+        files={"id_document": ("id.png", make_test_image("meera", "png"), "image/png")},
+    )
+    body = error_body(response, 422, "invalid_request")
+    assert body["field"] == "selfie"
+    assert "must be a file" in str(body["message"])
+    assert "class" not in str(body["message"])
+
+
+def test_over_the_plan_customers_are_refused_at_once(
+    background: BackgroundSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DEEPVUE_RATE_LIMIT=2/s and 12 customers at once with a 2 s deadline: the few whose
+    slot comes in time are matched, the others get 503 rate_limited at once (not after
+    their deadline) with Retry-Afters that are not all the same second."""
+    module = example(monkeypatch, background.base_url, KYC_DEADLINE="2", DEEPVUE_RATE_LIMIT="2/s")
+    with TestClient(module.app) as http:
+        http.post("/kyc/face-match", files=SAME)  # a first attempt measured
+        time.sleep(1.0)
+        import concurrent.futures
+
+        def one() -> tuple[int, float, str | None]:
+            started = time.monotonic()
+            response = http.post("/kyc/face-match", files=SAME)
+            return (
+                response.status_code,
+                time.monotonic() - started,
+                response.headers.get("Retry-After"),
+            )
+
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(lambda _: one(), range(12)))
+    matched = [a for a in answers if a[0] == 200]
+    refused = [a for a in answers if a[0] == 503]
+    assert 2 <= len(matched) <= 5, answers
+    assert len(matched) + len(refused) == 12
+    assert max(elapsed for _, elapsed, _ in refused) < 1.0, answers
+    assert len({retry for _, _, retry in refused}) > 1, answers
