@@ -19,6 +19,7 @@ from facematch_async._images import ImageInput, PreparedMatch
 from facematch_async._models import FaceMatchResult
 from facematch_async._ratelimit import RateLimiter
 from facematch_async._retry import RetryPolicy
+from facematch_async._storage import ImageLocation
 from facematch_async._version import __version__
 from facematch_async.batch import (
     BatchRunner,
@@ -44,6 +45,7 @@ from facematch_async.errors import (
     ImageError,
     ImageReadError,
     ImageTooLargeError,
+    ImageUnavailableError,
     InactiveClientError,
     InternalServerError,
     InvalidTokenError,
@@ -75,8 +77,10 @@ __all__ = [
     "FaceMatchResult",
     "ImageError",
     "ImageInput",
+    "ImageLocation",
     "ImageReadError",
     "ImageTooLargeError",
+    "ImageUnavailableError",
     "InactiveClientError",
     "InternalServerError",
     "InvalidTokenError",

@@ -103,7 +103,7 @@ def _as_spec(pair: PairInput) -> PairSpec:
     if isinstance(pair, PairSpec):
         return pair
     pair_id, file_a, file_b = pair
-    return PairSpec(str(pair_id), Path(file_a), Path(file_b))
+    return PairSpec(str(pair_id), file_a, file_b)  # a path string becomes a Path; a URL stays
 
 
 async def _aiter(pairs: Iterable[PairInput] | AsyncIterable[PairInput]) -> AsyncIterator[PairInput]:
@@ -577,9 +577,7 @@ class BatchRunner:
 
     def _start_read(self, spec: PairSpec) -> asyncio.Future[PreparedMatch]:
         """Start reading a pair's images: pairs started in one turn share a hop."""
-        assert spec.file_a is not None
-        assert spec.file_b is not None
-        return self.client.prepare_soon(spec.file_a, spec.file_b)
+        return self.client.prepare_soon(*spec.images())  # confined to the manifest's roots
 
     def _outcome(
         self,

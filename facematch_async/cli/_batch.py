@@ -14,11 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from facematch_async._images import DEFAULT_MAX_IMAGE_BYTES, load_pair
+from facematch_async._images import DEFAULT_MAX_IMAGE_BYTES, check_pair
 from facematch_async._pacing import effective_windows, redact_url
 from facematch_async._ratelimit import RateLimiter, Window, parse_rate_limit
 from facematch_async.batch._index import IndexStorageError, KeyIndex, key_hash
-from facematch_async.batch._manifest import ManifestProblem, PairSpec, read_manifest
+from facematch_async.batch._manifest import ManifestProblem, PairSpec, is_url, read_manifest
 from facematch_async.batch._progress import Progress, format_duration
 from facematch_async.batch._runner import BatchRunner
 from facematch_async.batch._sink import ResultsFile, ResultsFileError
@@ -57,7 +57,10 @@ def add_batch_parser(
             "130 interrupted."
         ),
     )
-    parser.add_argument("manifest", help="pairs.csv, pairs.jsonl, or a folder of pair folders")
+    parser.add_argument(
+        "manifest",
+        help="pairs.csv, pairs.jsonl, or a folder of pair folders: a path or a URL (s3://...)",
+    )
     parser.add_argument("--out", help="results file (required unless --dry-run)")
     parser.add_argument(
         "--format", choices=("jsonl", "csv"), help="results format (default: by --out suffix)"
@@ -114,7 +117,19 @@ def add_batch_parser(
         help="only the pairs whose pair_id hashes to shard K of N (1-based); 'auto' or "
         "'auto/N' takes K (and N) from the scheduler (Kubernetes, Slurm, AWS Batch)",
     )
-    parser.add_argument("--root", help="every image must lie inside this folder")
+    parser.add_argument(
+        "--root",
+        action="append",
+        metavar="FOLDER_OR_URL",
+        help="images must lie inside this folder or URL prefix (s3://bucket/kyc/); repeat for "
+        "several (default: the manifest's own folder or prefix)",
+    )
+    parser.add_argument(
+        "--no-root",
+        action="store_true",
+        help="read images wherever the rows point, on disk or in any bucket (a trusted "
+        "manifest only)",
+    )
     parser.add_argument(
         "--index-dir",
         metavar="DIR",
@@ -212,12 +227,8 @@ async def _check_locally(
     counts the error under (``sub_code``, else its type)."""
 
     async def check(spec: PairSpec) -> ManifestProblem | None:
-        assert spec.file_a is not None
-        assert spec.file_b is not None
         try:
-            await load_pair(
-                spec.file_a, spec.file_b, max_bytes=max_bytes, read_timeout=read_timeout
-            )
+            await check_pair(*spec.images(), max_bytes=max_bytes, read_timeout=read_timeout)
         except ImageError as error:
             return ManifestProblem(error.sub_code or type(error).__name__, error.message)
         return None
@@ -340,7 +351,8 @@ def run_batch(args: argparse.Namespace) -> int:
     if args.index_dir is not None and not Path(args.index_dir).is_dir():
         raise UsageError(f"--index-dir {args.index_dir}: no such folder")
     try:
-        specs = shard_filter(read_manifest(args.manifest, root=args.root), shard)
+        manifest = read_manifest(args.manifest, root=args.root, confined=not args.no_root)
+        specs = shard_filter(manifest, shard)
     except (OSError, ValueError) as exc:
         raise UsageError(str(exc)) from None
 
@@ -396,7 +408,8 @@ async def _run(
     from facematch_async._pacing import Pacer
 
     summary = BatchSummary()
-    total = _count_rows(Path(args.manifest))
+    # A bucket's manifest: no ETA rather than read it twice.
+    total = None if is_url(args.manifest) else _count_rows(Path(args.manifest))
     if total is not None and shard is not None:
         total = total // shard[1]
     progress = Progress(
