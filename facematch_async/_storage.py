@@ -313,8 +313,15 @@ def join(base: str, value: str) -> str:
 
 # --- Filesystems -----------------------------------------------------------------------------
 
-_filesystems: dict[str, Any] = {}
+_filesystems: dict[tuple[str, tuple[tuple[str, str], ...]], Any] = {}
 _filesystems_lock = threading.Lock()
+# The variables the stores' libraries read their settings and credentials from: a
+# filesystem is made again when they change (a rotated key, another endpoint).
+_ENV_PREFIXES = ("AWS_", "AZURE_", "GOOGLE_", "GCE_", "GCSFS_", "STORAGE_EMULATOR_HOST")
+
+
+def _environment() -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(kv for kv in os.environ.items() if kv[0].startswith(_ENV_PREFIXES)))
 
 
 def _filesystem(scheme: str, field: str | None) -> Any:
@@ -326,8 +333,9 @@ def _filesystem(scheme: str, field: str | None) -> Any:
         ImageReadError: fsspec knows no such scheme.
         ValueError: the same two, for a manifest (``field`` is ``None``).
     """
+    key = (scheme, _environment())
     with _filesystems_lock:
-        fs = _filesystems.get(scheme)
+        fs = _filesystems.get(key)
         if fs is not None:
             return fs
         try:
@@ -337,7 +345,7 @@ def _filesystem(scheme: str, field: str | None) -> Any:
             problem = _missing(scheme)
         else:
             # No listings cache: a listing is read once, and info() must ask the store.
-            options: dict[str, Any] = {"use_listings_cache": False}
+            options: dict[str, Any] = {"use_listings_cache": False, "skip_instance_cache": True}
             if scheme in _HTTP:
                 options["allow_redirects"] = False  # a redirect would leave the root
             try:
@@ -347,7 +355,7 @@ def _filesystem(scheme: str, field: str | None) -> Any:
             except ValueError:
                 fs, problem = None, f"{scheme}:// is not a scheme fsspec can read"
         if fs is not None:
-            _filesystems[scheme] = fs
+            _filesystems[key] = fs
             return fs
     if field is None:
         raise ValueError(problem)
