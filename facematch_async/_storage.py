@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import io
 import os
 import re
 import sys
@@ -511,7 +512,9 @@ def open_manifest(url: str) -> IO[bytes]:
         raise ValueError(f"{display(url)!r} is not a URL that can be read")
     fs, path = _split(normalized)
     try:
-        file: IO[bytes] = fs.open(path, "rb", block_size=MANIFEST_BLOCK_BYTES)
+        # fsspec's file has no readline(limit): a standard reader over it has.
+        raw = fs.open(path, "rb", block_size=MANIFEST_BLOCK_BYTES)
+        file: IO[bytes] = io.BufferedReader(raw)
     except FileNotFoundError:
         raise FileNotFoundError(f"no such manifest: {display(url)}") from None
     except Exception as error:
