@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from facematch_async.batch._combine import summarize
+from facematch_async.batch._manifest import is_url
 from facematch_async.cli._common import EXIT_OK, EXIT_PAIRS_FAILED, UsageError
 
 __all__ = ["add_summary_parser", "run_summary"]
@@ -46,7 +47,7 @@ def run_summary(args: argparse.Namespace) -> int:
             raise UsageError(f"{path}: is a directory, not a results file")
         if not Path(path).is_file():
             raise UsageError(f"{path}: no such file")
-    if args.manifest and not Path(args.manifest).exists():  # a folder manifest is fine
+    if args.manifest and not is_url(args.manifest) and not Path(args.manifest).exists():
         raise UsageError(f"{args.manifest}: no such manifest")
     try:
         summary = summarize(args.results, args.manifest)

@@ -221,7 +221,8 @@ def test_cli_batch_runs_a_bucket_manifest_and_resumes_exactly_once(
     s3: S3Bucket, cli_sandbox_url: str, tmp_path: Path
 ) -> None:
     """`batch s3://.../pairs.csv --out local.jsonl`: every pair decided, exit 0; --resume sends
-    nothing again; the bucket holds no result; no credential is printed."""
+    nothing again; `summary --manifest s3://...` finds every pair; the bucket holds no
+    result; no credential is printed."""
     photos(s3)
     manifest = s3.put(
         "jobs/pairs.csv",
@@ -242,6 +243,8 @@ def test_cli_batch_runs_a_bucket_manifest_and_resumes_exactly_once(
     again = _cli(["batch", manifest, "--out", str(out), "--resume"], env)
     assert again.returncode == 0, again.stderr
     assert "0 face-match requests, 2 skipped" in again.stdout
+    summary = _cli(["summary", str(out), "--manifest", manifest], env)
+    assert summary.returncode == 0, summary.stdout + summary.stderr
     assert s3.keys() == before
     for text in (first.stdout, first.stderr, again.stdout, again.stderr, out.read_text()):
         assert S3_SECRET not in text
