@@ -143,10 +143,8 @@ def display(value: str) -> str:
     if not is_url(value):
         return value
     parts = urlsplit(value)
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host or parts.netloc.rpartition("@")[2], parts.path, "", ""))
+    host = parts.netloc.rpartition("@")[2]  # no user info: it may hold a password
+    return f"{parts.scheme}://{host}{parts.path}"
 
 
 class Roots(tuple[str, ...]):

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -194,6 +196,31 @@ def test_a_urls_secrets_never_show_in_its_repr() -> None:
     """A presigned URL's signature and a URL's password stay out of reprs and messages."""
     location = ImageLocation("https://user:pw-123@cdn.test/x.jpg?X-Amz-Signature=sig-456")
     assert "sig-456" not in repr(location) and "pw-123" not in repr(location)
+
+
+def test_a_scheme_whose_extra_is_missing_names_the_extra_to_install() -> None:
+    """Without fsspec (a plain install): an s3:// image is that pair's retryable error naming
+    the extra, and a bucket manifest a ValueError (the CLI's usage error) naming it too."""
+    program = """
+import asyncio, sys
+sys.modules["fsspec"] = None  # as if the s3 extra were not installed
+from facematch_async import ImageLocation, ImageUnavailableError, read_manifest
+from facematch_async._images import load_pair
+try:
+    asyncio.run(load_pair(ImageLocation("s3://b/x.jpg"), b"", max_bytes=10))
+except ImageUnavailableError as error:
+    print("image:", error.message)
+try:
+    read_manifest("s3://b/pairs.csv")
+except ValueError as error:
+    print("manifest:", error)
+"""
+    done = subprocess.run(  # noqa: S603 (this interpreter, our program)
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=True
+    )
+    extra = "pip install 'facematch-async[s3]'"
+    assert f"image: file_a: s3:// URLs need the s3 extra: {extra}" in done.stdout
+    assert f"manifest: s3:// URLs need the s3 extra: {extra}" in done.stdout
 
 
 # --- Faults moto cannot make: a small S3-speaking server ----------------------------------
