@@ -52,6 +52,7 @@ __all__ = [
     "normalize_roots",
     "open_manifest",
     "outside",
+    "prefix_of",
     "probe_object",
     "read_object",
 ]
@@ -297,6 +298,15 @@ class ImageLocation:
 
     def __hash__(self) -> int:
         return hash((self.location, self.roots))
+
+
+def prefix_of(url: str) -> str:
+    """The prefix (``scheme://bucket/folder/``) an object's URL lies in, without a query."""
+    path = urlsplit(url).path if url_scheme(url) in _HTTP else url.partition("://")[2]
+    start = url[: url.index("://") + 3]
+    if url_scheme(url) in _HTTP:
+        start += urlsplit(url).netloc
+    return start + path.rpartition("/")[0] + "/"
 
 
 def join(base: str, value: str) -> str:

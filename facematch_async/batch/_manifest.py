@@ -41,6 +41,7 @@ from facematch_async._storage import (
     normalize_url,
     open_manifest,
     path_inside,
+    prefix_of,
     url_inside,
 )
 
@@ -98,7 +99,7 @@ class PairSpec:
     line: int | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
     problem: ManifestProblem | None = None
-    roots: Roots | None = None
+    roots: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         for name in ("file_a", "file_b"):
@@ -179,13 +180,13 @@ def read_manifest(
             folder = text if text.endswith("/") else text + "/"
             roots = _roots(root, folder, confined)
             return _read_folder(_remote_folder(folder), roots)
-        base = text.rpartition("/")[0] + "/"
+        base = prefix_of(text)
         roots = _roots(root, base, confined)
         suffix = posixpath.splitext(urlsplit(text).path)[1].lower()
         opener: Callable[[], IO[bytes]] = lambda: open_manifest(text)  # noqa: E731
         name = display(text)
         if suffix in _JSONL_SUFFIXES:
-            return _read_jsonl(opener, name, base, roots)
+            return _read_jsonl(opener, base, roots)
         return _read_csv(opener, name, base, roots)
     source = Path(text)
     if source.is_dir():
@@ -195,7 +196,7 @@ def read_manifest(
     roots = _roots(root, source.parent, confined)
     local: Callable[[], IO[bytes]] = lambda: open(source, "rb")  # noqa: E731, SIM115
     if source.suffix.lower() in _JSONL_SUFFIXES:
-        return _read_jsonl(local, str(source), source.parent, roots)
+        return _read_jsonl(local, source.parent, roots)
     return _read_csv(local, str(source), source.parent, roots)
 
 
@@ -355,9 +356,8 @@ def _bounded_lines(file: IO[bytes]) -> Iterator[bytes | None]:
 
 
 def _read_jsonl(
-    opener: Callable[[], IO[bytes]], source: str, base: Path | str, roots: Roots | None
+    opener: Callable[[], IO[bytes]], base: Path | str, roots: Roots | None
 ) -> Iterator[PairSpec]:
-    del source  # (named for symmetry with _read_csv: JSONL has no header to complain of)
     with opener() as file:
         for line, text in enumerate(_bounded_lines(file), start=1):
             if text is None:
