@@ -373,6 +373,27 @@ async def test_objects_in_flight_are_bounded(fake_s3: FakeS3) -> None:
     assert 1 < fake_s3.most_in_flight <= MAX_OBJECTS_IN_FLIGHT
 
 
+async def test_an_image_on_a_web_server_is_read_inside_its_root(client: FaceMatchClient) -> None:
+    """http(s):// URLs are read through fsspec's HTTP filesystem, confined like the others."""
+
+    async def photo(request: web.Request) -> web.Response:
+        return web.Response(body=JPEG if request.match_info["name"] == "a.jpg" else PNG)
+
+    app = web.Application()
+    app.router.add_get("/kyc/{name}", photo)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        root = f"http://127.0.0.1:{runner.addresses[0][1]}/kyc/"
+        selfie, document = ImageLocation(root + "a.jpg", root), ImageLocation(root + "b.png", root)
+        assert (await client.match(selfie, document)).match is True
+        with pytest.raises(ImageReadError, match="outside the root"):
+            await client.match(ImageLocation(root + "%2e%2e/a.jpg", root), document)
+    finally:
+        await runner.cleanup()
+
+
 async def test_redirects_are_not_followed_out_of_an_https_root() -> None:
     """An https:// image whose server redirects elsewhere: the redirect is not followed
     (the other host is never asked), so a root cannot be left that way."""
