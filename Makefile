@@ -37,20 +37,20 @@ test-slow: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -m slow
 
 # The whole suite against the lowest release of every dependency that pyproject.toml allows
-# (the library's own and its redis and images extras'; CI runs it). The test tools stay at
+# (the library's own and its redis, images, s3 and gcs extras'; CI runs it). The test tools stay at
 # their newest and are never allowed to move those pins.
 LOWEST := .venv-lowest
 UV := $(LOWEST)/bin/uv pip
 $(LOWEST)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(LOWEST)
 	$(LOWEST)/bin/python -m pip install --quiet --disable-pip-version-check uv
-	$(UV) install --quiet --python $(LOWEST)/bin/python --resolution lowest-direct -e ".[redis,images]"
+	$(UV) install --quiet --python $(LOWEST)/bin/python --resolution lowest-direct -e ".[redis,images,s3,gcs]"
 	$(UV) freeze --python $(LOWEST)/bin/python --exclude-editable > $(LOWEST)/lowest.txt
-	$(UV) install --quiet --python $(LOWEST)/bin/python -e ".[test,redis,images]" -c $(LOWEST)/lowest.txt
+	$(UV) install --quiet --python $(LOWEST)/bin/python -e ".[test,redis,images,s3,gcs]" -c $(LOWEST)/lowest.txt
 	touch $@
 
 test-lowest: $(LOWEST)/.installed
-	$(UV) freeze --python $(LOWEST)/bin/python | grep -iE '^(aiohttp|anyio|pyjwt|redis|pillow)=='
+	$(UV) freeze --python $(LOWEST)/bin/python | grep -iE '^(aiohttp|anyio|pyjwt|redis|pillow|fsspec|s3fs|gcsfs)=='
 	$(LOWEST)/bin/python -m pytest -p no:cacheprovider
 
 # The benchmark of this SDK against hand-written peers (several minutes); rewrites the

@@ -20,6 +20,7 @@ from facematch_async._pacing import redact_url
 from facematch_async._plans import PLANS, Window, parse_rate_limit
 from facematch_async._ratelimit import PacingStatus, RateLimiter
 from facematch_async._retry import RetryPolicy
+from facematch_async._storage import ImageLocation
 from facematch_async._version import __version__
 from facematch_async.batch import (
     BatchRunner,
@@ -51,6 +52,7 @@ from facematch_async.errors import (
     ImageError,
     ImageReadError,
     ImageTooLargeError,
+    ImageUnavailableError,
     InactiveClientError,
     InternalServerError,
     InvalidTokenError,
@@ -85,8 +87,10 @@ __all__ = [
     "FaceMatchResult",
     "ImageError",
     "ImageInput",
+    "ImageLocation",
     "ImageReadError",
     "ImageTooLargeError",
+    "ImageUnavailableError",
     "InactiveClientError",
     "InternalServerError",
     "InvalidTokenError",

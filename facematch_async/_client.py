@@ -29,6 +29,7 @@ from facematch_async._images import (
     DEFAULT_MAX_IMAGE_BYTES,
     ImageInput,
     PreparedMatch,
+    check_pair,
     load_pair,
     start_load,
 )
@@ -481,6 +482,23 @@ class FaceMatchClient:
             )
         # Downscaling is CPU work: each pair in a thread of its own, in parallel.
         return asyncio.ensure_future(self._prepare(file_a, file_b, None))
+
+    async def check(self, file_a: ImageInput, file_b: ImageInput) -> None:
+        """What a dry run checks of a pair, with no network call to the API: local images
+        are read and checked as :meth:`prepare` reads them; an image in a store
+        (:class:`ImageLocation` with a URL) is only asked about (inside its root, exists,
+        within ``max_image_bytes``), never downloaded.
+
+        Raises:
+            ImageError: what :meth:`prepare` would raise (``field`` names the image).
+        """
+        await check_pair(
+            file_a,
+            file_b,
+            max_bytes=self.max_image_bytes,
+            allow_pdf=self.api_version == "v2",
+            read_timeout=self.image_read_timeout,
+        )
 
     async def _prepare(
         self, file_a: ImageInput, file_b: ImageInput, budget: Deadline | None

@@ -1,8 +1,11 @@
-"""Image sources (paths, bytes, binary files), magic-byte checks and size limits.
+"""Image sources (paths, bytes, binary files, :class:`ImageLocation`), magic-byte checks and
+size limits.
 
 Both images of a pair are read and checked before any network call, in one worker-thread
 hop when either comes from disk: a hop per open/read/close (as aiofiles does) costs more
-CPU than the read itself for files of a few hundred kilobytes.
+CPU than the read itself for files of a few hundred kilobytes. A pair with an image in a
+store (an :class:`ImageLocation` URL) is read on the event loop instead, through the store's
+async API (``_storage``), under the same limits, checks and read deadline.
 """
 
 from __future__ import annotations
@@ -21,12 +24,24 @@ import anyio.to_thread
 
 from facematch_async._downscale import downscale
 from facematch_async._readers import reader_pool
+from facematch_async._storage import (
+    ImageLocation,
+    Roots,
+    check_opened,
+    display,
+    is_url,
+    outside,
+    path_inside,
+    probe_object,
+    read_object,
+)
 from facematch_async.errors import (
     CorruptImageError,
     EmptyImageError,
     ImageError,
     ImageReadError,
     ImageTooLargeError,
+    ImageUnavailableError,
     UnsupportedFileFormatError,
 )
 
@@ -34,15 +49,20 @@ __all__ = [
     "DEFAULT_IMAGE_READ_TIMEOUT",
     "DEFAULT_MAX_IMAGE_BYTES",
     "ImageInput",
+    "ImageLocation",
     "PreparedMatch",
     "UploadImage",
+    "check_pair",
     "detect_format",
     "load_pair",
     "start_load",
 ]
 
-ImageInput: TypeAlias = str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]
-"""What ``match`` accepts for each image: a path, the bytes themselves, or a binary file."""
+ImageInput: TypeAlias = (
+    str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes] | ImageLocation
+)
+"""What ``match`` accepts for each image: a path, the bytes themselves, a binary file, or an
+:class:`ImageLocation` (a URL, or a path confined to a root)."""
 
 # (magic prefix, format name, upload extension, content type)
 _SIGNATURES: tuple[tuple[bytes, str, str, str], ...] = (
@@ -101,9 +121,20 @@ def _read_source(field: str, source: ImageInput, max_bytes: int | None) -> bytes
     """Read one source fully (blocking); a path's size is checked before its bytes are read."""
     if isinstance(source, bytes | bytearray | memoryview):
         return bytes(source)
+    roots: Roots | None = None
+    if isinstance(source, ImageLocation):
+        assert not source.is_url  # read by _load_remote, on the loop
+        roots = source.roots
+        source = source.location
+    elif isinstance(source, str) and is_url(source):
+        raise ImageReadError(
+            f"{field}: {display(source)!r} is a URL; the client reads a URL only given as "
+            "ImageLocation(url): a plain string is a local path",
+            field=field,
+        )
     if isinstance(source, str | os.PathLike):
         try:
-            return _read_path(field, source, max_bytes)
+            return _read_path(field, source, max_bytes, roots)
         except ImageError:
             raise
         except ValueError:  # os.open refuses a path holding a NUL byte
@@ -146,9 +177,36 @@ _NOT_REGULAR = (
 )
 
 
-def _read_path(field: str, path: str | os.PathLike[str], max_bytes: int | None) -> bytes:
+def _open_confined(field: str, path: str | os.PathLike[str], roots: Roots | None) -> int:
+    """Open ``path``; with ``roots``, only a file inside them, judged on the file opened.
+
+    A path that resolves outside is refused before the open (opening some devices acts);
+    the opened file is checked again (a symlink swapped in meanwhile is caught); and an
+    open that fails outside the roots says "outside", never whether the file exists.
+    """
+    if roots is None:
+        return os.open(path, _OPEN_FLAGS)
+    if not path_inside(path, roots):
+        raise outside(field)
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError:
+        if not path_inside(path, roots):  # swapped out meanwhile: hide what is there
+            raise outside(field) from None
+        raise
+    try:
+        check_opened(fd, path, roots, field)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _read_path(
+    field: str, path: str | os.PathLike[str], max_bytes: int | None, roots: Roots | None = None
+) -> bytes:
     """Read a regular file whole, refusing anything else, or one over ``max_bytes``, before
-    reading a byte.
+    reading a byte; with ``roots``, only a file inside them (:func:`_open_confined`).
 
     Only regular files: a FIFO or a socket can block a read for ever, and a device such as
     ``/dev/zero`` never ends. ``os.read`` of exactly the size ``fstat`` gave: no buffered
@@ -156,7 +214,7 @@ def _read_path(field: str, path: str | os.PathLike[str], max_bytes: int | None) 
     would allocate 10 MiB per image). A file that grew since is read on in chunks, never
     past ``max_bytes + 1`` bytes, so that ``_check`` refuses it.
     """
-    fd = os.open(path, _OPEN_FLAGS)
+    fd = _open_confined(field, path, roots)
     try:
         info = os.fstat(fd)
         mode = info.st_mode
@@ -443,7 +501,14 @@ def start_load(
     ``read_timeout`` seconds after it began (or has found no free reader in that time)
     fails with :class:`ImageReadError`, its worker thread left to finish or hang on its
     own. ``None``: no deadline. Cancelling the future drops the pair's bytes.
+
+    A pair with an image in a store (an :class:`ImageLocation` URL) is read on the loop
+    instead (:func:`_load_remote`), within the same ``read_timeout``.
     """
+    if _remote(file_a) or _remote(file_b):
+        return asyncio.ensure_future(
+            _load_remote(file_a, file_b, max_bytes, allow_pdf, read_timeout)
+        )
     loop = asyncio.get_running_loop()
     future: asyncio.Future[PreparedMatch] = loop.create_future()
     hops = _open_batches.get(loop)
@@ -462,6 +527,82 @@ def start_load(
         hops.append(hop)
     hop.jobs.append((future, file_a, file_b))
     return future
+
+
+def _remote(source: ImageInput) -> bool:
+    return isinstance(source, ImageLocation) and source.is_url
+
+
+async def _load_one(
+    field: str, source: ImageInput, max_bytes: int | None, allow_pdf: bool
+) -> UploadImage:
+    """One image of a pair that has one in a store: a URL through the store's async API
+    (no thread), a local file in a worker thread, bytes at once; checked alike."""
+    if isinstance(source, ImageLocation) and source.is_url:
+        return _check(field, await read_object(source, field, max_bytes), max_bytes, allow_pdf)
+    if isinstance(source, bytes | bytearray | memoryview):
+        return _prepare(field, source, max_bytes, allow_pdf)
+    return await anyio.to_thread.run_sync(
+        _prepare, field, source, max_bytes, allow_pdf, abandon_on_cancel=True
+    )
+
+
+async def _load_remote(
+    file_a: ImageInput,
+    file_b: ImageInput,
+    max_bytes: int | None,
+    allow_pdf: bool,
+    read_timeout: float | None,
+) -> PreparedMatch:
+    """Both images of a pair with one in a store, one after the other (an error names the
+    first bad image, as for local files), the pair within ``read_timeout``: a store that
+    outlasts it is :class:`ImageUnavailableError` (retryable), not a stuck thread."""
+    field = "file_a"
+    try:
+        async with asyncio.timeout(read_timeout):
+            image_a = await _load_one(field, file_a, max_bytes, allow_pdf)
+            field = "file_b"
+            image_b = await _load_one(field, file_b, max_bytes, allow_pdf)
+    except TimeoutError:
+        message = f"{field}: read did not finish within {read_timeout:g} s"
+        raise ImageUnavailableError(message, field=field) from None
+    return PreparedMatch(image_a, image_b)
+
+
+async def check_pair(
+    file_a: ImageInput,
+    file_b: ImageInput,
+    *,
+    max_bytes: int | None,
+    allow_pdf: bool = False,
+    read_timeout: float | None = DEFAULT_IMAGE_READ_TIMEOUT,
+) -> None:
+    """What the batch dry run checks of a pair, raising what a run would raise.
+
+    Local images are read and checked exactly as :func:`load_pair` reads them (so the dry
+    run and the run cannot disagree); an image in a store is only asked about (inside its
+    root, exists, not a folder, not empty, within ``max_bytes``), never downloaded: its
+    format is judged when the run reads it.
+
+    Raises:
+        ImageError: as :func:`load_pair`.
+    """
+    if not (_remote(file_a) or _remote(file_b)):
+        await load_pair(
+            file_a, file_b, max_bytes=max_bytes, allow_pdf=allow_pdf, read_timeout=read_timeout
+        )
+        return
+    field = "file_a"
+    try:
+        async with asyncio.timeout(read_timeout):
+            for field, source in (("file_a", file_a), ("file_b", file_b)):
+                if isinstance(source, ImageLocation) and source.is_url:
+                    await probe_object(source, field, max_bytes)
+                else:
+                    await _load_one(field, source, max_bytes, allow_pdf)
+    except TimeoutError:
+        message = f"{field}: read did not finish within {read_timeout:g} s"
+        raise ImageUnavailableError(message, field=field) from None
 
 
 def _downscale_pair(images: PreparedMatch, max_bytes: int | None, max_side: int) -> PreparedMatch:

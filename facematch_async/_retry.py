@@ -34,6 +34,7 @@ from facematch_async.errors import (
     APIStatusError,
     DeadlineExceededError,
     FaceMatchError,
+    ImageUnavailableError,
     InvalidTokenError,
     QuotaExceededError,
     RateLimitError,
@@ -90,8 +91,8 @@ def is_retryable(error: BaseException) -> bool:
     """Whether ``error`` is a transient failure that another attempt may not meet."""
     if isinstance(error, DeadlineExceededError):
         return False  # the call's whole budget is spent
-    if isinstance(error, APIConnectionError):
-        return True
+    if isinstance(error, APIConnectionError | ImageUnavailableError):
+        return True  # (an image store's failure: the pair may be read later)
     return isinstance(error, APIStatusError) and error.status_code in RETRYABLE_STATUSES
 
 

@@ -7,6 +7,8 @@ FaceMatchError                       base: status_code, sub_code, message, detai
 ├── PacingStoreError                 the shared rate-limit store (Redis) cannot be reached at start
 ├── ImageError                       an input image cannot be matched (found locally or by the API)
 │   ├── ImageReadError               the file cannot be read: missing, a directory, no permission
+│   │   └── ImageUnavailableError    a store did not serve it now: missing key, denied,
+│   │                                throttled or down after the store's retries      (retryable)
 │   ├── EmptyImageError              the image has no bytes
 │   ├── ImageTooLargeError           over the client's ``max_image_bytes``
 │   ├── CorruptImageError            truncated (no end marker) or not decodable
@@ -52,6 +54,7 @@ __all__ = [
     "ImageError",
     "ImageReadError",
     "ImageTooLargeError",
+    "ImageUnavailableError",
     "InactiveClientError",
     "InternalServerError",
     "InvalidTokenError",
@@ -144,6 +147,16 @@ class ImageError(FaceMatchError):
 
 class ImageReadError(ImageError):
     """The image file could not be read: missing, a directory, no permission, a link loop."""
+
+
+class ImageUnavailableError(ImageReadError):
+    """An object store (``s3://``, ``gs://``, ``az://``, ``https://``) did not serve the image
+    now: no such key, access denied, throttled or unreachable after the store's own retries,
+    its library not installed, or a read past ``image_read_timeout``. Retryable: the same
+    pair may be read later (after an upload, a fixed bucket policy, the outage), unlike a
+    local file that is missing or an object that is not an image, which are final. S3
+    answers "access denied" for a missing key to a reader that may not list the bucket, so
+    the two are alike here."""
 
 
 class EmptyImageError(ImageError):

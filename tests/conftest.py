@@ -5,6 +5,7 @@ The constants and classes they use live in ``tests/helpers.py``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -105,3 +106,48 @@ def _results_lines_match_the_schema(request: pytest.FixtureRequest) -> Iterator[
     if isinstance(root, Path):
         problems = invalid_results_lines(root)
         assert not problems, "results lines outside the schema:\n" + "\n".join(problems[:10])
+
+
+# --- Object stores: a real S3-protocol server (moto) and a GCS emulator, on loopback --------
+from tests.helpers import STORE_SAFETY_ENV, GCSServer, S3Bucket, S3Server  # noqa: E402
+
+for _name, _value in STORE_SAFETY_ENV.items():  # no metadata-service lookups, ever
+    os.environ.setdefault(_name, _value)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """moto's S3 server for the whole run (buckets are per test)."""
+    server = S3Server()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Bucket:
+    """A fresh bucket, and the standard AWS variables pointing at the test server."""
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    return s3_server.new_bucket()
+
+
+@pytest.fixture(scope="session")
+def gcs_server() -> Iterator[GCSServer]:
+    """The GCS emulator for the whole run."""
+    server = GCSServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def gcs(gcs_server: GCSServer, monkeypatch: pytest.MonkeyPatch) -> GCSServer:
+    """The GCS emulator, with STORAGE_EMULATOR_HOST pointing gcsfs at it."""
+    for name, value in gcs_server.env.items():
+        monkeypatch.setenv(name, value)
+    return gcs_server

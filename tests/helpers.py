@@ -333,3 +333,144 @@ def vendor_form(shape: str, a: bytes, b: bytes, careful: bool = True) -> tuple[b
     names = ("selfie.jpg", "id.jpg") if careful or shape != "node" else ("blob", "blob")
     parts: list[Part] = [("file_a", names[0], kind, a), ("file_b", names[1], kind, b)]
     return multipart(parts, boundary), boundary
+
+
+# --- Object stores on loopback: S3 (moto's server mode) and GCS (gcp-storage-emulator) -------
+
+# No test may make a store's library ask a cloud metadata service for credentials (it lives
+# on a link-local address): conftest.py sets these for the whole run and its subprocesses.
+# gcsfs's zonal-bucket probe (gRPC) would wait a minute on an emulator: off.
+STORE_SAFETY_ENV = {
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "NO_GCE_CHECK": "true",
+    "GCE_METADATA_HOST": "127.0.0.1:9",
+    "GCE_METADATA_IP": "127.0.0.1:9",
+    "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+}
+S3_SECRET = "moto-S3-secret-never-printed-5d1e"
+
+
+class S3Bucket:
+    """A bucket on the test S3 server: ``put`` objects, ``url`` to name them, ``keys``."""
+
+    def __init__(self, client: Any, name: str) -> None:
+        self.client = client
+        self.name = name
+
+    def url(self, key: str = "") -> str:
+        return f"s3://{self.name}/{key}"
+
+    def put(self, key: str, data: bytes | str) -> str:
+        body = data.encode() if isinstance(data, str) else data
+        self.client.put_object(Bucket=self.name, Key=key, Body=body)
+        return self.url(key)
+
+    def keys(self) -> list[str]:
+        listing = self.client.list_objects_v2(Bucket=self.name)
+        return sorted(item["Key"] for item in listing.get("Contents", []))
+
+
+class S3Server:
+    """moto's S3 in server mode on a free loopback port: a real S3-protocol endpoint, as
+    s3fs's own tests use. ``env`` points the standard AWS chain at it (``AWS_ENDPOINT_URL``
+    and a key pair): the library is never handed an endpoint or a credential."""
+
+    def __init__(self) -> None:
+        import logging
+
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self.endpoint = ""
+        self._client: Any = None
+        self._count = 0
+
+    def start(self) -> None:
+        import boto3
+
+        self._server.start()
+        host, port = self._server.get_host_and_port()
+        self.endpoint = f"http://{host}:{port}"
+        self._client = boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id="testing",
+            aws_secret_access_key=S3_SECRET,
+            region_name="us-east-1",
+        )
+
+    def stop(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        self._server.stop()
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            **STORE_SAFETY_ENV,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": self.endpoint,
+        }
+
+    def new_bucket(self) -> S3Bucket:
+        self._count += 1
+        name = f"kyc-{self._count}-{time.monotonic_ns() % 10**9}"
+        self._client.create_bucket(Bucket=name)
+        return S3Bucket(self._client, name)
+
+
+class GCSServer:
+    """gcp-storage-emulator (pure Python, in memory) on a free loopback port; ``env`` points
+    gcsfs at it (``STORAGE_EMULATOR_HOST``)."""
+
+    def __init__(self) -> None:
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port: int = probe.getsockname()[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._server: Any = None
+
+    def start(self) -> None:
+        from gcp_storage_emulator.server import create_server
+
+        self._server = create_server("127.0.0.1", self.port, in_memory=True)
+        self._server.start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**STORE_SAFETY_ENV, "STORAGE_EMULATOR_HOST": self.endpoint}
+
+    def new_bucket(self) -> str:
+        import requests
+
+        name = f"kyc-{time.monotonic_ns() % 10**9}"
+        with requests.post(
+            f"{self.endpoint}/storage/v1/b",
+            params={"project": "test"},
+            json={"name": name},
+            timeout=10,
+        ) as response:
+            response.raise_for_status()
+        return name
+
+    def put(self, bucket: str, key: str, data: bytes | str) -> str:
+        import requests
+
+        body = data.encode() if isinstance(data, str) else data
+        with requests.post(
+            f"{self.endpoint}/upload/storage/v1/b/{bucket}/o",
+            params={"uploadType": "media", "name": key},
+            data=body,
+            timeout=10,
+        ) as response:
+            response.raise_for_status()
+        return f"gs://{bucket}/{key}"

@@ -1,5 +1,6 @@
 """The dry run as a library call: which pairs of a manifest a run would refuse before any
-network call, read through the same path as the run (the client's ``prepare_soon``).
+network call, through the client's own checks (:meth:`FaceMatchClient.check`: local images
+read as the run reads them, images in a store asked about, never downloaded).
 
 ```python
 client = FaceMatchClient.offline()          # no credentials needed: it never calls the API
@@ -125,12 +126,8 @@ async def check_manifest(
 async def _check_images(
     pending: list[PairSpec], client: FaceMatchClient, check: ManifestCheck
 ) -> None:
-    reads = []
-    for spec in pending:  # started in one turn: they share a worker-thread hop
-        assert spec.file_a is not None
-        assert spec.file_b is not None
-        reads.append(client.prepare_soon(spec.file_a, spec.file_b))
-    results = await asyncio.gather(*reads, return_exceptions=True)
+    checks = [client.check(*spec.images()) for spec in pending]
+    results = await asyncio.gather(*checks, return_exceptions=True)
     for spec, result in zip(pending, results, strict=True):
         problem = None
         if isinstance(result, ImageError):

@@ -113,9 +113,10 @@ class JobResult:
         if code == ExitCode.CREDENTIALS and error is not None:
             return f"credentials refused, stopped: {error}"
         if code == ExitCode.UNAVAILABLE:
+            last = type(error).__name__ if error is not None else "a transient error"
             return (
-                "the API seems unavailable (too many pairs in a row failed to connect or got "
-                "5xx); stopped"
+                "the API or the image store seems unavailable (too many pairs in a row "
+                f"failed transiently, the last with {last}); stopped"
             )
         if code == ExitCode.QUOTA:
             return (
@@ -234,6 +235,8 @@ async def run_job(
     summary.skipped = runner.skipped
     if code is None:
         code = _exit_code(runner, summary, interrupted > 0)
+        if code == ExitCode.UNAVAILABLE:
+            error = runner.outage_error
     return JobResult(
         exit_code=code,
         summary=summary,

@@ -1,4 +1,5 @@
-"""Manifests: the pairs to match, streamed from CSV, JSONL or a folder of folders.
+"""Manifests: the pairs to match, streamed from CSV, JSONL or a folder of folders, on disk
+or in a bucket (any fsspec URL: ``s3://``, ``gs://``, ``az://``, ``https://``).
 
 Rows are read one at a time, so a manifest of a million pairs costs no more memory than one
 of ten. A row that cannot become a pair (missing fields, bad JSON, a path that escapes the
@@ -7,17 +8,42 @@ line number: the runner records it as that pair's error and carries on. So is a 
 reader would take: bytes that are not UTF-8 (a spreadsheet's Windows-1252 export), a CSV
 field over the csv module's limit, a JSON line nested too deeply or over
 ``MAX_LINE_BYTES``: each is that row's ``MALFORMED_ROW``, and the rows after it run.
+
+A manifest may be untrusted input: its images are confined to its own folder or prefix by
+default (a wider ``root``, or ``confined=False``, says otherwise). A row outside is refused
+when it is read (``PATH_OUTSIDE_ROOT``), and each :class:`PairSpec` carries its roots to the
+read, which checks them again on the file it opened.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
+import io
 import json
 import os
-from collections.abc import Iterator, Mapping
+import posixpath
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, TypeAlias
+from urllib.parse import urlsplit
+
+from facematch_async._storage import (
+    ImageLocation,
+    Roots,
+    display,
+    is_url,
+    join,
+    list_folder,
+    manifest_is_folder,
+    normalize_roots,
+    normalize_url,
+    open_manifest,
+    path_inside,
+    prefix_of,
+    url_inside,
+)
 
 __all__ = [
     "MAX_LINE_BYTES",
@@ -25,10 +51,13 @@ __all__ = [
     "REQUIRED_COLUMNS",
     "ManifestProblem",
     "PairSpec",
+    "is_url",
     "pair_key",
     "read_manifest",
     "scan_manifest",
 ]
+
+RootArg: TypeAlias = "str | os.PathLike[str]"
 
 REQUIRED_COLUMNS = ("pair_id", "file_a", "file_b")
 _JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
@@ -57,19 +86,41 @@ class PairSpec:
 
     Attributes:
         pair_id: The caller's id for the pair; it keys the results and ``--resume``.
-        file_a: The first image (e.g. the selfie); ``None`` only for a problem row.
+        file_a: The first image (e.g. the selfie): a local path, or a URL string
+            (``s3://...``); ``None`` only for a problem row. A string that is not a URL
+            is taken as a path.
         file_b: The second image (e.g. the ID document).
         line: The manifest line the row ends on (``None`` for folders and API callers).
         extra: The manifest's other columns, copied to the output.
         problem: Set when the row is unusable; the pair is then recorded as an error.
+        roots: The folders and URL prefixes its images must lie inside, checked again when
+            they are opened (:func:`read_manifest` sets them); ``None``: anywhere.
     """
 
     pair_id: str
-    file_a: Path | None
-    file_b: Path | None
+    file_a: Path | str | None
+    file_b: Path | str | None
     line: int | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
     problem: ManifestProblem | None = None
+    roots: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("file_a", "file_b"):
+            value = getattr(self, name)
+            if isinstance(value, str) and not is_url(value):
+                object.__setattr__(self, name, Path(value))
+
+    def images(self) -> tuple[ImageLocation, ImageLocation]:
+        """Both images as :class:`ImageLocation` objects confined to :attr:`roots`: what the
+        runner hands the client (``client.prepare_soon(*spec.images())``).
+
+        Raises:
+            ValueError: a problem row, which has no images.
+        """
+        if self.file_a is None or self.file_b is None:
+            raise ValueError(f"pair {self.key!r} has no images: {self.problem}")
+        return ImageLocation(self.file_a, self.roots), ImageLocation(self.file_b, self.roots)
 
     @property
     def key(self) -> str:
@@ -93,9 +144,12 @@ def pair_key(pair_id: str, line: int | None, sub_code: str | None) -> str:
 
 
 def read_manifest(
-    path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None
+    path: str | os.PathLike[str],
+    root: RootArg | Sequence[RootArg] | None = None,
+    *,
+    confined: bool = True,
 ) -> Iterator[PairSpec]:
-    """Stream the pairs of a manifest.
+    """Stream the pairs of a manifest, on disk or in a bucket.
 
     * ``.csv``: a header naming ``pair_id,file_a,file_b`` (any order); other columns are
       carried into the output as ``extra``.
@@ -104,49 +158,91 @@ def read_manifest(
     * a folder: each sub-folder ``<dir>/<pair_id>/`` holding exactly two files (hidden files
       ignored); they become ``file_a`` and ``file_b`` in name order.
 
-    Relative paths resolve against the manifest's folder. With ``root``, every image must
-    resolve (symlinks followed) inside ``root``; one that does not, e.g. through ``../``, is
-    a per-pair ``PATH_OUTSIDE_ROOT`` problem.
+    ``path`` may be an fsspec URL (``s3://bucket/jobs/pairs.csv``, or a prefix of pair
+    folders), and so may each image (``s3://...``, ``gs://...``, ``az://...``,
+    ``https://...``). Relative paths resolve against the manifest's folder or prefix (an
+    absolute one against its bucket).
+
+    Confined by default: every image must lie inside the manifest's folder (or prefix), or
+    inside ``root`` (a folder or URL prefix, or a list of them) when given; a local path
+    is judged with symlinks followed. One that does not (``../``, an absolute path, a
+    symlink out, another bucket) is a per-pair ``PATH_OUTSIDE_ROOT`` problem, and the
+    check is made again on the file actually opened. ``confined=False`` reads images
+    wherever the rows point: only for a manifest you trust.
 
     Raises:
         FileNotFoundError: the manifest does not exist.
-        ValueError: a CSV manifest without the required header.
+        OSError: a bucket manifest cannot be read (access denied, the store is down).
+        ValueError: a CSV manifest without the required header; ``root`` together with
+            ``confined=False``; a URL whose filesystem is not installed (the extra named).
     """
-    confine = Path(os.path.realpath(root)) if root is not None else None
-    return _read(Path(path), confine, resolve=True)
+    return _manifest(os.fspath(path), root, confined, resolve=True)
 
 
 def scan_manifest(path: str | os.PathLike[str]) -> Iterator[PairSpec]:
-    """The rows of a manifest as :func:`read_manifest` gives them, their image paths not
+    """The rows of a manifest as :func:`read_manifest` gives them, their images not
     resolved (``file_a`` and ``file_b`` are ``None``): to count pairs and key them fast."""
-    return _read(Path(path), None, resolve=False)
+    return _manifest(os.fspath(path), None, False, resolve=False)
 
 
-def _read(source: Path, confine: Path | None, *, resolve: bool) -> Iterator[PairSpec]:
+def _manifest(
+    text: str, root: RootArg | Sequence[RootArg] | None, confined: bool, *, resolve: bool
+) -> Iterator[PairSpec]:
+    if not confined and root is not None:
+        raise ValueError("root confines the images and confined=False frees them: not both")
+    if is_url(text):
+        if manifest_is_folder(text):
+            folder = text if text.endswith("/") else text + "/"
+            roots = _roots(root, folder, confined)
+            return _read_folder(_remote_folder(folder), roots, resolve)
+        base = prefix_of(text)
+        roots = _roots(root, base, confined)
+        suffix = posixpath.splitext(urlsplit(text).path)[1].lower()
+        opener: Callable[[], IO[bytes]] = lambda: open_manifest(text)  # noqa: E731
+        name = display(text)
+        row_base = base if resolve else None
+        if suffix in _JSONL_SUFFIXES:
+            return _read_jsonl(opener, row_base, roots)
+        return _read_csv(opener, name, row_base, roots)
+    source = Path(text)
     if source.is_dir():
-        return _read_folder(source, confine, resolve)
+        return _read_folder(_local_folder(source), _roots(root, source, confined), resolve)
     if not source.exists():
         raise FileNotFoundError(f"no such manifest: {source}")
+    roots = _roots(root, source.parent, confined)
+    local: Callable[[], IO[bytes]] = lambda: open(source, "rb")  # noqa: E731, SIM115
     if source.suffix.lower() in _JSONL_SUFFIXES:
-        return _read_jsonl(source, confine, resolve)
-    return _read_csv(source, confine, resolve)
+        return _read_jsonl(local, source.parent if resolve else None, roots)
+    return _read_csv(local, str(source), source.parent if resolve else None, roots)
 
 
-def _resolve(base: Path, value: str, confine: Path | None) -> Path | ManifestProblem:
+def _roots(root: RootArg | Sequence[RootArg] | None, home: RootArg, confined: bool) -> Roots | None:
+    """The roots of a manifest's images: ``root``, else the manifest's own folder or prefix."""
+    if not confined:
+        return None
+    return normalize_roots(home if root is None else root)
+
+
+def _outside(value: str) -> ManifestProblem:
+    return ManifestProblem("PATH_OUTSIDE_ROOT", f"{display(value)!r} is outside the root")
+
+
+def _resolve(base: Path | str, value: str, roots: Roots | None) -> Path | str | ManifestProblem:
+    """A row's image: a local path or a normalized URL, or why it is refused."""
+    if is_url(value) or isinstance(base, str):
+        url = normalize_url(join(str(base), value))
+        if url is None or (roots is not None and not url_inside(url, roots)):
+            return _outside(value)
+        return url
     candidate = base / value  # an absolute value replaces base
-    if confine is not None:
-        try:
-            real = os.path.realpath(candidate)
-        except ValueError:  # a NUL byte: no file has that name, reading it fails per pair
-            return candidate
-        if os.path.commonpath([real, confine]) != str(confine):
-            return ManifestProblem("PATH_OUTSIDE_ROOT", f"{value!r} is outside the root folder")
+    if roots is not None and not path_inside(candidate, roots):
+        return _outside(value)
     return candidate
 
 
 def _make_spec(
-    base: Path | None,
-    confine: Path | None,
+    base: Path | str | None,
+    roots: Roots | None,
     line: int | None,
     fields: Mapping[str, object],
     extra: Mapping[str, str],
@@ -171,12 +267,12 @@ def _make_spec(
         return PairSpec(pair_id, None, None, line, extra)
     paths = []
     for name in ("file_a", "file_b"):
-        resolved = _resolve(base, str(fields[name]).strip(), confine)
+        resolved = _resolve(base, str(fields[name]).strip(), roots)
         if isinstance(resolved, ManifestProblem):
             problem = ManifestProblem(resolved.sub_code, f"{where}: {name} {resolved.message}")
             return PairSpec(pair_id, None, None, line, extra, problem)
         paths.append(resolved)
-    return PairSpec(pair_id, paths[0], paths[1], line, extra)
+    return PairSpec(pair_id, paths[0], paths[1], line, extra, roots=roots)
 
 
 def _unusable_id(pair_id: str) -> str | None:
@@ -209,10 +305,13 @@ def _printable(value: str) -> str:
     return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def _read_csv(source: Path, confine: Path | None, resolve: bool) -> Iterator[PairSpec]:
-    base = source.parent if resolve else None
+def _read_csv(
+    opener: Callable[[], IO[bytes]], source: str, base: Path | str | None, roots: Roots | None
+) -> Iterator[PairSpec]:
     # surrogateescape: a byte that is not UTF-8 fails its row, not the whole manifest.
-    with open(source, newline="", encoding="utf-8-sig", errors="surrogateescape") as file:
+    with io.TextIOWrapper(
+        opener(), newline="", encoding="utf-8-sig", errors="surrogateescape"
+    ) as file:
         reader = csv.reader(file)
         header = [name.strip() for name in next(reader, [])]
         absent = [name for name in REQUIRED_COLUMNS if name not in header]
@@ -251,7 +350,7 @@ def _read_csv(source: Path, confine: Path | None, resolve: bool) -> Iterator[Pai
                     pair_id = ""  # filed under its line, as _make_spec files it
                 yield PairSpec(pair_id, None, None, line, extra, problem)
                 continue
-            yield _make_spec(base, confine, line, fields, extra)
+            yield _make_spec(base, roots, line, fields, extra)
 
 
 def _jsonl_row(text: bytes, line: int) -> dict[str, object] | ManifestProblem:
@@ -276,7 +375,7 @@ def _jsonl_row(text: bytes, line: int) -> dict[str, object] | ManifestProblem:
     return fields
 
 
-def _bounded_lines(file: BinaryIO) -> Iterator[bytes | None]:
+def _bounded_lines(file: IO[bytes]) -> Iterator[bytes | None]:
     """The file's lines; ``None`` for one over ``MAX_LINE_BYTES`` (skipped, never held)."""
     while text := file.readline(MAX_LINE_BYTES + 1):
         if len(text) <= MAX_LINE_BYTES or text.endswith(b"\n"):
@@ -287,9 +386,10 @@ def _bounded_lines(file: BinaryIO) -> Iterator[bytes | None]:
         yield None
 
 
-def _read_jsonl(source: Path, confine: Path | None, resolve: bool) -> Iterator[PairSpec]:
-    base = source.parent if resolve else None
-    with open(source, "rb") as file:
+def _read_jsonl(
+    opener: Callable[[], IO[bytes]], base: Path | str | None, roots: Roots | None
+) -> Iterator[PairSpec]:
+    with opener() as file:
         for line, text in enumerate(_bounded_lines(file), start=1):
             if text is None:
                 problem = ManifestProblem(
@@ -310,29 +410,49 @@ def _read_jsonl(source: Path, confine: Path | None, resolve: bool) -> Iterator[P
                 for k, v in fields.items()
                 if k not in REQUIRED_COLUMNS
             }
-            yield _make_spec(base, confine, line, fields, extra)
+            yield _make_spec(base, roots, line, fields, extra)
 
 
-def _read_folder(source: Path, confine: Path | None, resolve: bool) -> Iterator[PairSpec]:
+_Folders: TypeAlias = Iterator[tuple[str, "Path | str", Callable[[], list[str]]]]
+"""A folder manifest's pair folders: each one's name, where it is, and how to list its files."""
+
+
+def _files_on_disk(path: str) -> list[str]:
+    return [name for name in os.listdir(path) if os.path.isfile(os.path.join(path, name))]
+
+
+def _files_in_bucket(prefix: str) -> list[str]:
+    return [name for name, is_folder in list_folder(prefix) if not is_folder]
+
+
+def _local_folder(source: Path) -> _Folders:
     # os.scandir streams the entries: no list of a million names in memory.
     with os.scandir(source) as entries:
         for entry in entries:
-            if entry.name.startswith(".") or not entry.is_dir():
-                continue
-            names = sorted(
-                name
-                for name in os.listdir(entry.path)
-                if not name.startswith(".") and os.path.isfile(os.path.join(entry.path, name))
+            if entry.is_dir():
+                yield entry.name, Path(entry.path), functools.partial(_files_on_disk, entry.path)
+
+
+def _remote_folder(prefix: str) -> _Folders:
+    for name, is_folder in list_folder(prefix):
+        if is_folder:
+            folder = f"{prefix}{name}/"
+            yield name, folder, functools.partial(_files_in_bucket, folder)
+
+
+def _read_folder(folders: _Folders, roots: Roots | None, resolve: bool) -> Iterator[PairSpec]:
+    for entry_name, entry_path, list_files in folders:
+        if entry_name.startswith("."):
+            continue
+        names = sorted(name for name in list_files() if not name.startswith("."))
+        if len(names) != 2:
+            problem = ManifestProblem(
+                "MALFORMED_ROW", f"{entry_name}/ holds {len(names)} files, not 2"
             )
-            if len(names) != 2:
-                problem = ManifestProblem(
-                    "MALFORMED_ROW", f"{entry.name}/ holds {len(names)} files, not 2"
-                )
-                yield PairSpec(_printable(entry.name), None, None, None, {}, problem)
-                continue
-            # A folder name that is not UTF-8 keeps its bytes for the paths; its pair id is
-            # written with \\xe9-style escapes, so results and --resume agree on it.
-            pair_id = _printable(entry.name)
-            fields = {"pair_id": pair_id, "file_a": names[0], "file_b": names[1]}
-            base = Path(entry.path) if resolve else None
-            yield _make_spec(base, confine, None, fields, {})
+            yield PairSpec(_printable(entry_name), None, None, None, {}, problem)
+            continue
+        # A folder name that is not UTF-8 keeps its bytes for the paths; its pair id is
+        # written with \\xe9-style escapes, so results and --resume agree on it.
+        pair_id = _printable(entry_name)
+        fields = {"pair_id": pair_id, "file_a": names[0], "file_b": names[1]}
+        yield _make_spec(entry_path if resolve else None, roots, None, fields, {})

@@ -89,7 +89,7 @@ def _as_spec(pair: PairInput) -> PairSpec:
     if isinstance(pair, PairSpec):
         return pair
     pair_id, file_a, file_b = pair
-    return PairSpec(str(pair_id), Path(file_a), Path(file_b))
+    return PairSpec(str(pair_id), file_a, file_b)  # a path string becomes a Path; a URL stays
 
 
 async def _aiter(pairs: Iterable[PairInput] | AsyncIterable[PairInput]) -> AsyncIterator[PairInput]:
@@ -220,6 +220,7 @@ class BatchRunner:
         self._transient_streak = 0
         self.stop_reason: StopReason | None = None
         self.fatal_error: FaceMatchError | None = None
+        self.outage_error: FaceMatchError | None = None  # the last of the failures in a row
         self.unrecorded = 0
         self.skipped = 0
         self.in_flight = 0
@@ -546,9 +547,7 @@ class BatchRunner:
 
     def _start_read(self, spec: PairSpec) -> asyncio.Future[PreparedMatch]:
         """Start reading a pair's images: pairs started in one turn share a hop."""
-        assert spec.file_a is not None
-        assert spec.file_b is not None
-        return self.client.prepare_soon(spec.file_a, spec.file_b)
+        return self.client.prepare_soon(*spec.images())  # confined to the manifest's roots
 
     def _outcome(
         self,
@@ -591,6 +590,7 @@ class BatchRunner:
         self._transient_streak += 1
         if self.outage_threshold is None or self._transient_streak < self.outage_threshold:
             return False
+        self.outage_error = error
         if self.stop_reason != "unavailable":
             logger.error(
                 "%d pairs in a row failed transiently, stopping the batch: %r",

@@ -409,8 +409,7 @@ def check_manifest(
     state.decided = state.final_errors = state.retryable = 0
     state.retryable_ids, state.final_error_ids = [], []
     found = 0
-    path = Path(manifest)
-    keys = manifest_keys(shard_filter(scan_manifest(path), shard), index_dir)
+    keys = manifest_keys(shard_filter(scan_manifest(manifest), shard), index_dir)
     chunk: list[str] = []
     for key in keys:
         chunk.append(key)
@@ -418,7 +417,7 @@ def check_manifest(
             found += _check(state, chunk, lookup(chunk))
             chunk.clear()
             if ticker is not None:
-                ticker(path, 0, 0, state.manifest_pairs)  # rows, not bytes: size unknown
+                ticker(Path(manifest), 0, 0, state.manifest_pairs)  # rows, not bytes
     found += _check(state, chunk, lookup(chunk))
     state.not_in_manifest = distinct - found
     return state

@@ -34,6 +34,7 @@ from facematch_async.batch import (
     run_job,
     shard_filter,
 )
+from facematch_async.batch._manifest import is_url
 from facematch_async.batch._progress import Progress, format_duration
 from facematch_async.cli._common import (
     UsageError,
@@ -63,7 +64,10 @@ def add_batch_parser(
             "130 interrupted."
         ),
     )
-    parser.add_argument("manifest", help="pairs.csv, pairs.jsonl, or a folder of pair folders")
+    parser.add_argument(
+        "manifest",
+        help="pairs.csv, pairs.jsonl, or a folder of pair folders: a path or a URL (s3://...)",
+    )
     parser.add_argument("--out", help="results file (required unless --dry-run)")
     parser.add_argument(
         "--format", choices=("jsonl", "csv"), help="results format (default: by --out suffix)"
@@ -120,7 +124,19 @@ def add_batch_parser(
         help="only the pairs whose pair_id hashes to shard K of N (1-based); 'auto' or "
         "'auto/N' takes K (and N) from the scheduler (Kubernetes, Slurm, AWS Batch)",
     )
-    parser.add_argument("--root", help="every image must lie inside this folder")
+    parser.add_argument(
+        "--root",
+        action="append",
+        metavar="FOLDER_OR_URL",
+        help="images must lie inside this folder or URL prefix (s3://bucket/kyc/); repeat for "
+        "several (default: the manifest's own folder or prefix)",
+    )
+    parser.add_argument(
+        "--no-root",
+        action="store_true",
+        help="read images wherever the rows point, on disk or in any bucket (a trusted "
+        "manifest only)",
+    )
     parser.add_argument(
         "--index-dir",
         metavar="DIR",
@@ -212,7 +228,8 @@ def run_batch(args: argparse.Namespace) -> int:
     if args.out:
         _check_out_folder(args.out)
     try:
-        specs = shard_filter(read_manifest(args.manifest, root=args.root), shard)
+        manifest = read_manifest(args.manifest, root=args.root, confined=not args.no_root)
+        specs = shard_filter(manifest, shard)
     except (OSError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     try:
@@ -270,7 +287,8 @@ async def _run(
     shard: tuple[int, int] | None,
 ) -> int:
     summary = BatchSummary()
-    total = _count_rows(Path(args.manifest))
+    # A bucket's manifest: no ETA rather than read it twice.
+    total = None if is_url(args.manifest) else _count_rows(Path(args.manifest))
     if total is not None and shard is not None:
         total = total // shard[1]
     progress = Progress(

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from facematch_async.batch._compare import Comparison, compare_results
 from facematch_async.batch._index import IndexStorageError
+from facematch_async.batch._manifest import is_url
 from facematch_async.batch._report import write_report
 from facematch_async.batch._scan import ScanProgress
 from facematch_async.batch._shard import resolve_shard
@@ -91,7 +92,7 @@ def _check_paths(args: argparse.Namespace) -> None:
             raise UsageError(f"{path}: is a directory, not a results file")
         if not Path(path).is_file():
             raise UsageError(f"{path}: no such file")
-    if args.manifest and not Path(args.manifest).exists():  # a folder manifest is fine
+    if args.manifest and not is_url(args.manifest) and not Path(args.manifest).exists():
         raise UsageError(f"{args.manifest}: no such manifest")
     if args.changed and not args.against:
         raise UsageError("--changed lists what changed --against earlier decisions: give both")

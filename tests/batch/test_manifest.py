@@ -15,11 +15,12 @@ def problems(specs: list[PairSpec]) -> dict[int | None, str]:
 
 
 def test_csv_rows_resolve_against_the_manifest_folder(tmp_path: Path) -> None:
-    """Relative paths resolve against the manifest's folder; extra columns are kept."""
+    """Relative paths resolve against the manifest's folder (an absolute one replaces it,
+    when unconfined); extra columns are kept."""
     (tmp_path / "m").mkdir()
     manifest = tmp_path / "m" / "pairs.csv"
     manifest.write_text("case,pair_id,file_a,file_b\nC-1,p1,a.jpg,/abs/b.png\n")
-    [spec] = list(read_manifest(manifest))
+    [spec] = list(read_manifest(manifest, confined=False))
     assert spec == PairSpec("p1", tmp_path / "m" / "a.jpg", Path("/abs/b.png"), 2, {"case": "C-1"})
 
 

@@ -216,7 +216,7 @@ def test_the_dry_run_and_the_run_refuse_the_same_files_the_same_way(
     }
     line_of = {pair_id: line for line, pair_id in enumerate(files, start=1)}
 
-    dry = _cli(["batch", str(manifest), "--dry-run"], env)
+    dry = _cli(["batch", str(manifest), "--dry-run", "--no-root"], env)
     assert dry.returncode == 1, dry.stderr
     refused_dry = {}
     for text in dry.stdout.splitlines():
@@ -226,7 +226,7 @@ def test_the_dry_run_and_the_run_refuse_the_same_files_the_same_way(
     assert f"1 ready, {len(files) - 1} would fail" in dry.stdout
 
     results = tmp_path / "out.jsonl"
-    run = _cli(["batch", str(manifest), "--out", str(results)], env)
+    run = _cli(["batch", str(manifest), "--out", str(results), "--no-root"], env)
     assert run.returncode == 1, run.stderr
     records = [json.loads(line) for line in results.read_text().splitlines()]
     refused_run = {}
@@ -257,7 +257,7 @@ def test_dev_zero_is_refused_the_same_way_by_the_dry_run(tmp_path: Path) -> None
     good.write_bytes(make_test_image("asha", "jpeg"))
     manifest = tmp_path / "pairs.csv"
     manifest.write_text(f"pair_id,file_a,file_b\nz,{good},/dev/zero\n")
-    dry = _cli(["batch", str(manifest), "--dry-run"], dict(os.environ))
+    dry = _cli(["batch", str(manifest), "--dry-run", "--no-root"], dict(os.environ))
     assert dry.returncode == 1, dry.stderr
     assert "line 2: ImageReadError: file_b: is a character device, not a regular file" in (
         dry.stdout
