@@ -21,7 +21,10 @@ import asyncio
 import contextlib
 import enum
 import logging
+import math
+import os
 import signal
+import time
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +32,9 @@ from pathlib import Path
 from facematch_async.batch._index import IndexStorageError
 from facematch_async.batch._outcome import PairOutcome
 from facematch_async.batch._runner import BatchRunner, PairInput, StopReason
+from facematch_async.batch._scan import ScanProgress
 from facematch_async.batch._sink import ResultFormat, ResultsFileError
+from facematch_async.batch._state import JobState
 from facematch_async.batch._summary import BatchSummary
 from facematch_async.errors import AuthenticationError, PacingStoreError
 
@@ -87,8 +92,13 @@ class JobResult:
     """How a job ended.
 
     Attributes:
-        exit_code: What the process should exit with.
+        exit_code: What the process should exit with: the results file's truth
+            (:attr:`JobState.exit_code`: 0 every pair decided, 1 final errors, 69 pairs still
+            to run), unless the run itself stopped for a reason of its own (interrupted,
+            the daily quota, refused credentials, a disk error).
         summary: This run's counts (outcomes written, pairs skipped, latency).
+        state: The results file against the manifest at the end (``None`` when it could
+            not be told): decided, final errors, pairs still to run.
         stop_reason: Why the runner stopped early (see :attr:`BatchRunner.stop_reason`).
         interrupted: A signal stopped it.
         error: What stopped it, when something did: refused credentials, a lost store,
@@ -96,8 +106,16 @@ class JobResult:
         unrecorded: Pairs started but left without a line (a resume runs them).
     """
 
+    @property
+    def left(self) -> int | None:
+        """Pairs a plain resume would send (``None`` when unknown: no manifest given)."""
+        if self.state is None or not self.state.has_manifest:
+            return None
+        return self.state.to_run
+
     exit_code: ExitCode
     summary: BatchSummary
+    state: JobState | None = None
     stop_reason: StopReason | None = None
     interrupted: bool = False
     error: BaseException | None = None
@@ -112,7 +130,7 @@ class JobResult:
             return f"{error}; stopped"
         if code == ExitCode.CREDENTIALS and error is not None:
             return f"credentials refused, stopped: {error}"
-        if code == ExitCode.UNAVAILABLE:
+        if code == ExitCode.UNAVAILABLE and self.stop_reason == "unavailable":
             last = type(error).__name__ if error is not None else "a transient error"
             return (
                 "the API or the image store seems unavailable (too many pairs in a row "
@@ -125,11 +143,15 @@ class JobResult:
             )
         if code == ExitCode.INTERRUPTED:
             return "interrupted; stopped"
+        if code == ExitCode.UNAVAILABLE:  # the file holds transient errors or unrun pairs
+            return "pairs are still to run (transient errors, or not reached yet)"
         return None
 
     @property
     def resumable(self) -> bool:
-        """Whether a resume has pairs to send (the job stopped before the end)."""
+        """Whether a plain resume has pairs to send."""
+        if self.left is not None:
+            return self.left > 0
         return self.exit_code in (
             ExitCode.UNAVAILABLE,
             ExitCode.IO,
@@ -153,6 +175,9 @@ async def run_job(
     on_progress: Callable[[JobProgress], object] | None = None,
     progress_interval: float = 30.0,
     summary: BatchSummary | None = None,
+    manifest: str | os.PathLike[str] | None = None,
+    shard: tuple[int, int] | None = None,
+    on_read: Callable[[ScanProgress], object] | None = None,
 ) -> JobResult:
     """Run ``pairs`` into the results file ``out`` (see :meth:`BatchRunner.run_to_file`)
     and say how the job ended.
@@ -173,6 +198,10 @@ async def run_job(
         on_progress: Called with a :class:`JobProgress` as the job starts, then every
             ``progress_interval`` seconds.
         summary: Count into this summary (one a progress display reads) instead of a new one.
+        manifest: The manifest ``pairs`` came from (``shard``'s part of it): the exit code
+            and :attr:`JobResult.state` then count its pairs that have no line too.
+        shard: The ``(k, n)`` part of ``manifest`` this job runs.
+        on_read: Called with a :class:`ScanProgress` while a long results file is read.
 
     Raises:
         FileExistsError: ``out`` holds results and neither ``resume`` nor ``retry_failed``
@@ -199,11 +228,22 @@ async def run_job(
             runner.cancel()
 
     async def report() -> None:
+        # At the start, every interval, and at once when the batch starts or stops waiting
+        # (for a window, a pause, the quota): a log never looks hung.
         assert on_progress is not None
+        said: str | None = ""
+        last = -math.inf
+        await asyncio.sleep(min(1.0, progress_interval))  # the file opened (or refused) first
         while True:
-            summary.skipped = runner.skipped
-            on_progress(JobProgress(summary, runner.in_flight, runner.waiting_reason()))
-            await asyncio.sleep(progress_interval)
+            waiting = runner.waiting_reason()
+            now = time.monotonic()
+            # A change of what it waits for, not of the countdown, is news.
+            what = None if waiting is None else waiting.split(":", 1)[0]
+            if what != said or now - last >= progress_interval:
+                summary.skipped = runner.skipped
+                on_progress(JobProgress(summary, runner.in_flight, waiting))
+                said, last = what, now
+            await asyncio.sleep(min(1.0, progress_interval))
 
     error: BaseException | None = None
     code: ExitCode | None = None
@@ -218,6 +258,9 @@ async def run_job(
                 fmt=fmt,
                 on_outcome=on_outcome,
                 summary=summary,
+                manifest=manifest,
+                shard=shard,
+                on_read=on_read,
             )
         except FileExistsError:
             raise  # results there, and no resume: nothing was sent
@@ -237,9 +280,12 @@ async def run_job(
         code = _exit_code(runner, summary, interrupted > 0)
         if code == ExitCode.UNAVAILABLE:
             error = runner.outage_error
+        elif code in (ExitCode.OK, ExitCode.PAIRS_FAILED) and runner.state is not None:
+            code = ExitCode(runner.state.exit_code)  # the file's truth, not this run's
     return JobResult(
         exit_code=code,
         summary=summary,
+        state=runner.state,
         stop_reason=runner.stop_reason,
         interrupted=interrupted > 0,
         error=error,

@@ -33,6 +33,7 @@ import dataclasses
 import functools
 import logging
 import math
+import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
 from pathlib import Path
@@ -45,7 +46,9 @@ from facematch_async._retry import is_retryable
 from facematch_async.batch._index import KeyIndex
 from facematch_async.batch._manifest import ManifestProblem, PairSpec
 from facematch_async.batch._outcome import PairError, PairOutcome
+from facematch_async.batch._scan import ScanProgress
 from facematch_async.batch._sink import ResultFormat, ResultsFile, ResultsFileError
+from facematch_async.batch._state import JobState
 from facematch_async.batch._summary import BatchSummary
 from facematch_async.errors import (
     AuthenticationError,
@@ -155,6 +158,8 @@ class BatchRunner:
             with ``rate_limit`` (:meth:`FaceMatchClient.with_options`).
         retry_policy: The rules each pair's call follows: the client's, with
             ``rate_limit_rounds``, ``max_pause`` and ``stop_at_quota`` (``wait_for_quota``).
+        state: The results file's truth at the end of the last :meth:`run_to_file`
+            (against its ``manifest``, when given): decided, final errors, still to run.
         stop_reason: ``None`` while running or after a complete run; ``"stopped"``
             (:meth:`stop`), ``"quota"``, ``"credentials"`` or ``"unavailable"`` when the
             run ended early.
@@ -226,6 +231,7 @@ class BatchRunner:
         self.in_flight = 0
         self._tasks: set[asyncio.Task[bool]] = set()
         self.summary: BatchSummary | None = None
+        self.state: JobState | None = None
         self._crash: BaseException | None = None
 
     def stop(self, grace: float | None = None) -> None:
@@ -330,6 +336,9 @@ class BatchRunner:
         fmt: ResultFormat | None = None,
         on_outcome: Callable[[PairOutcome], object] | None = None,
         summary: BatchSummary | None = None,
+        manifest: str | os.PathLike[str] | None = None,
+        shard: tuple[int, int] | None = None,
+        on_read: Callable[[ScanProgress], object] | None = None,
     ) -> BatchSummary:
         """Match ``pairs`` into a results file, resumably: ``batch --out PATH`` in Python.
 
@@ -339,7 +348,11 @@ class BatchRunner:
         skipped, and the requests of the last day count against the daily window; with
         ``retry_failed`` pairs whose last line is an ``error`` run again. At the end the file
         is compacted to one line per pair (atomically). The summary so far is also in
-        :attr:`summary`, for a run that raised.
+        :attr:`summary`, for a run that raised; the file's truth, in :attr:`state`.
+
+        The file belongs to one run at a time: a second one (another process, or another
+        ``run_to_file`` here) is refused at once, naming the holder. A long file is read in
+        a worker thread: the event loop (signals, other tasks) runs meanwhile.
 
         ```python
         runner = BatchRunner(client, rate_limit="growth", stop_at_quota=True)
@@ -357,6 +370,11 @@ class BatchRunner:
             on_outcome: Called with each outcome after its line is written (progress).
             summary: Count into this summary (one a progress display reads, say) rather
                 than a new one.
+            manifest: The manifest ``pairs`` came from (its ``shard`` part): at the end,
+                :attr:`state` counts its pairs that have no line too.
+            shard: The ``(k, n)`` part of ``manifest`` this run is given.
+            on_read: Called now and then with a :class:`ScanProgress` while a long file is
+                read on a resume.
 
         Returns:
             Counts per status and ``sub_code``, latency quantiles, pairs skipped.
@@ -377,7 +395,10 @@ class BatchRunner:
         limiter = self.client.rate_limiter
         windows = () if limiter is None else limiter.windows
         seed = max((window.limit for window in windows), default=0)
-        results.open(resume=resume or retry_failed, seed_limit=seed)
+        self.state = None
+        await results.open_async(
+            resume=resume or retry_failed, seed_limit=seed, on_progress=on_read
+        )
         try:
             if results.repaired:
                 logger.warning(
@@ -417,6 +438,11 @@ class BatchRunner:
         finally:
             if self.summary is not None:  # also for a run that raised
                 self.summary.skipped = self.skipped
+            try:
+                # The file's truth, from its own index: decided, final errors, still to run.
+                self.state = await results.job_state_async(manifest, shard=shard)
+            except (OSError, ValueError) as exc:  # the manifest became unreadable
+                logger.warning("the results file's state against %s is unknown: %s", manifest, exc)
             try:
                 results.close()
             except ResultsFileError as exc:  # complete as it is: readers take the last line

@@ -27,19 +27,24 @@ from facematch_async.batch import (
     ExitCode,
     IndexStorageError,
     JobProgress,
+    JobResult,
     PairSpec,
     ResultsFileError,
+    ScanProgress,
     check_manifest,
+    job_state,
     resolve_shard,
     run_job,
     shard_filter,
+    write_report,
 )
-from facematch_async.batch._manifest import is_url
+from facematch_async.batch._manifest import is_url, scan_manifest
 from facematch_async.batch._progress import Progress, format_duration
 from facematch_async.cli._common import (
     UsageError,
     add_connection_arguments,
     client_options,
+    logging_to_stderr,
     make_client,
 )
 
@@ -151,6 +156,18 @@ def add_batch_parser(
         help="on Ctrl-C, how long pairs in flight may finish (%(default)s)",
     )
     parser.add_argument(
+        "--report",
+        metavar="HTML",
+        help="at the end, write the results file's report (against the manifest) to this "
+        "self-contained HTML file",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        default="WARNING",
+        help="what the library logs on stderr: INFO shows each 429, retry and pause (%(default)s)",
+    )
+    parser.add_argument(
         "--progress-interval",
         type=float,
         default=30.0,
@@ -173,17 +190,6 @@ def _share(text: str) -> float:
     if not 0 <= share < 1:
         raise argparse.ArgumentTypeError(f"a share from 0 to below 100%, not {text!r}")
     return share
-
-
-def _count_rows(path: Path) -> int | None:
-    """Rows in a CSV/JSONL manifest, for the ETA (a fast newline count)."""
-    if path.is_dir():
-        return None
-    rows = 0
-    with open(path, "rb") as file:
-        while chunk := file.read(1 << 20):
-            rows += chunk.count(b"\n")
-    return rows - (0 if path.suffix.lower() in (".jsonl", ".ndjson", ".json") else 1)
 
 
 def _resume_command(args: argparse.Namespace) -> str:
@@ -210,6 +216,11 @@ def _check_out_folder(path: str) -> None:
 
 def run_batch(args: argparse.Namespace) -> int:
     """``facematch-async batch``; returns the exit code (see :class:`ExitCode`)."""
+    with logging_to_stderr("batch", args.log_level):
+        return _batch(args)
+
+
+def _batch(args: argparse.Namespace) -> int:
     try:
         shard = resolve_shard(args.shard)
         windows = parse_rate_limit(args.rate_limit)
@@ -287,17 +298,20 @@ async def _run(
     shard: tuple[int, int] | None,
 ) -> int:
     summary = BatchSummary()
-    # A bucket's manifest: no ETA rather than read it twice.
-    total = None if is_url(args.manifest) else _count_rows(Path(args.manifest))
-    if total is not None and shard is not None:
-        total = total // shard[1]
     progress = Progress(
-        summary, total, sys.stderr, interactive=sys.stderr.isatty(), interval=args.progress_interval
+        summary, None, sys.stderr, interactive=sys.stderr.isatty(), interval=args.progress_interval
     )
+    # The pairs of this shard, counted aside while the run goes (a bucket's manifest: none).
+    counting = None if is_url(args.manifest) else asyncio.create_task(_count(args, shard))
+    if counting is not None:
+        counting.add_done_callback(lambda task: _set_total(progress, task))
 
     def show(now: JobProgress) -> None:
         progress.note = now.waiting or ""
-        progress.tick()
+        progress.tick(force=True)
+
+    def reading(now: ScanProgress) -> None:
+        progress.say(now.format(), every=0 if progress.interactive else args.progress_interval)
 
     # The client paces every attempt (with a store: shared with the key's other processes).
     options = {**options, "rate_limit": windows, "rate_limit_store": args.rate_limit_store}
@@ -330,17 +344,53 @@ async def _run(
                 on_progress=show,
                 progress_interval=progress.interval,
                 summary=summary,
+                manifest=args.manifest,
+                shard=shard,
+                on_read=reading,
             )
         except FileExistsError:
             raise UsageError(
                 f"{args.out} already holds results: pass --resume to continue it, "
                 "--retry-failed to re-run its errors, or choose another --out"
             ) from None
-        except ResultsFileError as exc:  # refused on opening: nothing sent
+        except ResultsFileError as exc:  # refused on opening (another run holds it, say)
             raise UsageError(str(exc)) from None
         finally:
+            if counting is not None:
+                counting.cancel()
             progress.close()
-    print(summary.format())
+    _report(args, result, windows, shard)
+    return result.exit_code
+
+
+async def _count(args: argparse.Namespace, shard: tuple[int, int] | None) -> int:
+    """The pairs of the manifest (this shard's part), in a worker thread."""
+    return await asyncio.to_thread(
+        lambda: sum(1 for _ in shard_filter(scan_manifest(args.manifest), shard))
+    )
+
+
+def _set_total(progress: Progress, task: asyncio.Task[int]) -> None:
+    if not task.cancelled() and task.exception() is None:
+        progress.total = task.result()
+
+
+def _report(
+    args: argparse.Namespace,
+    result: JobResult,
+    windows: tuple[Window, ...],
+    shard: tuple[int, int] | None,
+) -> None:
+    """This run's counts, then the file's truth against the manifest, then what to do."""
+    print("this run: " + result.summary.format())
+    state = result.state
+    if state is not None:
+        part = f" (shard {shard[0]}/{shard[1]})" if shard else ""
+        print(
+            f"{args.out} against the manifest{part}: {state.decided} decided, "
+            f"{state.final_errors} final errors, {state.to_run} still to run "
+            f"({state.retryable} after transient errors, {state.missing or 0} without a line)"
+        )
     message = result.message()
     if message is not None and not result.interrupted:
         print(f"\nfacematch-async batch: {message}", file=sys.stderr)
@@ -350,7 +400,46 @@ async def _run(
             "resume); pairs without a line run again.",
             file=sys.stderr,
         )
-    if result.resumable:
-        print(f"{result.unrecorded} pair(s) were left for later. Resume with:", file=sys.stderr)
-        print(f"  {_resume_command(args)}", file=sys.stderr)
-    return result.exit_code
+    if args.report:
+        _write_report(args, windows, shard)
+    if result.exit_code == ExitCode.CREDENTIALS:
+        print("Fix the credentials or the store, then resume with:", file=sys.stderr)
+    elif result.resumable:
+        left = result.left if result.left is not None else result.unrecorded
+        print(f"{left} pair(s) still to run. Resume with:", file=sys.stderr)
+    elif state is not None and state.final_errors:
+        print(
+            f"{state.final_errors} pair(s) failed for good (a bad image or row): fix the input, "
+            "then run again with --retry-failed",
+            file=sys.stderr,
+        )
+        return
+    else:
+        return
+    print(f"  {_resume_command(args)}", file=sys.stderr)
+    if "***" in _resume_command(args):
+        print("  (type the store's password where *** stands)", file=sys.stderr)
+
+
+def _write_report(
+    args: argparse.Namespace, windows: tuple[Window, ...], shard: tuple[int, int] | None
+) -> None:
+    """The HTML report of the file against the manifest, with this run's settings."""
+    settings = {
+        "plan": ",".join(map(str, windows)) or "none",
+        "reserve": f"{args.reserve:.0%}",
+        "shard": f"{shard[0]}/{shard[1]}" if shard else "all",
+        "base URL": args.base_url or "production",
+    }
+    try:
+        state = job_state(args.out, args.manifest, shard=shard, index_dir=args.index_dir)
+        path = write_report(
+            args.report,
+            state,
+            settings=settings,
+            sources={"results": args.out, "manifest": args.manifest},
+        )
+    except (OSError, ValueError) as exc:
+        print(f"facematch-async batch: cannot write the report: {exc}", file=sys.stderr)
+        return
+    print(f"report: {path}", file=sys.stderr)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
+import logging
 import os
 import sys
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from facematch_async.batch import ExitCode
@@ -25,6 +28,7 @@ __all__ = [
     "UsageError",
     "add_connection_arguments",
     "client_options",
+    "logging_to_stderr",
     "make_client",
     "read_secret",
 ]
@@ -130,3 +134,23 @@ def client_options(args: argparse.Namespace) -> dict[str, Any]:
         "max_retries": args.max_retries,
         "image_read_timeout": args.image_read_timeout,
     }
+
+
+@contextlib.contextmanager
+def logging_to_stderr(command: str, level: str) -> Iterator[None]:
+    """While the block runs, show the library's log lines of ``level`` and above on stderr,
+    each prefixed with the command's name (a line the project wrote, never a dependency's);
+    the logger is left as it was after (``main()`` may run again in one process)."""
+    library = logging.getLogger("facematch_async")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"facematch-async {command}: %(message)s"))
+    handler.setLevel(level)
+    before = library.level
+    library.addHandler(handler)
+    if library.getEffectiveLevel() > handler.level:
+        library.setLevel(level)
+    try:
+        yield
+    finally:
+        library.removeHandler(handler)
+        library.setLevel(before)

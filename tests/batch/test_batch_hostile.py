@@ -154,7 +154,9 @@ def test_a_bad_row_does_not_stop_the_cli_batch_or_its_resume(
     assert sorted(bad) == [22, 23]
     assert all(r["sub_code"] == "MALFORMED_ROW" for r in bad.values())
     resumed = run_cli([*args, "--resume"], cli_env)
-    assert resumed.returncode == 0, resumed.stderr  # nothing left to run
+    # Nothing left to run, but the file holds two final errors: 1, and what to do about them.
+    assert resumed.returncode == 1, resumed.stderr
+    assert "--retry-failed" in resumed.stderr
     assert len(records(out)) == 42
 
 
