@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import stat
 import threading
 import time
@@ -249,6 +250,44 @@ def _read_path(
         os.close(fd)
 
 
+# After a scan's header, its entropy-coded data runs to the next marker: 0xFF followed by
+# anything but 0x00 (a stuffed 0xFF) or a restart marker (0xD0-0xD7).
+_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7]")
+_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})  # markers with no length after them
+
+
+def _jpeg_complete(data: bytes) -> bool | None:
+    """Whether a JPEG holds its main image's end marker, found by walking its segments:
+    an end marker inside a segment (an EXIF thumbnail's, in a camera file cut short) is
+    skipped with its segment, so it cannot pass for the image's own. ``None`` when the
+    segments do not parse (an odd encoder): the caller falls back to any end marker."""
+    pos, size = 2, len(data)
+    while pos + 1 < size:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill bytes before a marker
+            pos += 1
+            continue
+        if marker == 0xD9:
+            return True
+        if marker in _STANDALONE:
+            pos += 2
+            continue
+        if pos + 4 > size:
+            return False
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if length < 2:
+            return None
+        pos += 2 + length
+        if marker == 0xDA:  # a scan: its entropy-coded data runs to the next marker
+            found = _NEXT_MARKER.search(data, min(pos, size))
+            if found is None:
+                return False
+            pos = found.start()
+    return False
+
+
 def _check(field: str, data: bytes, max_bytes: int | None, allow_pdf: bool) -> UploadImage:
     if not data:
         raise EmptyImageError(f"{field} is empty", field=field)
@@ -259,7 +298,8 @@ def _check(field: str, data: bytes, max_bytes: int | None, allow_pdf: bool) -> U
     for prefix, name, extension, content_type in _SIGNATURES:
         if data.startswith(prefix) and (name != "PDF" or allow_pdf):
             end = _END_MARKERS.get(name)
-            if end is not None and data.rfind(end) == -1:
+            complete = _jpeg_complete(data) if name == "JPEG" else None
+            if complete is False or (complete is None and end and data.rfind(end) == -1):
                 raise CorruptImageError(
                     f"{field} is a truncated {name}: it has no end marker", field=field
                 )

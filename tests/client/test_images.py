@@ -17,7 +17,7 @@ from facematch_async import (
 )
 from facematch_async._images import detect_format
 from facematch_async.sandbox import SandboxServer, make_test_image
-from tests.helpers import Faces, MakeClient
+from tests.helpers import FACES, Faces, MakeClient
 
 GIF = b"GIF89a\x01\x00\x01\x00\x00\x00\x00;"
 WEBP = b"RIFF\x1a\x00\x00\x00WEBPVP8 "
@@ -192,3 +192,65 @@ def test_unreadable_file_is_refused_for_an_unprivileged_user(tmp_path: Path) -> 
     assert completed.stdout.strip() == "ImageReadError file_a file_a: permission denied", (
         completed.stderr
     )
+
+
+def camera_jpeg(width: int = 640, height: int = 480) -> bytes:
+    """A JPEG laid out as a camera writes one: an EXIF APP1 segment right after SOI whose
+    IFD1 holds a JPEG thumbnail (with an end marker of its own), then the main image."""
+    from PIL import Image
+
+    def jpeg(size: tuple[int, int], color: tuple[int, int, int]) -> bytes:
+        buffer = io.BytesIO()
+        Image.new("RGB", size, color).save(buffer, "JPEG", quality=90)
+        return buffer.getvalue()
+
+    main, thumbnail = jpeg((width, height), (200, 120, 80)), jpeg((160, 120), (200, 120, 80))
+    # TIFF, little-endian: IFD0 (no entries) -> IFD1 (JPEGInterchangeFormat and its length).
+    ifd1_at = 8 + 2 + 4
+    thumb_at = ifd1_at + 2 + 2 * 12 + 4
+    tiff = b"II*\x00" + (8).to_bytes(4, "little")
+    tiff += (0).to_bytes(2, "little") + ifd1_at.to_bytes(4, "little")
+    tiff += (2).to_bytes(2, "little")
+    tiff += bytes.fromhex("0102") + (4).to_bytes(2, "little") + (1).to_bytes(4, "little")
+    tiff += thumb_at.to_bytes(4, "little")  # tag 0x0201, LONG: where the thumbnail starts
+    tiff += bytes.fromhex("0202") + (4).to_bytes(2, "little") + (1).to_bytes(4, "little")
+    tiff += len(thumbnail).to_bytes(4, "little")  # tag 0x0202: its length
+    tiff += (0).to_bytes(4, "little") + thumbnail
+    payload = b"Exif\x00\x00" + tiff
+    app1 = b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload
+    return main[:2] + app1 + main[2:]
+
+
+async def test_a_cut_camera_jpeg_with_an_exif_thumbnail_is_refused_before_any_call(
+    make_client: MakeClient, faces: Faces, sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    """A camera file cut short (`head -c`) still holds its EXIF thumbnail's end marker: it is
+    CorruptImageError naming the field, before any call; the whole file passes."""
+    whole = camera_jpeg()
+    assert whole.count(b"\xff\xd9") == 2  # the thumbnail's and the image's
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(whole[: len(whole) * 2 // 3])
+    client = make_client()
+    with pytest.raises(CorruptImageError, match="truncated") as caught:
+        await client.match(cut, faces.alice_jpg)
+    assert caught.value.field == "file_a"
+    assert_no_request(sandbox)
+    (tmp_path / "whole.jpg").write_bytes(whole)
+    await client.prepare(tmp_path / "whole.jpg", faces.alice_jpg)  # the whole file is fine
+
+
+@pytest.mark.parametrize("name", ["obama.jpg", "biden.jpg"])
+async def test_real_camera_photos_cut_short_are_refused(
+    make_client: MakeClient, faces: Faces, tmp_path: Path, name: str
+) -> None:
+    """The public-domain photos in ../shared/faces (EXIF thumbnails inside): the first
+    100,000 bytes are refused as truncated; the whole photo is accepted."""
+    photo = FACES / name
+    if not photo.exists():
+        pytest.skip(f"needs the sample photos in {FACES}")
+    cut = tmp_path / name
+    cut.write_bytes(photo.read_bytes()[:100_000])
+    client = make_client()
+    with pytest.raises(CorruptImageError, match="truncated"):
+        await client.prepare(cut, faces.alice_jpg)
+    await client.prepare(photo, faces.alice_jpg)
