@@ -20,7 +20,7 @@ import contextlib
 from collections.abc import Awaitable
 
 from facematch_async._deadline import Deadline
-from facematch_async._ratelimit import RateLimiter, SlotUnavailable
+from facematch_async._ratelimit import QUOTA_PERIOD, RateLimiter, SlotUnavailable
 from facematch_async.errors import CallStoppedError, QuotaExceededError, RateLimitError
 
 __all__ = ["AttemptTimes", "refuse_early", "wait_for_slot", "wait_or_stop"]
@@ -70,8 +70,10 @@ async def wait_for_slot(
         QuotaExceededError: the day's quota is used up and ``wait_for_quota`` is false.
         CallStoppedError: ``stop`` was set first.
     """
+    if limiter.quota_for > 0 and not wait_for_quota:  # the API said: used up until then
+        raise _quota(limiter.quota_for)
     if not limiter.windows:  # pauses only (after 429s): no store to ask
-        while (wait := limiter.paused_for) > 0:
+        while (wait := max(limiter.paused_for, limiter.quota_for)) > 0:
             if not _in_time(wait, deadline, attempt, max_wait):
                 raise _refused(limiter, wait, deadline, reserve)
             await wait_or_stop(wait, stop, "stopped while the rate limit paused")
@@ -90,10 +92,7 @@ async def wait_for_slot(
             await (acquire if stop is None else _unless_stopped(acquire, stop))
     except SlotUnavailable as late:
         if late.quota:
-            raise QuotaExceededError(
-                f"the rate limit's daily quota is used up; it reopens in {late.wait:.0f} s",
-                retry_after=late.wait,
-            ) from None
+            raise _quota(late.wait) from None
         raise _refused(limiter, late.wait, deadline, reserve) from None
     if deadline is not None and not deadline.fits(attempt):
         # The slot came later than projected: too late to send (the slot is lost, the
@@ -133,10 +132,20 @@ async def wait_or_stop(seconds: float, stop: asyncio.Event | None, stopped: str)
             raise CallStoppedError(stopped)
 
 
+def _quota(wait: float) -> QuotaExceededError:
+    return QuotaExceededError(
+        f"the rate limit's daily quota is used up; it reopens in {wait:.0f} s",
+        retry_after=wait,
+    )
+
+
 def _refused(
     limiter: RateLimiter, wait: float, deadline: Deadline | None, reserve: float | None
 ) -> RateLimitError:
-    """The refusal of a call whose slot comes too late for it."""
+    """The refusal of a call whose slot comes too late for it (the day's quota: a wait of
+    an hour or more is nothing a retry soon fixes)."""
+    if wait >= QUOTA_PERIOD:
+        return _quota(wait)
     if deadline is None:
         why = "longer than the client's max_slot_wait"
     else:

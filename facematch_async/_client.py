@@ -213,6 +213,7 @@ class FaceMatchClient:
         )
         self.rate_limiter = _make_limiter(rate_limit, rate_limit_store, client_id)
         self._attempt_times = AttemptTimes()  # how long a face-match attempt takes here
+        self._sent = [0]  # face-match requests on the wire; shared with with_options() copies
         self._derived = False  # a with_options() copy: the transport is not its own
         self._owns_limiter = True
 
@@ -248,6 +249,12 @@ class FaceMatchClient:
     def base_url(self) -> str:
         """The API's base URL, without a trailing slash."""
         return self._transport.base_url
+
+    @property
+    def requests_sent(self) -> int:
+        """Face-match requests this client (and its :meth:`with_options` copies) has sent,
+        retries included: what Deepvue may bill, answered or not."""
+        return self._sent[0]
 
     @property
     def closed(self) -> bool:
@@ -622,6 +629,7 @@ class FaceMatchClient:
 
     async def _send_once(self, call: _MatchCall, token: str) -> FaceMatchResult:
         call.attempts += 1
+        self._sent[0] += 1
         headers = {"Authorization": f"Bearer {token}", "x-api-key": self._client_secret}
         secrets = (self._client_secret, token)
         path = f"/{self.api_version}/facematch"

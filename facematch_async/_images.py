@@ -19,6 +19,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, replace
+from dataclasses import field as dataclass_field
 from typing import IO, NamedTuple, TypeAlias
 
 import anyio.to_thread
@@ -93,7 +94,7 @@ class UploadImage:
     """
 
     field: str
-    data: bytes
+    data: bytes = dataclass_field(repr=False)  # a repr (a log line) never holds the photo
     format: str
     filename: str
     content_type: str

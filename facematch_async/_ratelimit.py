@@ -335,6 +335,7 @@ class RateLimiter:
         # Pauses: after 429s (doubling while they go on), or a hold.
         self._paused_until = -math.inf
         self._pause_reason: str | None = None
+        self._quota_until = -math.inf  # the API said the day's quota is used up until then
         self._backoff = 1.0
         self.rate_limited = 0  # 429s heard from every caller
         self._adaptive_next = -math.inf
@@ -472,6 +473,17 @@ class RateLimiter:
             self._paused_until = until
             self._pause_reason = reason
 
+    def hold_for_quota(self, seconds: float) -> None:
+        """The API said the day's quota is used up for ``seconds``: callers that wait for the
+        quota wait that long; the others are refused at once (``acquire(wait_for_quota=False)``
+        raises), instead of spending a request to hear it again."""
+        self._quota_until = max(self._quota_until, self._clock() + seconds)
+
+    @property
+    def quota_for(self) -> float:
+        """Seconds until the day's quota reopens, as the API said (0 when it did not)."""
+        return max(0.0, self._quota_until - self._clock())
+
     @property
     def paused_for(self) -> float:
         """Seconds left in the current pause (0 when not paused)."""
@@ -482,7 +494,8 @@ class RateLimiter:
         the adaptive pace, the windows in memory, or what a shared store told the last
         refused :meth:`acquire` (counted down since)."""
         now = self._clock()
-        wait = max(self._paused_until, self._adaptive_next, self._wait_until) - now
+        wait = max(self._paused_until, self._adaptive_next, self._wait_until, self._quota_until)
+        wait -= now
         if self.windows and isinstance(self.store, MemoryStore):
             tier, windows, _ = self._tier(self.reserve if reserve is None else reserve)
             verdict = self.store.check(windows, tier=tier, margin=self.margin, now=now)
@@ -494,11 +507,17 @@ class RateLimiter:
         now = self._clock()
         wait = self.wait_time()
         reason: str | None = None
-        if self._paused_until - now >= wait - EPSILON and self._paused_until > now:
+        window = self._wait_window if self._wait_until > now else None
+        if self._quota_until > now and self._quota_until - now >= wait - EPSILON:
+            reason = "the daily quota is used up (the API said)"
+        elif self._paused_until > now and self._paused_until - now >= wait - EPSILON:
             reason = self._pause_reason or "paused"
-        elif self._wait_until > now:
-            window = self._wait_window
-            reason = f"the {window} window is full" if window else "pacing"
+        else:
+            if self.windows and isinstance(self.store, MemoryStore):
+                verdict = self.store.check(self.windows, tier="all", margin=self.margin, now=now)
+                window = verdict.window or window
+            if window is not None:
+                reason = f"the {window} window is full"
         return PacingStatus(
             wait=wait,
             reason=reason,
@@ -617,14 +636,18 @@ class RateLimiter:
             if not self._started:
                 await self.start()
             if not self.windows:  # pauses only
-                while (wait := self._paused_until - self._clock()) > 0:
+                if self.quota_for > 0 and not wait_for_quota:
+                    raise SlotUnavailable(self.quota_for, quota=True)
+                while (wait := max(self._paused_until, self._quota_until) - self._clock()) > 0:
                     _check_within(give_up, self._clock(), wait)
                     await self._sleep(wait)
                 return
             tier, windows, pace = self._tier(self.reserve if reserve is None else reserve)
             while True:
                 now = self._clock()
-                wait = max(self._paused_until, self._adaptive_next) - now
+                if self._quota_until > now and not wait_for_quota:
+                    raise SlotUnavailable(self._quota_until - now, quota=True)
+                wait = max(self._paused_until, self._adaptive_next, self._quota_until) - now
                 if wait > EPSILON:
                     _check_within(give_up, now, wait)
                     await self._sleep(wait)

@@ -145,20 +145,21 @@ def _quota(error: RateLimitError) -> QuotaExceededError:
 
 
 def _wait_for_quota(limiter: RateLimiter, retry_after: float | None, cap: float) -> None:
-    """Pause every caller of ``limiter`` until the quota reopens: the server's wait, but at
-    most the limiter's longest window (a nonsense ``Retry-After`` must not stop it for good)."""
-    longest = max((w.period for w in limiter.windows), default=_DAY) + limiter.margin
+    """Hold ``limiter``'s callers until the quota reopens (those that wait for it wait; the
+    others are refused at once): the server's wait, but at most the limiter's longest
+    window, or a day (a nonsense ``Retry-After`` must not stop it for good)."""
+    longest = max([_DAY, *(w.period for w in limiter.windows)]) + limiter.margin
     wait = longest if retry_after is None or not math.isfinite(retry_after) else retry_after
     wait = min(wait, longest)
-    if limiter.paused_for < wait - 1:  # the first call to meet it says so
+    if limiter.quota_for < wait - 1:  # the first call to meet it says so
         logger.warning(
             "the API asked to wait %s s (Retry-After), longer than %g s: taken as the daily "
-            "quota; every call waits %.0f s",
+            "quota, used up for %.0f s",
             retry_after,
             cap,
             wait,
         )
-    limiter.pause(wait, reason="the daily quota (a long Retry-After)")
+    limiter.hold_for_quota(wait)
 
 
 async def call_with_retries(
@@ -192,9 +193,9 @@ async def call_with_retries(
                 retry_after = error.retry_after
                 if limiter is not None:
                     if not limiter.on_rate_limited(retry_after, cap=policy.max_retry_after):
+                        _wait_for_quota(limiter, retry_after, policy.max_retry_after)
                         if not policy.wait_for_quota:
                             raise _quota(error) from None
-                        _wait_for_quota(limiter, retry_after, policy.max_retry_after)
                 elif not _should_retry(error, policy):
                     raise _quota(error) from None
             elif not (_should_retry(error, policy) or isinstance(error, InvalidTokenError)):

@@ -92,6 +92,12 @@ def _as_spec(pair: PairInput) -> PairSpec:
     if isinstance(pair, PairSpec):
         return pair
     pair_id, file_a, file_b = pair
+    if not all(isinstance(image, str | os.PathLike) for image in (file_a, file_b)):
+        # A batch reads its images when a slot frees up: it takes paths and URLs only.
+        problem = ManifestProblem(
+            "MALFORMED_ROW", "file_a and file_b must be paths or URLs (bytes: use client.match)"
+        )
+        return PairSpec(str(pair_id), None, None, problem=problem)
     return PairSpec(str(pair_id), file_a, file_b)  # a path string becomes a Path; a URL stays
 
 
@@ -396,6 +402,7 @@ class BatchRunner:
         windows = () if limiter is None else limiter.windows
         seed = max((window.limit for window in windows), default=0)
         self.state = None
+        sent_before = self.client.requests_sent
         await results.open_async(
             resume=resume or retry_failed, seed_limit=seed, on_progress=on_read
         )
@@ -438,6 +445,7 @@ class BatchRunner:
         finally:
             if self.summary is not None:  # also for a run that raised
                 self.summary.skipped = self.skipped
+                self.summary.sent = self.client.requests_sent - sent_before
             try:
                 # The file's truth, from its own index: decided, final errors, still to run.
                 self.state = await results.job_state_async(manifest, shard=shard)

@@ -103,6 +103,9 @@ class BatchSummary:
         self.latency = LatencyHistogram()
         self.attempts = 0
         self.skipped = 0
+        # Face-match requests sent in all, when the runner counted them: also those of pairs
+        # left without a line (a stop, a grace run out), billed all the same.
+        self.sent: int | None = None
 
     @property
     def done(self) -> int:
@@ -133,9 +136,14 @@ class BatchSummary:
 
     def format(self) -> str:
         """A multi-line, human-readable report."""
+        requests = f"{self.attempts} face-match requests"
+        unrecorded = (self.sent or 0) - self.attempts
+        if unrecorded > 0:
+            requests += f" (and {unrecorded} for pairs left without a line: billed, sent again"
+            requests += " on resume)"
         lines = [
             f"{self.done} pairs in {self.elapsed():.1f} s ({self.rate():.1f} pairs/s), "
-            f"{self.attempts} face-match requests, {self.skipped} skipped"
+            f"{requests}, {self.skipped} skipped"
         ]
         lines += format_counts(self.statuses, self.codes, self.latency)
         return "\n".join(lines)

@@ -27,7 +27,10 @@ def add_match_parser(
         "match",
         allow_abbrev=False,  # else --client-secret would pass as --client-secret-file
         help="match two images and print the result as JSON",
-        description="Ask the API whether two images show the same person; prints JSON.",
+        description="Ask the API whether two images show the same person; prints JSON. "
+        "Exit codes: 0 a decision (match or no_match), 1 the call failed (the error as one "
+        "line on stderr: no face, a bad image, refused credentials, the API unreachable), "
+        "2 usage.",
     )
     parser.add_argument("file_a", help="first image (JPEG or PNG), e.g. the selfie")
     parser.add_argument("file_b", help="second image, e.g. the ID document")

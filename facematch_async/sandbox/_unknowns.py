@@ -150,8 +150,10 @@ def _rate_limit(config: SandboxConfig) -> tuple[str | None, str]:
     windows = config.rate_windows
     if windows:
         labels = ",".join(window.label for window in windows)
-        plan = f"{config.rate_limit} ({labels})" if isinstance(config.rate_limit, str) else labels
-        return f"rate limit {plan}: sliding windows, 429s without Retry-After", ""
+        named = isinstance(config.rate_limit, str) and config.rate_limit != labels
+        plan = f"{config.rate_limit} ({labels})" if named else labels
+        retry_after = "with" if config.retry_after else "without"
+        return f"rate limit {plan}: sliding windows, 429s {retry_after} Retry-After", ""
     return None, "no rate limit: every plan allows 1-17 calls a second, so no 429 here"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -366,3 +367,37 @@ async def test_pairs_cancelled_before_they_ran_are_counted_unrecorded(
     pairs = [(f"p{i}", faces.alice_png, faces.alice_jpg) for i in range(20)]
     assert await collect(runner, pairs, skip=skip) == {}
     assert (runner.unrecorded, runner.in_flight, len(engine.stamps)) == (8, 0, 0)
+
+
+async def test_a_pair_given_as_bytes_is_its_own_error_and_the_batch_goes_on(
+    make_client: MakeClient, faces: Faces
+) -> None:
+    """A tuple with image bytes instead of paths is that pair's MALFORMED_ROW error (a batch
+    reads its images later, from paths or URLs); the other pairs are decided."""
+    data = faces.alice_png.read_bytes()
+    runner = BatchRunner(make_client(), concurrency=2, rate_limit=None)
+    out = await collect(
+        runner,
+        [("bytes", data, data), ("ok", faces.alice_png, faces.alice_jpg)],
+    )
+    assert out["ok"].status == "match"
+    assert out["bytes"].status == "error"
+    assert out["bytes"].error is not None and out["bytes"].error.sub_code == "MALFORMED_ROW"
+
+
+async def test_requests_of_pairs_left_without_a_line_are_counted(
+    make_client: MakeClient, faces: Faces, sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    """A stop whose grace runs out abandons pairs already sent: the summary counts their
+    requests too (billed all the same), beside those of the recorded pairs."""
+    from facematch_async.sandbox import FaultConfig
+
+    sandbox.set_random_faults(FaultConfig(latency=1.5))
+    runner = BatchRunner(make_client(), concurrency=4, rate_limit=None)
+    pairs = [(f"p{i}", faces.alice_png, faces.alice_jpg) for i in range(8)]
+    job = asyncio.ensure_future(runner.run_to_file(pairs, tmp_path / "out.jsonl"))
+    await asyncio.sleep(0.5)
+    runner.stop(grace=0.2)  # the four in flight are abandoned, unanswered
+    summary = await job
+    assert summary.attempts == 0 and summary.sent == 4
+    assert "and 4 for pairs left without a line" in summary.format()

@@ -273,7 +273,7 @@ async def test_a_huge_retry_after_is_a_bounded_visible_wait_that_a_stop_releases
     await asyncio.sleep(0.2)
     limiter = runner.client.rate_limiter
     assert limiter is not None
-    assert 86000 < limiter.paused_for <= 86400.1  # the day window, not 11 days or forever
+    assert 86000 < limiter.quota_for <= 86400.1  # the day window, not 11 days or forever
     reason = runner.waiting_reason()
     assert reason is not None and "waiting until" in reason
     assert any("taken as the daily quota" in r.getMessage() for r in caplog.records)

@@ -98,3 +98,63 @@ def test_a_skewed_clock_counts_the_lifetime_on_the_apis_clock(skew: float) -> No
     assert token.renew_at == pytest.approx(1000.0 + 54.0, abs=0.5)
     without = token_from_response(fake_jwt(server_now + 60), None, 1000.0)
     assert without.renew_at == pytest.approx(1000.0 + (60 - skew) * 0.9, abs=0.5)
+
+
+async def test_a_used_up_daily_quota_refuses_the_next_calls_without_a_request(
+    faces: Faces,
+) -> None:
+    """The API answers 429 with a day's Retry-After: QuotaExceededError, and the client's
+    next call is refused at once the same way, sending nothing; status() says why."""
+    from facematch_async import QuotaExceededError
+    from facematch_async.sandbox import ScriptedResponse
+
+    async with SandboxServer(SandboxConfig(CLIENT_ID, CLIENT_SECRET)) as server:
+        server.scripted.add(
+            ScriptedResponse(
+                path=FACEMATCH,
+                status=429,
+                json={"detail": "Rate limit exceeded."},
+                headers={"Retry-After": "86398"},
+            )
+        )
+        async with FaceMatchClient(
+            client_id=CLIENT_ID,
+            client_secret=CLIENT_SECRET,
+            base_url=server.base_url,
+            rate_limit="10/s",
+        ) as client:
+            with pytest.raises(QuotaExceededError):
+                await client.match(faces.alice_png, faces.alice_jpg)
+            sent = server.counters.count(FACEMATCH)
+            started = time.monotonic()
+            with pytest.raises(QuotaExceededError) as caught:
+                await client.match(faces.alice_png, faces.alice_jpg)
+            assert time.monotonic() - started < 0.5
+            assert server.counters.count(FACEMATCH) == sent  # nothing spent to hear it again
+            assert caught.value.retry_after is not None and caught.value.retry_after > 86000
+            assert client.rate_limiter is not None
+            said = client.rate_limiter.status().describe()
+            assert said is not None and "daily quota" in said and "until" in said
+
+
+async def test_the_clients_own_full_day_window_is_a_quota_error_with_a_deadline(
+    faces: Faces,
+) -> None:
+    """rate_limit '10/s,2/day' after two calls: a call with a deadline is refused at once
+    with QuotaExceededError (not a plain RateLimitError), and status() names the window."""
+    from facematch_async import QuotaExceededError
+
+    async with SandboxServer(SandboxConfig(CLIENT_ID, CLIENT_SECRET)) as server:
+        async with FaceMatchClient(
+            client_id=CLIENT_ID,
+            client_secret=CLIENT_SECRET,
+            base_url=server.base_url,
+            rate_limit="10/s,2/day",
+        ) as client:
+            for _ in range(2):
+                await client.match(faces.alice_png, faces.alice_jpg)
+            with pytest.raises(QuotaExceededError):
+                await client.match(faces.alice_png, faces.alice_jpg, deadline=5)
+            assert client.rate_limiter is not None
+            status = client.rate_limiter.status()
+            assert status.reason == "the 2/day window is full" and status.wait > 80000

@@ -254,3 +254,14 @@ async def test_real_camera_photos_cut_short_are_refused(
     with pytest.raises(CorruptImageError, match="truncated"):
         await client.prepare(cut, faces.alice_jpg)
     await client.prepare(photo, faces.alice_jpg)
+
+
+async def test_a_prepared_match_in_a_log_line_holds_no_photo(
+    make_client: MakeClient, faces: Faces
+) -> None:
+    """repr() of what prepare returns names the images' fields and formats, never their
+    bytes: a 10 MB photo must not become a 10 MB log line."""
+    prepared = await make_client().prepare(faces.alice_png, faces.alice_jpg)
+    text = repr(prepared)
+    assert "file_a" in text and "PNG" in text
+    assert len(text) < 400

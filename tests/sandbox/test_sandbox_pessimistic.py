@@ -458,3 +458,15 @@ async def test_the_client_decides_a_batch_against_the_pessimistic_sandbox(tmp_pa
 
 
 CLIENT_SEED = 15  # revokes the token of the second call; the next lives past 10 s
+
+
+async def test_the_banner_says_whether_429s_carry_retry_after() -> None:
+    """--rate-limit 10/s,5/day with --retry-after: the banner says the 429s carry
+    Retry-After, and names the spec once."""
+    with_header = SandboxConfig(ID, SECRET, rate_limit="10/s,5/day", retry_after=True)
+    async with SandboxServer(with_header) as server:
+        text = banner(server)
+    assert "rate limit 10/s,5/day: sliding windows, 429s with Retry-After" in text
+    without = SandboxConfig(ID, SECRET, rate_limit="business")
+    async with SandboxServer(without) as server:
+        assert "429s without Retry-After" in banner(server)
