@@ -144,17 +144,19 @@ async def test_the_clients_own_full_day_window_is_a_quota_error_with_a_deadline(
     with QuotaExceededError (not a plain RateLimitError), and status() names the window."""
     from facematch_async import QuotaExceededError
 
-    async with SandboxServer(SandboxConfig(CLIENT_ID, CLIENT_SECRET)) as server:
-        async with FaceMatchClient(
+    async with (
+        SandboxServer(SandboxConfig(CLIENT_ID, CLIENT_SECRET)) as server,
+        FaceMatchClient(
             client_id=CLIENT_ID,
             client_secret=CLIENT_SECRET,
             base_url=server.base_url,
             rate_limit="10/s,2/day",
-        ) as client:
-            for _ in range(2):
-                await client.match(faces.alice_png, faces.alice_jpg)
-            with pytest.raises(QuotaExceededError):
-                await client.match(faces.alice_png, faces.alice_jpg, deadline=5)
-            assert client.rate_limiter is not None
-            status = client.rate_limiter.status()
-            assert status.reason == "the 2/day window is full" and status.wait > 80000
+        ) as client,
+    ):
+        for _ in range(2):
+            await client.match(faces.alice_png, faces.alice_jpg)
+        with pytest.raises(QuotaExceededError):
+            await client.match(faces.alice_png, faces.alice_jpg, deadline=5)
+        assert client.rate_limiter is not None
+        status = client.rate_limiter.status()
+        assert status.reason == "the 2/day window is full" and status.wait > 80000
